@@ -1,0 +1,81 @@
+// Constants shared by every C++/CUDA backend of tnq_kernels. Python's copies live in tnq_kernels/format.py,
+// tnq_kernels/codebooks.py and tnq_kernels/rng.py; tests/test_constants.py checks the two agree (STYLE rule 4).
+// Plain C++ with constexpr only, so it compiles under both g++ and nvcc (host and device).
+#pragma once
+#include <cstdint>
+
+namespace tnq {
+
+// ---- wire format v1 (SPEC §3) ----
+constexpr uint8_t kMagic[4] = {'T', 'N', 'Q', 'K'};
+constexpr uint8_t kFormatVersion = 1;
+constexpr int64_t kHeaderBytes = 32;
+constexpr int64_t kCodesAlign = 16;
+constexpr uint32_t kFlagNonFinite = 1u;
+constexpr int kMinBits = 1;
+constexpr int kMaxBits = 8;
+constexpr int64_t kMaxBlockSize = int64_t(1) << 30;
+// header field byte offsets
+constexpr int kOffVersion = 4, kOffBits = 5, kOffCodebook = 6, kOffDtype = 7, kOffBlockSize = 8, kOffFlags = 12,
+              kOffNumel = 16, kOffReserved = 24;
+
+// ---- codebook ids (byte 6) and source dtype ids (byte 7) ----
+enum CodebookId : int { kTnq = 0, kTqsgd = 1, kNqsgd = 2, kQsgd = 3 };
+constexpr int kNumCodebooks = 4;
+enum DtypeId : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+// scale rule: mean|g| for tnq/tqsgd, max|g| for nqsgd/qsgd
+constexpr bool scale_is_max(int codebook) { return codebook == kNqsgd || codebook == kQsgd; }
+
+// ---- codebook math ----
+constexpr double kTnqA = 3.674234614174767;  // 3·√6/2
+
+// ---- counter-based RNG (SPEC §4, tnq_kernels/rng.py) ----
+constexpr uint32_t kFmixC1 = 0x85EBCA6Bu;
+constexpr uint32_t kFmixC2 = 0xC2B2AE35u;
+constexpr uint32_t kSeedSaltLo = 0x9E3779B9u;
+constexpr uint32_t kSeedSaltHi = 0x7F4A7C15u;
+constexpr int kUniformBits = 24;
+
+#if defined(__CUDACC__)
+#define TNQ_HD __host__ __device__ __forceinline__
+#else
+#define TNQ_HD inline
+#endif
+
+TNQ_HD uint32_t fmix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= kFmixC1;
+  x ^= x >> 13;
+  x *= kFmixC2;
+  x ^= x >> 16;
+  return x;
+}
+
+struct SeedKeys {
+  uint32_t key0, key1;
+};
+
+TNQ_HD SeedKeys seed_keys(uint64_t seed) {
+  return SeedKeys{fmix32(uint32_t(seed) ^ kSeedSaltLo), fmix32(uint32_t(seed >> 32) ^ kSeedSaltHi)};
+}
+
+// H(seed, i): 32 random bits for element i.
+TNQ_HD uint32_t hash_index(SeedKeys k, uint64_t i) {
+  uint32_t h = fmix32(uint32_t(i) ^ k.key0);
+  return fmix32(h + (uint32_t(i >> 32) ^ k.key1));
+}
+
+// U in [0, 1) with 24 random bits: exact in fp32.
+TNQ_HD float uniform_from_hash(uint32_t h) { return float(h >> (32 - kUniformBits)) * (1.0f / 16777216.0f); }
+
+TNQ_HD int64_t num_blocks(int64_t n, int64_t block_size) {
+  return block_size == 0 ? 1 : (n + block_size - 1) / block_size;
+}
+TNQ_HD int64_t codes_offset(int64_t n, int64_t block_size) {
+  return kHeaderBytes + (4 * num_blocks(n, block_size) + kCodesAlign - 1) / kCodesAlign * kCodesAlign;
+}
+TNQ_HD int64_t payload_bytes(int64_t n, int bits, int64_t block_size) {
+  return codes_offset(n, block_size) + int64_t(4) * bits * ((n + 31) / 32);
+}
+
+}  // namespace tnq
