@@ -1,0 +1,146 @@
+"""CPU throughput of compress / decompress / decompress_sum: the C++ backend vs the pure-PyTorch reference vs a
+torch copy of the same tensor, b = 2..5, fp32 and bf16 (pytest-benchmark).
+
+Two modes:
+  smoke (default, what `make test` / CI runs): tiny and odd sizes, one call each, and every benchmarked result is
+      checked against the reference (payload bytes equal at equal seed; decoded values equal) — it proves the
+      benchmark code paths work, in seconds, and can fail.
+  full (`pytest benchmarks/test_bench_cpu.py --benchmark-only`, i.e. `make bench`, or TNQ_BENCH=full): sizes
+      2^16..2^24 (reference only up to 2^20, it is ~100x slower), pytest-benchmark timing, and one CSV row per
+      case appended to benchmarks/results/cpu_throughput.csv (TNQ_BENCH_CSV=path overrides, TNQ_BENCH_CSV= skips).
+GB/s = (bytes read + bytes written) / median time; see _helper.op_bytes. Rows of one session share a ``run`` id
+so the ratios (native / reference, native / copy) come from the same run on the same (possibly busy) machine.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import _helper as H
+import tnq_kernels as tnq
+from tnq_kernels import ops
+
+BITS = [2, 3, 4, 5]
+DTYPES = [torch.float32, torch.bfloat16]
+BLOCK = tnq.DEFAULT_BLOCK_SIZE
+WORLD = 4  # payloads summed by decompress_sum: a small all-gather
+SEED = 1234
+SMOKE_SIZES = [0, 33, 4097, "4097-strided"]
+FULL_SIZES = [1 << 16, 1 << 20, 1 << 22, 1 << 24]
+REFERENCE_MAX_N = 1 << 20
+IMPLS = ["native", "reference"]
+RUN = H.run_id()
+
+
+def _full(config) -> bool:
+    return os.environ.get("TNQ_BENCH") == "full" or bool(config.getoption("benchmark_only", False))
+
+
+def pytest_generate_tests(metafunc):
+    if "size" in metafunc.fixturenames:
+        metafunc.parametrize("size", FULL_SIZES if _full(metafunc.config) else SMOKE_SIZES, ids=str)
+
+
+def _input(size, dtype):
+    """Laplace-like data of ``size`` elements; "N-strided" is a non-contiguous [N] view (every other column)."""
+    n = int(str(size).split("-")[0])
+    gen = torch.Generator().manual_seed(0)
+    if str(size).endswith("strided"):
+        return torch.randn(n, 2, generator=gen).to(dtype)[:, 0]
+    return torch.randn(n, generator=gen).to(dtype)
+
+
+def _backend(impl):
+    if impl == "native":
+        if ops.native_error is not None:
+            pytest.skip(f"C++ CPU backend not built ({ops.native_error}); run `make build`")
+        return "auto"
+    return "reference"
+
+
+def _run(benchmark, request, fn, *, op, impl, dtype, bits, n):
+    """Benchmark ``fn`` (one call in smoke mode, pytest-benchmark's calibrated rounds in full mode), then append
+    the row to the CSV in full mode. Returns fn's result."""
+    full = _full(request.config)
+    if not full or benchmark.disabled:
+        result = benchmark.pedantic(fn, rounds=1, iterations=1, warmup_rounds=0)
+    else:
+        result = benchmark.pedantic(fn, rounds=3 if impl == "reference" else 10, iterations=1, warmup_rounds=1)
+    read, written = H.op_bytes(op, n, dtype, bits=bits, block_size=BLOCK, world=WORLD)
+    benchmark.extra_info.update(bytes_read=read, bytes_written=written)
+    csv = os.environ.get("TNQ_BENCH_CSV", str(H.results_path("cpu_throughput.csv")))
+    if full and not benchmark.disabled and csv and n > 0:
+        st = benchmark.stats.stats
+        g = H.gbps(read + written, st.median)
+        benchmark.extra_info["gbps"] = round(g, 3)
+        row = {**H.environment("cpu"), "run": RUN, "op": op, "impl": impl, "dtype": dtype, "bits": bits,
+               "block_size": BLOCK, "n": n, "world": WORLD if op == "decompress_sum" else 1,
+               "median_s": st.median, "min_s": st.min, "repeats": st.rounds, "bytes_read": read,
+               "bytes_written": written, "gbps": g}
+        H.append_csv(csv, [row], H.THROUGHPUT_COLUMNS)
+    return result
+
+
+def _skip_slow_reference(impl, n, request):
+    if impl == "reference" and n > REFERENCE_MAX_N and _full(request.config):
+        pytest.skip(f"reference timed only up to n = {REFERENCE_MAX_N} (it runs ~100x slower than native)")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_copy(benchmark, request, dtype, size):
+    x = _input(size, dtype)
+    out = torch.empty(x.shape, dtype=dtype)
+    _run(benchmark, request, lambda: out.copy_(x), op="copy", impl="torch", dtype=dtype, bits=0, n=x.numel())
+    assert torch.equal(out, x)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_compress(benchmark, request, impl, bits, dtype, size):
+    x = _input(size, dtype)
+    _skip_slow_reference(impl, x.numel(), request)
+    backend = _backend(impl)
+    payload = _run(benchmark, request, lambda: tnq.compress(x, bits, BLOCK, seed=SEED, backend=backend),
+                   op="compress", impl=impl, dtype=dtype, bits=bits, n=x.numel())
+    assert payload.numel() == tnq.payload_bytes(x.numel(), bits, BLOCK)
+    if not _full(request.config):
+        assert torch.equal(payload, tnq.compress(x, bits, BLOCK, seed=SEED, backend="reference"))
+
+
+def _payloads(size, dtype, bits, count):
+    x = _input(size, dtype)
+    # the payloads to decode are made by the reference, so decode timings never depend on the encoder under test
+    return x, [tnq.compress(x * (w + 1), bits, BLOCK, seed=SEED + w, backend="reference") for w in range(count)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_decompress(benchmark, request, impl, bits, dtype, size):
+    x, (payload,) = _payloads(size, dtype, bits, 1)
+    _skip_slow_reference(impl, x.numel(), request)
+    backend = _backend(impl)
+    out = _run(benchmark, request, lambda: tnq.decompress(payload, x.shape, dtype, backend=backend),
+               op="decompress", impl=impl, dtype=dtype, bits=bits, n=x.numel())
+    assert out.shape == x.shape and out.dtype == dtype
+    if not _full(request.config):
+        assert torch.equal(out, tnq.decompress(payload, x.shape, dtype, backend="reference"))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_decompress_sum(benchmark, request, impl, bits, dtype, size):
+    x, payloads = _payloads(size, dtype, bits, WORLD)
+    _skip_slow_reference(impl, x.numel(), request)
+    backend = _backend(impl)
+    weights = [1.0 / WORLD] * WORLD
+    out = _run(benchmark, request,
+               lambda: tnq.decompress_sum(payloads, weights, x.shape, dtype, backend=backend),
+               op="decompress_sum", impl=impl, dtype=dtype, bits=bits, n=x.numel())
+    assert out.shape == x.shape and out.dtype == dtype
+    if not _full(request.config):
+        assert torch.equal(out, tnq.decompress_sum(payloads, weights, x.shape, dtype, backend="reference"))
