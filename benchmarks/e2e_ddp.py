@@ -1,0 +1,447 @@
+"""End-to-end DDP step time and traffic over gloo, two ranks, with the link bandwidth limited by tc.
+
+For each bandwidth (Gbit/s) two network namespaces are joined by a veth pair (10.77.0.1 <-> 10.77.0.2) shaped by a
+token-bucket filter on both ends; one rank runs in each namespace. Each rank trains the same MLP (tens of MB of
+fp32 gradients in DDP's 25 MB buckets) with each compressor in turn and reports the step time (max over ranks,
+median over steps) and the bytes its interface sent per step (/proc/net/dev, so TCP/IP headers included):
+
+    allreduce            DDP's default fp32 allreduce
+    fp16                 torch's fp16_compress_hook
+    powersgd4            torch's PowerSGD hook, rank 4 (error feedback and warm start on, as shipped)
+    tnq-<scheme>-<b>     tnq_kernels.ddp.tnq_hook, scheme allgather or two_phase, b bits
+    compute-only         forward + backward + SGD step without DDP: the floor under every step time
+
+Two ranks is what a 2-core machine allows; with two ranks the two_phase scheme and allgather move the same bytes
+(each rank sends one payload's worth), so they differ only in compute. The namespaces are deleted afterwards, also
+on failure or Ctrl-C. Needs root and iproute2; where either is missing the shaped runs are skipped with the reason.
+
+    sudo .venv/bin/python benchmarks/e2e_ddp.py                       # 1, 10, 25 Gbit/s, all compressors
+    .venv/bin/python benchmarks/e2e_ddp.py --net loopback --tiny      # seconds, no root: the CI smoke run
+
+Prints a table last and appends rows to benchmarks/results/e2e_ddp.csv (--csv to change, --csv '' for none).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+import _helper as H  # noqa: E402
+
+DEFAULT_COMPRESSORS = ["compute-only", "allreduce", "fp16", "powersgd4", "tnq-allgather-2", "tnq-allgather-3",
+                       "tnq-allgather-4", "tnq-two_phase-2", "tnq-two_phase-3", "tnq-two_phase-4"]
+TINY_COMPRESSORS = ["compute-only", "allreduce", "fp16", "powersgd4", "tnq-allgather-3", "tnq-two_phase-3"]
+SUBNET = "10.77.0"
+WORLD = 2
+CSV_COLUMNS = ("date", "run", "net", "bandwidth_gbit", "link_gbit_measured", "compressor", "scheme", "bits",
+               "world", "params", "grad_bytes", "steps", "step_ms_median", "step_ms_min", "step_ms_mean",
+               "speedup_vs_allreduce", "wire_bytes_per_rank_step", "payload_bytes_per_rank_step", "tnq_backend",
+               "final_loss", "in_sync", "note")
+
+
+# =====================================================================================================================
+# worker: one rank
+# =====================================================================================================================
+
+def _tx_bytes(iface: str | None) -> float:
+    """Bytes sent so far by ``iface`` in this process's network namespace (NaN when not measured)."""
+    if not iface:
+        return math.nan
+    for line in Path("/proc/net/dev").read_text().splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        if name.strip() == iface:
+            return float(rest.split()[8])
+    return math.nan
+
+
+def _model(width: int, depth: int) -> torch.nn.Module:
+    layers: list[torch.nn.Module] = []
+    for i in range(depth):
+        layers.append(torch.nn.Linear(width, width))
+        if i < depth - 1:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
+def _measure_link(rank: int, nbytes: int) -> float:
+    """Gbit/s of one rank-0 -> rank-1 send of ``nbytes`` (best of 2), as the shaped link actually delivers it."""
+    import torch.distributed as dist
+    buf = torch.zeros(nbytes, dtype=torch.uint8)
+    best = math.inf
+    for _ in range(2):
+        dist.barrier()
+        t0 = time.perf_counter()
+        if rank == 0:
+            dist.send(buf, 1)
+            dist.recv(buf[:1], 1)  # ack, so the time covers delivery
+        else:
+            dist.recv(buf, 0)
+            dist.send(buf[:1], 0)
+        best = min(best, time.perf_counter() - t0)
+    return nbytes * 8 / best / 1e9
+
+
+def _register(ddp, spec: str, tnq_backend: str | None):
+    """Attach the hook named by ``spec``; returns (scheme, bits, state or None)."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+    if spec == "allreduce":
+        return "allreduce", 32, None
+    if spec == "fp16":
+        ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        return "allreduce", 16, None
+    if spec.startswith("powersgd"):
+        rank = int(spec.removeprefix("powersgd") or 4)
+        # start_powerSGD_iter=2 is the smallest torch accepts with error feedback; warm-up steps run past it
+        state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=rank,
+                                            start_powerSGD_iter=2)
+        ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+        return "powersgd", rank, state
+    if spec.startswith("tnq-"):
+        _, scheme, bits = spec.split("-")
+        from tnq_kernels import ddp as tnq_ddp
+        state = tnq_ddp.TNQState(process_group=None, bits=int(bits), block_size=2048, codebook="tnq",
+                                 scheme=scheme, seed=0, backend=tnq_backend)
+        ddp.register_comm_hook(state, tnq_ddp.tnq_hook)
+        return scheme, int(bits), state
+    raise ValueError(f"compressor must be one of compute-only, allreduce, fp16, powersgd<r>, "
+                     f"tnq-<allgather|two_phase>-<bits>, got {spec!r}")
+
+
+def _tnq_sent_bytes(state) -> float:
+    """Payload bytes this rank has sent so far according to the hook's own statistics (NaN if it keeps none)."""
+    for name in ("bytes_sent", "sent_bytes", "total_bytes_sent"):
+        v = getattr(state, name, None)
+        if v is not None:
+            return float(v() if callable(v) else v)
+    stats = getattr(state, "stats", None)
+    if isinstance(stats, dict):
+        for name in ("bytes_sent", "sent_bytes"):
+            if name in stats:
+                return float(stats[name])
+    return math.nan
+
+
+def _run_config(spec: str, cfg: dict, rank: int, iface: str | None, tnq_backend: str | None) -> dict:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.manual_seed(0)
+    model = _model(cfg["width"], cfg["depth"])
+    gen = torch.Generator().manual_seed(100 + rank)  # each rank its own data shard
+    x = torch.randn(cfg["batch"], cfg["width"], generator=gen)
+    y = torch.randn(cfg["batch"], cfg["width"], generator=gen)
+    scheme, bits, state = "none", 32, None
+    if spec == "compute-only":
+        net = model
+    else:
+        net = DDP(model, bucket_cap_mb=cfg["bucket_mb"])
+        scheme, bits, state = _register(net, spec, tnq_backend)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=False)
+        loss = torch.nn.functional.mse_loss(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(cfg["warmup"]):
+        step()
+    # agree on the number of timed steps from the slowest rank's first step, so every loop is bounded in time
+    dist.barrier()
+    t0 = time.perf_counter()
+    loss = step()
+    first = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    dist.all_reduce(first, op=dist.ReduceOp.MAX)
+    steps = int(max(1, min(cfg["steps"] - 1, cfg["config_seconds"] // max(first.item(), 1e-9))))
+    dist.barrier()
+    tx0 = _tx_bytes(iface)
+    sent0 = _tnq_sent_bytes(state) if spec.startswith("tnq-") else math.nan
+    times = [first.item()]
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        loss = step()
+        times.append(time.perf_counter() - t0)
+    tx1 = _tx_bytes(iface)
+    sent1 = _tnq_sent_bytes(state) if spec.startswith("tnq-") else math.nan
+    t = torch.tensor(times, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)  # a step lasts until the slower rank is done
+    wire = torch.tensor([(tx1 - tx0) / steps], dtype=torch.float64)
+    dist.all_reduce(wire)
+    # replicas must stay identical under every hook: compare a parameter checksum across ranks
+    with torch.no_grad():
+        cs = sum(p.double().sum() for p in model.parameters()).reshape(1)
+    lo, hi = cs.clone(), cs.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    ms = [v * 1e3 for v in t.tolist()]
+    return {
+        "compressor": spec, "scheme": scheme, "bits": bits,
+        "params": sum(p.numel() for p in model.parameters()),
+        "grad_bytes": 4 * sum(p.numel() for p in model.parameters()),
+        "steps": len(ms), "step_ms_median": statistics.median(ms), "step_ms_min": min(ms),
+        "step_ms_mean": statistics.fmean(ms),
+        "wire_bytes_per_rank_step": wire.item() / WORLD if spec != "compute-only" else 0.0,
+        "payload_bytes_per_rank_step": (sent1 - sent0) / steps,
+        "final_loss": float(loss), "in_sync": bool(lo == hi) if spec != "compute-only" else True,
+    }
+
+
+def worker(args) -> int:
+    import torch.distributed as dist
+    cfg = json.loads(args.config)
+    torch.set_num_threads(cfg["threads"])
+    dist.init_process_group("gloo", init_method=f"tcp://{cfg['master']}:{cfg['port']}", rank=args.rank,
+                            world_size=WORLD, timeout=timedelta(seconds=cfg["timeout"]))
+    try:
+        iface = cfg["ifaces"][args.rank] if cfg["ifaces"] else None
+        try:
+            from tnq_kernels import ops
+            tnq_backend = None if ops.native_error is None else "reference"
+        except ImportError:
+            tnq_backend = "reference"
+        link = _measure_link(args.rank, cfg["link_probe_bytes"])
+        rows = []
+        for spec in cfg["compressors"]:
+            try:
+                row = _run_config(spec, cfg, args.rank, iface, tnq_backend)
+            except (ImportError, AttributeError) as e:  # tnq_kernels.ddp absent or older API: skip, say why
+                row = {"compressor": spec, "note": f"skipped: {type(e).__name__}: {e}"}
+                dist.barrier()
+            row.update(link_gbit_measured=link, tnq_backend=(tnq_backend or "native") if spec.startswith("tnq")
+                       else "")
+            rows.append(row)
+            if args.rank == 0:
+                print(f"  {spec:18s} {row.get('step_ms_median', math.nan):9.1f} ms/step", flush=True)
+        if args.rank == 0:
+            Path(args.out).write_text(json.dumps(rows))
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+# =====================================================================================================================
+# launcher: namespaces, tc, processes
+# =====================================================================================================================
+
+def _sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30)
+
+
+def netns_unavailable() -> str | None:
+    """Why shaped runs cannot happen here, or None when they can."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "network namespaces and tc need root (run with sudo)"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` not found (apt-get install iproute2)"
+    probe = f"tnqp{os.getpid()}"
+    try:
+        _sh("ip", "netns", "add", probe)
+    except (subprocess.SubprocessError, OSError) as e:
+        return f"`ip netns add` failed: {getattr(e, 'stderr', '') or e}".strip()
+    finally:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=30)
+    return None
+
+
+class ShapedLink:
+    """Two namespaces joined by a veth pair, both ends shaped to ``gbit`` Gbit/s (0 = unshaped); deleted on exit.
+
+    Only these namespaces and their 10.77.0.x addresses are created; deleting a namespace deletes its veth end.
+    """
+
+    def __init__(self, gbit: float):
+        tag = f"tnqb{os.getpid() % 100000}"
+        self.ns = (f"{tag}a", f"{tag}b")
+        self.ifaces = (f"{tag}a", f"{tag}b")  # veth names (<= 15 chars), one per namespace
+        self.addrs = (f"{SUBNET}.1", f"{SUBNET}.2")
+        self.gbit = gbit
+
+    def __enter__(self):
+        try:
+            for ns in self.ns:
+                _sh("ip", "netns", "add", ns)
+            _sh("ip", "link", "add", self.ifaces[0], "type", "veth", "peer", "name", self.ifaces[1])
+            for ns, dev, addr in zip(self.ns, self.ifaces, self.addrs):
+                _sh("ip", "link", "set", dev, "netns", ns)
+                _sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+                _sh("ip", "-n", ns, "link", "set", dev, "up")
+                _sh("ip", "-n", ns, "link", "set", "lo", "up")
+                if self.gbit > 0:
+                    rate = self.gbit * 1e9 / 8  # bytes/s
+                    # burst: 1 ms of traffic (>= 64 KiB so one GSO segment fits); queue: 20 ms before drops
+                    burst = max(64 << 10, int(rate * 1e-3))
+                    _sh("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf",
+                        "rate", f"{int(self.gbit * 1000)}mbit", "burst", str(burst), "latency", "20ms")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for ns in self.ns:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        subprocess.run(["ip", "link", "del", self.ifaces[0]], capture_output=True, timeout=30)
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(cfg: dict, link: ShapedLink | None, timeout: float) -> list[dict]:
+    """Run both ranks (inside the namespaces when ``link`` is given); returns rank 0's rows."""
+    cfg = dict(cfg)
+    if link is None:
+        cfg.update(master="127.0.0.1", port=_free_port(), ifaces=None)
+    else:
+        cfg.update(master=link.addrs[0], port=29577, ifaces=list(link.ifaces))
+    with tempfile.TemporaryDirectory(prefix="tnq_e2e_") as tmp:
+        out = Path(tmp) / "rows.json"
+        procs = []
+        try:
+            for rank in range(WORLD):
+                env = dict(os.environ, OMP_NUM_THREADS=str(cfg["threads"]),
+                           PYTHONPATH=os.pathsep.join([str(H.ROOT), os.environ.get("PYTHONPATH", "")]))
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--rank", str(rank),
+                       "--out", str(out), "--config", json.dumps(cfg)]
+                if link is not None:
+                    env["GLOO_SOCKET_IFNAME"] = link.ifaces[rank]
+                    cmd = ["ip", "netns", "exec", link.ns[rank]] + cmd
+                else:
+                    env["GLOO_SOCKET_IFNAME"] = _loopback_name()
+                procs.append(subprocess.Popen(cmd, env=env, stdout=None if rank == 0 else subprocess.DEVNULL))
+            deadline = time.monotonic() + timeout
+            for p in procs:
+                p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"e2e: ranks still running after {timeout:.0f} s; stopping them", file=sys.stderr)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(timeout=30)
+        codes = [p.returncode for p in procs]
+        if any(codes) or not out.exists():
+            raise RuntimeError(f"e2e ranks failed (exit codes {codes}); see their output above")
+        return json.loads(out.read_text())
+
+
+def _loopback_name() -> str:
+    names = [line.partition(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:]]
+    return "lo" if "lo" in names or not names else names[0]
+
+
+def _with_speedups(rows: list[dict]) -> None:
+    base = {r["bandwidth_gbit"]: r.get("step_ms_median") for r in rows if r["compressor"] == "allreduce"}
+    for r in rows:
+        b, t = base.get(r["bandwidth_gbit"]), r.get("step_ms_median")
+        r["speedup_vs_allreduce"] = b / t if b and t else math.nan
+
+
+def table(rows: list[dict]) -> str:
+    shown = []
+    for r in rows:
+        shown.append({
+            "link": r["bandwidth_label"], "measured Gbit/s": r.get("link_gbit_measured", math.nan),
+            "compressor": r["compressor"], "step ms (median)": r.get("step_ms_median", math.nan),
+            "vs allreduce": r.get("speedup_vs_allreduce", math.nan),
+            "MB sent/rank/step": r.get("wire_bytes_per_rank_step", math.nan) / 1e6,
+            "in sync": r.get("in_sync", ""), "note": r.get("note", ""),
+        })
+    return H.format_table(shown, list(shown[0]) if shown else [])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--net", choices=["netns", "loopback"], default="netns",
+                   help="netns: two namespaces + veth + tc (root); loopback: both ranks on 127.0.0.1, unshaped")
+    p.add_argument("--bandwidths", default="1,10,25", help="Gbit/s per link, comma-separated; 0 = unshaped veth")
+    p.add_argument("--compressors", default=None, help=f"comma-separated (default {','.join(DEFAULT_COMPRESSORS)})")
+    p.add_argument("--width", type=int, default=2048, help="MLP width (params per layer ~ width^2)")
+    p.add_argument("--depth", type=int, default=3, help="MLP layers (default 3 x 2048^2: 12.6 M params, 50 MB)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--bucket-mb", type=float, default=25.0, help="DDP bucket_cap_mb")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per compressor (at most)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (PowerSGD compresses from step 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per rank (2 ranks on a 2-core machine)")
+    p.add_argument("--config-seconds", type=float, default=30.0, help="time budget per compressor's timed steps")
+    p.add_argument("--timeout", type=float, default=1200.0, help="seconds per bandwidth before ranks are killed")
+    p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run: tiny model, few steps")
+    p.add_argument("--csv", default=str(H.results_path("e2e_ddp.csv")), help="CSV to append to ('' for none)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--out", default="", help=argparse.SUPPRESS)
+    p.add_argument("--config", default="{}", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        return worker(args)
+
+    compressors = (args.compressors.split(",") if args.compressors
+                   else TINY_COMPRESSORS if args.tiny else DEFAULT_COMPRESSORS)
+    cfg = dict(width=args.width, depth=args.depth, batch=args.batch, bucket_mb=args.bucket_mb, steps=args.steps,
+               warmup=args.warmup, threads=args.threads, config_seconds=args.config_seconds,
+               timeout=args.timeout, compressors=compressors, link_probe_bytes=16 << 20)
+    if args.tiny:
+        cfg.update(width=64, depth=2, batch=8, steps=3, warmup=2, config_seconds=5.0, link_probe_bytes=1 << 16)
+    bandwidths = [float(b) for b in args.bandwidths.split(",") if b.strip()]
+    if any(b < 0 for b in bandwidths):
+        raise ValueError(f"--bandwidths must be >= 0 Gbit/s (0 = unshaped), got {args.bandwidths!r}")
+
+    # SIGTERM must unwind through ShapedLink.__exit__ so the namespaces are deleted
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    run = H.run_id()
+    env = H.environment("cpu")
+    env["threads"] = args.threads
+    rows: list[dict] = []
+    if args.net == "loopback":
+        plan = [(None, "loopback")]
+    else:
+        why = netns_unavailable()
+        if why:
+            print(f"e2e: SKIPPED shaped runs: {why}")
+            return 0
+        plan = [(b, f"{b:g} Gbit/s" if b else "veth unshaped") for b in bandwidths]
+    for gbit, label in plan:
+        print(f"e2e: {label}: {len(compressors)} compressors, model {cfg['depth']} x {cfg['width']}^2", flush=True)
+        if gbit is None:
+            got = launch(cfg, None, args.timeout)
+        else:
+            with ShapedLink(gbit) as link:
+                got = launch(cfg, link, args.timeout)
+        for r in got:
+            r.update(bandwidth_gbit="" if not gbit else gbit, bandwidth_label=label,
+                     net="loopback" if gbit is None else "netns-veth-tbf", world=WORLD)
+        rows += got
+    _with_speedups(rows)
+    if args.csv:
+        H.append_csv(args.csv, [{**env, "run": run, **r} for r in rows], CSV_COLUMNS)
+    print()
+    print(f"e2e DDP over gloo, world size {WORLD}, {env['cpu']} ({env['cpu_cores']} cores), torch {env['torch']}, "
+          f"{env['date']}")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
