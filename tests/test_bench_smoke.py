@@ -1,0 +1,146 @@
+"""Smoke tests of the benchmark tooling (benchmarks/): the shared helper, the α–β cost model, the end-to-end DDP
+script in its tiny loopback mode (no root, no tc) and the plot script on a small CSV. Seconds, no timing asserted."""
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import _helper as H  # noqa: E402
+import cost_model  # noqa: E402
+import plot  # noqa: E402
+
+
+# ---- helper ----
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 4097])
+@pytest.mark.parametrize("bits", [2, 3, 4, 5])
+def test_op_bytes(dtype, n, bits):
+    item = 4 if dtype == torch.float32 else 2
+    p = 32 + (4 * math.ceil(n / 2048) + 15) // 16 * 16 + 4 * bits * math.ceil(n / 32)
+    assert H.op_bytes("copy", n, dtype) == (n * item, n * item)
+    assert H.op_bytes("compress", n, dtype, bits=bits) == (n * item, p)
+    assert H.op_bytes("decompress", n, dtype, bits=bits) == (p, n * item)
+    assert H.op_bytes("decompress_sum", n, dtype, bits=bits, world=3) == (3 * p, n * item)
+
+
+def test_op_bytes_rejects_unknown_op():
+    with pytest.raises(ValueError, match="op must be one of"):
+        H.op_bytes("transpose", 10, torch.float32)
+
+
+def test_time_fn_counts_calls_and_bounds_repeats():
+    calls = []
+    t = H.time_fn(lambda: calls.append(1), warmup=2, repeat=4)
+    assert len(calls) == 6 and t.repeats == 4 and 0 <= t.min <= t.median
+    with pytest.raises(ValueError, match="repeat"):
+        H.time_fn(lambda: None, repeat=0)
+
+
+def test_append_csv_widens_header(tmp_path):
+    path = tmp_path / "r.csv"
+    H.append_csv(path, [{"a": 1, "b": 2.5}])
+    H.append_csv(path, [{"a": 3, "b": math.nan}])
+    H.append_csv(path, [{"a": 4, "c": torch.bfloat16}], columns=["c"])
+    rows = list(csv.DictReader(path.open()))
+    assert list(rows[0]) == ["c", "a", "b"]
+    assert [(r["a"], r["b"], r["c"]) for r in rows] == [("1", "2.5", ""), ("3", "", ""), ("4", "", "bfloat16")]
+
+
+def test_environment_names_hardware_and_versions():
+    env = H.environment("cpu")
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["cpu_cores"] >= 1
+    assert env["date"].endswith("Z") and env["tnq_native"]
+
+
+# ---- cost model ----
+
+def test_cost_model_traffic():
+    k = cost_model.Kernels(None, "cuda")
+    n, a, b = 100e6, 10e-6, 100e9 / 8
+
+    def wire(comp, bits, p):
+        return cost_model.step(comp, bits, n, p, a, b, 0.1, k)["wire_bytes_per_rank"]
+    # ring allreduce of fp32 sends 2(p-1)/p · 4n bytes per rank; fp16 half of that
+    assert wire("allreduce", 32, 8) == pytest.approx(2 * 7 / 8 * 4 * n, rel=1e-9)
+    assert wire("fp16", 16, 8) == pytest.approx(wire("allreduce", 32, 8) / 2, rel=1e-9)
+    # allgather traffic grows with p; two_phase stays within ~2 payloads per rank at any p (SPEC §6)
+    assert wire("tnq-allgather", 3, 1024) > 100 * wire("tnq-allgather", 3, 8)
+    assert wire("tnq-two_phase", 3, 1024) < 2.2 * n * 3 / 8
+    assert wire("tnq-two_phase", 3, 1024) < wire("allreduce", 32, 1024) / 9
+
+
+def test_cost_model_cli_writes_csv_and_table(tmp_path, capsys):
+    kernels = tmp_path / "k.csv"
+    rows = [{"run": "r1", "device": "cpu", "op": op, "impl": "native", "dtype": "float32", "bits": b, "n": 1 << 20,
+             "gbps": 5.0} for op in ("compress", "decompress", "decompress_sum") for b in (2, 3, 4)]
+    rows.append({"run": "r1", "device": "cpu", "op": "copy", "impl": "torch", "dtype": "float32", "bits": 0,
+                 "n": 1 << 20, "gbps": 20.0})
+    H.append_csv(kernels, rows, H.THROUGHPUT_COLUMNS)
+    out = tmp_path / "cm.csv"
+    assert cost_model.main(["--kernels", str(kernels), "--device", "cpu", "--params", "1e6", "--gbit", "10",
+                            "--worlds", "8,1024", "--csv", str(out)]) == 0
+    got = H.read_csv(out)
+    assert len(got) == 2 * 9 and {r["kernel_source"] for r in got} == {"measured: k.csv (cpu)"}
+    assert "tnq-two_phase b=3" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="bits=5"):
+        cost_model.main(["--kernels", str(kernels), "--device", "cpu", "--bits", "5", "--csv", ""])
+
+
+# ---- end to end (tiny, loopback, no tc) ----
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="this torch build has no gloo backend")
+def test_e2e_ddp_tiny_loopback(tmp_path):
+    out = tmp_path / "e2e.csv"
+    proc = subprocess.run([sys.executable, str(BENCH / "e2e_ddp.py"), "--net", "loopback", "--tiny",
+                           "--csv", str(out)], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("| loopback")  # the table comes last
+    rows = {r["compressor"]: r for r in H.read_csv(out)}
+    assert set(rows) == {"compute-only", "allreduce", "fp16", "powersgd4", "tnq-allgather-3", "tnq-two_phase-3"}
+    for name, r in rows.items():
+        if name.startswith("tnq") and r["note"].startswith("skipped"):
+            try:
+                import tnq_kernels.ddp  # noqa: F401
+            except ImportError:
+                continue  # the DDP hook has not landed: the script says so in the row's note
+            pytest.fail(f"{name} was skipped although tnq_kernels.ddp imports: {r['note']}")
+        assert float(r["step_ms_median"]) > 0 and r["in_sync"] == "True", (name, r)
+    assert float(rows["allreduce"]["speedup_vs_allreduce"]) == 1.0
+
+
+# ---- plots ----
+
+def test_plot_small_csvs(tmp_path):
+    rows = []
+    for n in (1 << 10, 1 << 12):
+        rows.append({"run": "r2", "device": "cpu", "op": "copy", "impl": "torch", "dtype": "float32", "bits": 0,
+                     "n": n, "gbps": 10.0})
+        for op in ("compress", "decompress", "decompress_sum"):
+            rows.append({"run": "r2", "device": "cpu", "op": op, "impl": "native", "dtype": "float32", "bits": 3,
+                         "n": n, "gbps": 4.0})
+            rows.append({"run": "r2", "device": "cpu", "op": op, "impl": "reference", "dtype": "float32",
+                         "bits": 3, "n": n, "gbps": 0.1})
+    H.append_csv(tmp_path / "cpu_throughput.csv", [{**r, "run": "r1", "gbps": 99.0} for r in rows] + rows)
+    H.append_csv(tmp_path / "e2e_ddp.csv", [
+        {"run": "e1", "bandwidth_gbit": bw, "compressor": c, "step_ms_median": ms, "params": 1e6, "world": 2}
+        for bw in (1, 10) for c, ms in (("allreduce", 100.0 / bw), ("tnq-allgather-3", 20.0))])
+    cost_model.main(["--params", "1e6", "--gbit", "10", "--worlds", "8,16", "--csv",
+                     str(tmp_path / "cost_model.csv")])
+    assert plot.main(["--results", str(tmp_path)]) == 0
+    for name in ("cpu_throughput.png", "e2e_ddp.png", "cost_model.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    md = (tmp_path / "cpu_throughput.md").read_text()
+    # only the latest run is tabulated: native/reference = 4.0/0.1, native/copy = 0.4
+    assert "| compress | float32 | 3 | 4 | 0.1 | 10 | 40 | 0.4 |" in md and "99" not in md
+    assert "tnq-allgather-3" in (tmp_path / "e2e_ddp.md").read_text()
