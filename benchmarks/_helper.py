@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import functools
 import math
 import os
 import platform
@@ -148,6 +149,7 @@ def gbps(nbytes: float, seconds: float) -> float:
 
 # ---- hardware / version capture ----
 
+@functools.lru_cache(maxsize=None)
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -158,6 +160,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.lru_cache(maxsize=None)
 def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty", "--abbrev=10"],
