@@ -1,0 +1,120 @@
+"""Shared pieces of the Triton backend: the counter-based hash (SPEC §4), exact fp32 arithmetic helpers,
+the codebook table cache and small host-side helpers.
+
+Numerics contract (see tnq_kernels/reference.py): every expression here is evaluated in the same IEEE fp32
+operations as the oracle. The only place where the NVPTX backend could fuse a multiply into a following add
+(FMA contraction) is the accumulation of decompress_sum; there, on GPUs, ``mul_rn``/``add_rn`` (libdevice
+``__nv_fmul_rn``/``__nv_fadd_rn``, which PTX never contracts) keep it bit-exact. The interpreter evaluates each
+operation separately in numpy, so it uses the plain operators (libdevice calls do not exist there).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from .. import codebooks as cb
+from .. import rng
+
+#: True when @triton.jit kernels run on CPU tensors through the numpy interpreter (read at kernel definition).
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+#: constexpr handed to kernels: use libdevice's round-to-nearest mul/add (never contracted into FMA).
+EXACT = not INTERPRET
+
+#: TNQK as a little-endian uint32 (payload bytes 0-3).
+MAGIC_WORD = int.from_bytes(b"TNQK", "little")
+
+# Elements one program keeps in registers: a whole default-size block (2048) is read once and reused for the
+# scale, the rounding and the packing. Larger blocks loop over chunks of this size (a second, L2-warm read).
+MAX_CHUNK = 4096
+# B = 0 (one scale per tensor): elements per program of the quantize pass, and the cap on partial-sum programs
+# (each quantize program re-reduces all partials from L2, so fewer partials keep that overhead small).
+SEGMENT_B0 = 16384
+MAX_PARTIALS = 1024
+
+
+@triton.jit
+def fmix32(x):
+    """MurmurHash3's 32-bit finaliser on uint32 (multiplies wrap mod 2^32, >> is logical on unsigned)."""
+    x ^= x >> 16
+    x *= 0x85EBCA6B
+    x ^= x >> 13
+    x *= 0xC2B2AE35
+    x ^= x >> 16
+    return x
+
+
+@triton.jit
+def uniform24(idx, key0, key1):
+    """U = H(seed, idx) >> 8 scaled to [0, 1): idx int64 global element index, keys uint32 → fp32 (exact)."""
+    h = fmix32(idx.to(tl.uint32) ^ key0)
+    h = fmix32(h + ((idx >> 32).to(tl.uint32) ^ key1))
+    return (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
+
+
+@triton.jit
+def mul_exact(a, b, EXACT: tl.constexpr):
+    if EXACT:
+        return libdevice.mul_rn(a, b)
+    else:
+        return a * b
+
+
+@triton.jit
+def add_exact(a, b, EXACT: tl.constexpr):
+    if EXACT:
+        return libdevice.add_rn(a, b)
+    else:
+        return a + b
+
+
+def i32(v: int) -> int:
+    """A value in [0, 2^32) as the signed int32 with the same bits, so Triton types the argument as i32."""
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def seed_args(seed: int) -> tuple[int, int]:
+    """(key0, key1) of rng.seed_keys as signed int32 kernel arguments (bit-cast back to uint32 in the kernel)."""
+    k0, k1 = rng.seed_keys(seed)
+    return i32(k0), i32(k1)
+
+
+_TABLES: dict = {}
+
+
+def table(codebook: int, bits: int, device) -> torch.Tensor:
+    """fp32 [2^(bits+1)]: the 2^b levels c_0..c_s, then the s inverse gaps 1/(c_{k+1} − c_k), then one pad.
+
+    Cached per (codebook, bits, device) so a launch never copies a table from the host (a pageable H2D copy
+    would synchronise the stream)."""
+    key = (codebook, bits, str(device))
+    t = _TABLES.get(key)
+    if t is None:
+        vals = list(cb.levels(codebook, bits)) + list(cb.inv_gaps(codebook, bits)) + [0.0]
+        t = torch.tensor(vals, dtype=torch.float32, device=device)
+        _TABLES[key] = t
+    return t
+
+
+def next_pow2(v: int) -> int:
+    return 1 << max(0, int(v) - 1).bit_length()
+
+
+def chunk_for(block_size: int) -> int:
+    """Elements per register tile: the whole block when it fits (read once), else MAX_CHUNK."""
+    if 0 < block_size <= MAX_CHUNK:
+        return max(32, next_pow2(block_size))
+    return MAX_CHUNK
+
+
+def warps_for(chunk: int) -> int:
+    return 8 if chunk >= 4096 else 4 if chunk >= 1024 else 2 if chunk >= 256 else 1
+
+
+def flat(x: torch.Tensor) -> torch.Tensor:
+    """The flattened, contiguous view the kernels index with (copies only a non-contiguous input)."""
+    return x.reshape(-1).contiguous()

@@ -1,0 +1,67 @@
+"""Job 2 (SPEC §2): codebook lookup + unbiased stochastic rounding, z → code.
+
+kernel helper → stage kernel → registered op (`tnq::triton_quantize`, a triton_op).
+
+k = the number of interior levels c_1..c_{s-1} that are ≤ z, found by a branchless binary search over the fp32
+level table (b gathers from a ≤ 1 KiB table that stays in L1); p = (z − c_k)·(1/(c_{k+1} − c_k)) as one fp32
+subtraction and one fp32 multiplication (no add follows, so nothing can be contracted into an FMA);
+code = k + [U < p] with U the 24-bit hash of (seed, global index) from _common.uniform24.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from .. import codebooks as cb
+from . import _common as C
+
+
+@triton.jit
+def round_codes(z, idx, table_ptr, key0, key1, BITS: tl.constexpr):
+    """z fp32 in [c_0, c_s], idx int64 global indices, keys uint32 → codes int32 in [0, 2^BITS − 1]."""
+    k = tl.zeros(z.shape, tl.int32)
+    ck = tl.zeros(z.shape, tl.float32) + tl.load(table_ptr)
+    for i in tl.static_range(BITS):
+        cand = k + (1 << (BITS - 1 - i))
+        # the last level c_s is never a cell start: k ≤ s − 1 = 2^BITS − 2
+        cv = tl.load(table_ptr + cand, mask=cand <= (1 << BITS) - 2, other=float("inf"))
+        take = cv <= z
+        k = tl.where(take, cand, k)
+        ck = tl.where(take, cv, ck)
+    p = (z - ck) * tl.load(table_ptr + (1 << BITS) + k)
+    u = C.uniform24(idx, key0, key1)
+    return k + (u < p).to(tl.int32)
+
+
+@triton.jit(do_not_specialize=["key0", "key1"])
+def quantize_kernel(z_ptr, codes_ptr, table_ptr, n, key0, key1, BITS: tl.constexpr, CHUNK: tl.constexpr):
+    idx = tl.program_id(0).to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
+    m = idx < n
+    z = tl.load(z_ptr + idx, mask=m, other=0.0)
+    code = round_codes(z, idx, table_ptr, key0.to(tl.uint32, bitcast=True), key1.to(tl.uint32, bitcast=True), BITS)
+    tl.store(codes_ptr + idx, code.to(tl.uint8), mask=m)
+
+
+@triton_op("tnq::triton_quantize", mutates_args=())
+def triton_quantize(z: torch.Tensor, table: torch.Tensor, bits: int, seed: int) -> torch.Tensor:
+    """z fp32 [n] (any shape, flattened) → uint8 codes [n]."""
+    zf = C.flat(z)
+    n = zf.numel()
+    codes = torch.empty(n, dtype=torch.uint8, device=z.device)
+    if n > 0:
+        key0, key1 = C.seed_args(seed)
+        chunk = 2048
+        wrap_triton(quantize_kernel)[(triton.cdiv(n, chunk),)](zf, codes, table, n, key0, key1, BITS=bits,
+                                                               CHUNK=chunk, num_warps=C.warps_for(chunk))
+    return codes
+
+
+def quantize(z: torch.Tensor, bits: int, codebook: int, seed: int) -> torch.Tensor:
+    """Job 2, the reference's signature: z fp32 [n] → uint8 codes [n]."""
+    if z.dtype != torch.float32:
+        raise ValueError(f"z must be float32 (the output of scale_truncate), got {z.dtype}")
+    cb.check_bits(bits)
+    codebook = cb.codebook_id(codebook)
+    return torch.ops.tnq.triton_quantize(z, C.table(codebook, bits, z.device), bits, seed)
