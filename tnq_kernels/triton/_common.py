@@ -1,11 +1,11 @@
 """Shared pieces of the Triton backend: the counter-based hash (SPEC §4), exact fp32 arithmetic helpers,
 the codebook table cache and small host-side helpers.
 
-Numerics contract (see tnq_kernels/reference.py): every expression here is evaluated in the same IEEE fp32
-operations as the oracle. The only place where the NVPTX backend could fuse a multiply into a following add
-(FMA contraction) is the accumulation of decompress_sum; there, on GPUs, ``mul_rn``/``add_rn`` (libdevice
-``__nv_fmul_rn``/``__nv_fadd_rn``, which PTX never contracts) keep it bit-exact. The interpreter evaluates each
-operation separately in numpy, so it uses the plain operators (libdevice calls do not exist there).
+Numerics contract (see tnq_kernels/reference.py): every expression is evaluated in the same IEEE fp32 operations
+as the oracle. The only place where LLVM could fuse a multiply into a following add (FMA contraction) is the
+accumulation of decompress_sum; its launches pass enable_fp_fusion=False (tests/test_triton_aot.py checks the PTX
+has no fma there, nor flush-to-zero anywhere; libdevice's mul_rn/add_rn would avoid the FMA too, but Triton links
+libdevice with FTZ on, which flushes subnormal products). The interpreter evaluates each operation separately.
 """
 from __future__ import annotations
 
@@ -14,15 +14,18 @@ import os
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
+from torch._subclasses.fake_tensor import is_fake
+from torch.library import custom_op, triton_op
 
 from .. import codebooks as cb
 from .. import rng
 
 #: True when @triton.jit kernels run on CPU tensors through the numpy interpreter (read at kernel definition).
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-#: constexpr handed to kernels: use libdevice's round-to-nearest mul/add (never contracted into FMA).
+#: constexpr handed to decode kernels: False selects the interpreter's bf16 rounding fix-up (see to_output).
 EXACT = not INTERPRET
+#: launch option for kernels whose fp32 mul + add must stay two roundings (ignored by the interpreter).
+NO_FMA = {} if INTERPRET else {"enable_fp_fusion": False}
 
 #: TNQK as a little-endian uint32 (payload bytes 0-3).
 MAGIC_WORD = int.from_bytes(b"TNQK", "little")
@@ -30,6 +33,8 @@ MAGIC_WORD = int.from_bytes(b"TNQK", "little")
 # Elements one program keeps in registers: a whole default-size block (2048) is read once and reused for the
 # scale, the rounding and the packing. Larger blocks loop over chunks of this size (a second, L2-warm read).
 MAX_CHUNK = 4096
+#: elements per program when several small blocks share one (B < 2048): ROWS = ROWS_TARGET // next_pow2(B).
+ROWS_TARGET = 2048
 # B = 0 (one scale per tensor): elements per program of the quantize pass, and the cap on partial-sum programs
 # (each quantize program re-reduces all partials from L2, so fewer partials keep that overhead small).
 SEGMENT_B0 = 16384
@@ -56,19 +61,35 @@ def uniform24(idx, key0, key1):
 
 
 @triton.jit
-def mul_exact(a, b, EXACT: tl.constexpr):
-    if EXACT:
-        return libdevice.mul_rn(a, b)
-    else:
-        return a * b
+def to_output(v, DTYPE: tl.constexpr, EXACT: tl.constexpr):
+    """fp32 → the output dtype with round-to-nearest-even, as torch's .to(). The interpreter's numpy emulation
+    of bf16 truncates, so there the rounding is done on the bits first (the final cast is then exact)."""
+    if (not EXACT) and (DTYPE == tl.bfloat16):
+        b = v.to(tl.uint32, bitcast=True)
+        r = ((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+        v = tl.where(v != v, v, r)
+    return v.to(DTYPE)
 
 
-@triton.jit
-def add_exact(a, b, EXACT: tl.constexpr):
-    if EXACT:
-        return libdevice.add_rn(a, b)
-    else:
-        return a + b
+def kernel_op(name: str):
+    """Register a launcher as the `tnq` op `name`.
+
+    On GPUs: torch.library.triton_op, so torch.compile decomposes it into its wrap_triton kernel calls and
+    Inductor sees (and schedules) the kernels. Under TRITON_INTERPRET=1, wrap_triton hands back the interpreted
+    function itself, which would run on fake tensors while tracing; there the launcher is an opaque custom_op
+    whose fake kernel is the same launcher with its launches skipped (see `launches`)."""
+    def dec(fn):
+        if not INTERPRET:
+            return triton_op(name, fn, mutates_args=())
+        op = custom_op(name, fn, mutates_args=())
+        op.register_fake(fn)
+        return op
+    return dec
+
+
+def launches(t: torch.Tensor) -> bool:
+    """False only while tracing under the interpreter (fake tensors): then a launcher computes shapes only."""
+    return not (INTERPRET and is_fake(t))
 
 
 def i32(v: int) -> int:

@@ -2,8 +2,8 @@
 
 kernels → launcher → registered op (`tnq::triton_compress`, a triton_op) → public function.
 
-One program per scale block (B ≤ 4096: the whole block stays in registers between the scale reduction and the
-rounding, so the input is read exactly once). Larger blocks loop over 4096-element chunks twice (the second read
+B ≤ 4096: each program holds ROWS whole blocks as a [ROWS, next_pow2(B)] register tile (≈ 2048 elements) between
+the scale reduction and the rounding, so the input is read exactly once and small blocks still fill a program. Larger blocks loop over 4096-element chunks twice (the second read
 hits L2 for moderate B). B = 0 runs scale_truncate.partials_kernel first, then every program of the fused kernel
 reduces the same partials in the same order, so all agree on the tensor's scale bit for bit.
 The 32-byte header (and the zero padding after the scales) is written by a one-program kernel launched first:
@@ -15,12 +15,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from .. import codebooks as cb
 from .. import format as fmt
 from . import _common as C
-from .pack import pack_planes, store_words
+from .pack import pack_planes, store_groups, store_words
 from .quantize import round_codes
 from .scale_truncate import (accumulate, block_start, finish_scale, launch_partials, scale_from_partials,
                              segment_scale, segmentation, truncate)
@@ -53,11 +53,46 @@ def emit_chunk(g, m, e0, ngroups_valid, scale, c0, cs, table_ptr, codes_ptr, key
 
 
 @triton.jit(do_not_specialize=["key0", "key1"])
+def compress_blocks_kernel(x_ptr, out_ptr, table_ptr, n, block_size, nblocks, codes_w0, key0, key1,
+                           BITS: tl.constexpr, BITS_P2: tl.constexpr, MAX_RULE: tl.constexpr, ROWS: tl.constexpr,
+                           CHUNK: tl.constexpr):
+    """B ≤ 4096: ROWS blocks per program as a [ROWS, CHUNK] register tile (CHUNK = next_pow2(B)), read once.
+    x: flat input [n]; out: int32 view of the payload."""
+    blk = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # [ROWS]
+    start = blk * block_size
+    seg_len = tl.minimum(n - start, block_size)  # ≤ 0 for rows past the last block
+    col = tl.arange(0, CHUNK)[None, :]
+    m = col < seg_len[:, None]
+    g = tl.load(x_ptr + start[:, None] + col, mask=m, other=0.0).to(tl.float32)
+    # ---- job 1: one scale per row ----
+    acc, bad = accumulate(tl.zeros([ROWS, CHUNK], tl.float64), tl.zeros([ROWS, CHUNK], tl.int32), g, MAX_RULE)
+    scale = finish_scale(acc, bad, tl.maximum(seg_len, 1), MAX_RULE, 1)
+    live = blk < nblocks
+    tl.store(out_ptr + 8 + blk, scale.to(tl.int32, bitcast=True), mask=live)
+    tl.atomic_or(out_ptr + 3 + 0 * blk, 1, mask=live & ~(tl.abs(scale) < float("inf")))
+    # ---- job 1 (truncate) → job 2 (round) ----
+    c0 = tl.load(table_ptr)
+    cs = tl.load(table_ptr + (1 << BITS) - 1)
+    z = truncate(g, scale[:, None], c0, cs)
+    code = round_codes(z, start[:, None] + col, table_ptr, key0.to(tl.uint32, bitcast=True),
+                       key1.to(tl.uint32, bitcast=True), BITS)
+    code = tl.where(m, code, 0)  # tail codes are zero (SPEC §3)
+    # ---- job 3: pack each row's CHUNK // 32 groups, store the groups that hold elements ----
+    G: tl.constexpr = CHUNK // 32
+    words = pack_planes(tl.reshape(code, [ROWS * CHUNK]), ROWS * CHUNK, BITS, BITS_P2)
+    gi = tl.arange(0, ROWS * G)
+    row_blk = tl.program_id(0).to(tl.int64) * ROWS + gi // G
+    j = gi % G
+    valid = (row_blk < nblocks) & (j * 32 < tl.minimum(n - row_blk * block_size, block_size))
+    store_groups(out_ptr + codes_w0, words, row_blk * (block_size // 32) + j, valid, BITS, BITS_P2)
+
+
+@triton.jit(do_not_specialize=["key0", "key1"])
 def compress_kernel(x_ptr, out_ptr, part_ptr, table_ptr, n, seg, nparts, codes_w0, key0, key1,
                     BITS: tl.constexpr, BITS_P2: tl.constexpr, MAX_RULE: tl.constexpr, CHUNK: tl.constexpr,
-                    SINGLE: tl.constexpr, FROM_PARTIALS: tl.constexpr, NPART: tl.constexpr):
-    """x: flat input [n]; out: int32 view of the payload. One program per segment (a block, or for B = 0 a
-    SEGMENT_B0 slice sharing the tensor's scale)."""
+                    FROM_PARTIALS: tl.constexpr, NPART: tl.constexpr):
+    """B > 4096 (one program per block, two passes over CHUNK-element tiles) or B = 0 (FROM_PARTIALS: every
+    program takes the tensor's scale from the partials and handles a SEGMENT_B0 slice, one pass)."""
     pid = tl.program_id(0)
     start, seg_len = block_start(pid, seg, n)
     lane = tl.arange(0, CHUNK)
@@ -70,28 +105,18 @@ def compress_kernel(x_ptr, out_ptr, part_ptr, table_ptr, n, seg, nparts, codes_w
         scale = scale_from_partials(part_ptr, nparts, n, NPART, MAX_RULE)
         owner = pid == 0
     else:
-        if SINGLE:
-            m = lane < seg_len
-            g = tl.load(x_ptr + start + lane, mask=m, other=0.0).to(tl.float32)
-            acc, bad = accumulate(tl.zeros([CHUNK], tl.float64), tl.zeros([CHUNK], tl.int32), g, MAX_RULE)
-            scale = finish_scale(acc, bad, seg_len, MAX_RULE)
-        else:
-            scale = segment_scale(x_ptr, start, seg_len, CHUNK, MAX_RULE)
+        scale = segment_scale(x_ptr, start, seg_len, CHUNK, MAX_RULE)
         owner = pid >= 0
     tl.store(out_ptr + 8 + pid, scale.to(tl.int32, bitcast=True), mask=owner)
     tl.atomic_or(out_ptr + 3, 1, mask=owner & ~(tl.abs(scale) < float("inf")))
     # ---- jobs 1-3 on the data: truncate, round, pack ----
     codes_ptr = out_ptr + codes_w0
-    if SINGLE:
-        emit_chunk(g, m, start, tl.cdiv(seg_len, 32), scale, c0, cs, table_ptr, codes_ptr, k0, k1,
+    for c in range(0, seg_len, CHUNK):
+        offs = c + lane
+        mc = offs < seg_len
+        gc = tl.load(x_ptr + start + offs, mask=mc, other=0.0).to(tl.float32)
+        emit_chunk(gc, mc, start + c, tl.cdiv(seg_len - c, 32), scale, c0, cs, table_ptr, codes_ptr, k0, k1,
                    BITS, BITS_P2, CHUNK)
-    else:
-        for c in range(0, seg_len, CHUNK):
-            offs = c + lane
-            mc = offs < seg_len
-            gc = tl.load(x_ptr + start + offs, mask=mc, other=0.0).to(tl.float32)
-            emit_chunk(gc, mc, start + c, tl.cdiv(seg_len - c, 32), scale, c0, cs, table_ptr, codes_ptr, k0, k1,
-                       BITS, BITS_P2, CHUNK)
 
 
 def header_words(n: int, bits: int, block_size: int, codebook: int, dtype: torch.dtype) -> list[int]:
@@ -101,7 +126,7 @@ def header_words(n: int, bits: int, block_size: int, codebook: int, dtype: torch
     return [C.i32(C.MAGIC_WORD), C.i32(w1), C.i32(block_size), C.i32(n % (1 << 32)), C.i32(n // (1 << 32))]
 
 
-@triton_op("tnq::triton_compress", mutates_args=())
+@C.kernel_op("tnq::triton_compress")
 def triton_compress(x: torch.Tensor, table: torch.Tensor, bits: int, block_size: int, codebook: int,
                     seed: int) -> torch.Tensor:
     """x: any shape fp32/fp16/bf16, table: _common.table(codebook, bits) → uint8 payload [payload_bytes]."""
@@ -112,20 +137,28 @@ def triton_compress(x: torch.Tensor, table: torch.Tensor, bits: int, block_size:
     codes_w0 = fmt.codes_offset(n, block_size) // 4
     # with n = 0 no program writes the one scale of B = 0: zero it together with the padding
     zero_lo = _SCALE_WORD0 + (nb if n > 0 else 0)
+    if not C.launches(g):
+        return out.view(torch.uint8)
     wrap_triton(header_kernel)[(1,)](out, *header_words(n, bits, block_size, codebook, x.dtype), zero_lo, codes_w0,
                                      num_warps=1)
     if n > 0:
         max_rule = cb.scale_rule(codebook) == cb.SCALE_MAX_ABS
-        seg, nprog, chunk, single = segmentation(n, block_size)
-        if block_size == 0:
-            part, nparts = launch_partials(g, n, max_rule)
-        else:
-            part, nparts = table, 1  # unused by the kernel
+        seg, nseg, chunk, single = segmentation(n, block_size)
         key0, key1 = C.seed_args(seed)
-        wrap_triton(compress_kernel)[(nprog,)](
-            g, out, part, table, n, seg, nparts, codes_w0, key0, key1, BITS=bits, BITS_P2=C.next_pow2(bits),
-            MAX_RULE=max_rule, CHUNK=chunk, SINGLE=single, FROM_PARTIALS=block_size == 0,
-            NPART=C.next_pow2(nparts), num_warps=C.warps_for(chunk))
+        if single:
+            rows = max(1, C.ROWS_TARGET // chunk)
+            wrap_triton(compress_blocks_kernel)[(triton.cdiv(nseg, rows),)](
+                g, out, table, n, block_size, nb, codes_w0, key0, key1, BITS=bits, BITS_P2=C.next_pow2(bits),
+                MAX_RULE=max_rule, ROWS=rows, CHUNK=chunk, num_warps=C.warps_for(rows * chunk))
+        else:
+            if block_size == 0:
+                part, nparts = launch_partials(g, n, max_rule)
+            else:
+                part, nparts = table, 1  # unused by the kernel
+            wrap_triton(compress_kernel)[(nseg,)](
+                g, out, part, table, n, seg, nparts, codes_w0, key0, key1, BITS=bits, BITS_P2=C.next_pow2(bits),
+                MAX_RULE=max_rule, CHUNK=chunk, FROM_PARTIALS=block_size == 0, NPART=C.next_pow2(nparts),
+                num_warps=C.warps_for(chunk))
     return out.view(torch.uint8)
 
 

@@ -38,8 +38,9 @@ def decode_tile(in_ptr, e0, n, block_size, codes_w0, table_ptr, BITS: tl.constex
     else:
         # int32 division per element (the block index of the tile's first element is done once in int64)
         local = (e0 % block_size).to(tl.int32) + tl.arange(0, CHUNK)
-        s = tl.load(in_ptr + 8 + e0 // block_size + local // block_size).to(tl.float32, bitcast=True)
-    return C.mul_exact(s, c, EXACT)
+        s = tl.load(in_ptr + 8 + e0 // block_size + local // block_size, mask=e0 + tl.arange(0, CHUNK) < n,
+                    other=0).to(tl.float32, bitcast=True)
+    return s * c
 
 
 @triton.jit
@@ -48,7 +49,7 @@ def decompress_kernel(in_ptr, out_ptr, table_ptr, n, block_size, codes_w0, BITS:
     e0 = tl.program_id(0).to(tl.int64) * CHUNK
     v = decode_tile(in_ptr, e0, n, block_size, codes_w0, table_ptr, BITS, CHUNK, SCALE_MODE, EXACT)
     idx = e0 + tl.arange(0, CHUNK)
-    tl.store(out_ptr + idx, v.to(out_ptr.dtype.element_ty), mask=idx < n)
+    tl.store(out_ptr + idx, C.to_output(v, out_ptr.dtype.element_ty, EXACT), mask=idx < n)
 
 
 def scale_mode(block_size: int) -> int:
@@ -78,7 +79,7 @@ def triton_decompress(payload: torch.Tensor, shape: list[int], dtype: torch.dtyp
         decompress_kernel[(triton.cdiv(h.numel, CHUNK),)](
             words_of(payload), out, C.table(h.codebook, h.bits, payload.device), h.numel, h.block_size,
             h.codes_offset // 4, BITS=h.bits, CHUNK=CHUNK, SCALE_MODE=scale_mode(h.block_size), EXACT=C.EXACT,
-            num_warps=C.warps_for(CHUNK))
+            num_warps=C.warps_for(CHUNK), **C.NO_FMA)
     return out.reshape(shape)
 
 

@@ -7,8 +7,8 @@ Each program decodes the same CHUNK elements of up to MAX_FUSED payloads (separa
 slots repeat the first) and accumulates in fp32 in payload order, acc = acc + (w·v), the first term initialising
 acc, exactly as the reference. Up to MAX_FUSED payloads of one layout (bits, block size, codebook) are one
 launch: one read of each payload, one write of the result. Longer lists or mixed layouts chain launches through
-an fp32 accumulator. On GPUs the products and sums use libdevice's mul_rn/add_rn, so no FMA contraction changes
-the result (bit-exact with the reference, also under the interpreter).
+an fp32 accumulator. Launched with enable_fp_fusion=False, so no FMA contraction changes the result: bit-exact
+with the reference (tests/test_triton_aot.py checks the PTX).
 """
 from __future__ import annotations
 
@@ -32,11 +32,11 @@ def add_term(acc, p_ptr, w, e0, n, block_size, codes_w0, table_ptr, FIRST: tl.co
              BITS: tl.constexpr, CHUNK: tl.constexpr, SCALE_MODE: tl.constexpr, EXACT: tl.constexpr):
     v = decode_tile(p_ptr, e0, n, block_size, codes_w0, table_ptr, BITS, CHUNK, SCALE_MODE, EXACT)
     if WEIGHTED:
-        v = C.mul_exact(v, w, EXACT)
+        v = v * w
     if FIRST:
         return v
     else:
-        return C.add_exact(acc, v, EXACT)
+        return acc + v
 
 
 @triton.jit
@@ -74,7 +74,7 @@ def decompress_sum_kernel(p0, p1, p2, p3, p4, p5, p6, p7, w0, w1, w2, w3, w4, w5
     if W > 7:
         acc = add_term(acc, p7, w7, e0, n, block_size, codes_w0, table_ptr, False, WEIGHTED, BITS, CHUNK,
                        SCALE_MODE, EXACT)
-    tl.store(out_ptr + idx, acc.to(out_ptr.dtype.element_ty), mask=m)
+    tl.store(out_ptr + idx, C.to_output(acc, out_ptr.dtype.element_ty, EXACT), mask=m)
 
 
 def read_headers(payloads: Sequence[torch.Tensor]) -> list[fmt.Header]:
@@ -84,7 +84,13 @@ def read_headers(payloads: Sequence[torch.Tensor]) -> list[fmt.Header]:
             raise ValueError(f"payloads[{w}] must be a 1-D uint8 tensor (a tnq payload) of at least "
                              f"{fmt.HEADER_BYTES} bytes, got {p.dtype} with shape {tuple(p.shape)}")
     heads = torch.stack([p[: fmt.HEADER_BYTES] for p in payloads]).cpu().numpy()
-    return [fmt.parse_header(heads[w].tobytes(), p.numel()) for w, p in enumerate(payloads)]
+    out = []
+    for w, p in enumerate(payloads):
+        try:
+            out.append(fmt.parse_header(heads[w].tobytes(), p.numel()))
+        except ValueError as e:
+            raise ValueError(f"payloads[{w}]: {e}") from None
+    return out
 
 
 def groups(headers: Sequence[fmt.Header]) -> list[tuple[int, int]]:
@@ -126,7 +132,8 @@ def triton_decompress_sum(payloads: list[torch.Tensor], weights: Optional[list[f
         decompress_sum_kernel[(triton.cdiv(n, CHUNK),)](
             *ptrs, *ws, acc, dst, C.table(h.codebook, h.bits, device), n, h.block_size, h.codes_offset // 4,
             W=b - a, ACC_IN=r > 0, WEIGHTED=weights is not None, BITS=h.bits, CHUNK=CHUNK,
-            SCALE_MODE=scale_mode(h.block_size), EXACT=C.EXACT, num_warps=C.warps_for(CHUNK))
+            SCALE_MODE=scale_mode(h.block_size), EXACT=C.EXACT, num_warps=C.warps_for(CHUNK),
+            **C.NO_FMA)
     return out.reshape(shape)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from .. import codebooks as cb
 from .. import format as fmt
@@ -35,9 +35,15 @@ def pack_planes(code, CHUNK: tl.constexpr, BITS: tl.constexpr, BITS_P2: tl.const
 def store_words(out_ptr, words, group0, ngroups_valid, CHUNK: tl.constexpr, BITS: tl.constexpr,
                 BITS_P2: tl.constexpr):
     """Store a [CHUNK // 32, BITS_P2] word tile for groups group0 … (int64) where group < group0 + ngroups_valid."""
-    gi = tl.arange(0, CHUNK // 32)[:, None]
+    gi = tl.arange(0, CHUNK // 32)
+    store_groups(out_ptr, words, group0 + gi, gi < ngroups_valid, BITS, BITS_P2)
+
+
+@triton.jit
+def store_groups(out_ptr, words, group, valid, BITS: tl.constexpr, BITS_P2: tl.constexpr):
+    """Store a [G, BITS_P2] word tile at groups `group` (int64 [G]) where `valid` [G]."""
     col = tl.arange(0, BITS_P2)[None, :]
-    tl.store(out_ptr + (group0 + gi) * BITS + col, words, mask=(gi < ngroups_valid) & (col < BITS))
+    tl.store(out_ptr + group[:, None] * BITS + col, words, mask=valid[:, None] & (col < BITS))
 
 
 @triton.jit
@@ -74,26 +80,26 @@ def unpack_kernel(words_ptr, codes_ptr, n, BITS: tl.constexpr, CHUNK: tl.constex
 _CHUNK = 2048
 
 
-@triton_op("tnq::triton_pack", mutates_args=())
+@C.kernel_op("tnq::triton_pack")
 def triton_pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 codes [n] (any shape, flattened; bits above `bits` ignored) → int32 words [bits·ceil(n/32)]."""
     c = C.flat(codes)
     n = c.numel()
     words = torch.empty(fmt.num_words(n, bits), dtype=torch.int32, device=codes.device)
-    if n > 0:
+    if n > 0 and C.launches(c):
         wrap_triton(pack_kernel)[(triton.cdiv(n, _CHUNK),)](c, words, n, BITS=bits, BITS_P2=C.next_pow2(bits),
                                                            CHUNK=_CHUNK, num_warps=C.warps_for(_CHUNK))
     return words
 
 
-@triton_op("tnq::triton_unpack", mutates_args=())
+@C.kernel_op("tnq::triton_unpack")
 def triton_unpack(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """int32 words [bits·ceil(n/32)] → uint8 codes [n]."""
     torch._check(words.numel() == fmt.num_words(n, bits),
                  lambda: f"words must hold bits*ceil(n/32) = {fmt.num_words(n, bits)} values, got {words.numel()}")
     w = C.flat(words)
     codes = torch.empty(n, dtype=torch.uint8, device=words.device)
-    if n > 0:
+    if n > 0 and C.launches(w):
         wrap_triton(unpack_kernel)[(triton.cdiv(n, _CHUNK),)](w, codes, n, BITS=bits, CHUNK=_CHUNK,
                                                              num_warps=C.warps_for(_CHUNK))
     return codes

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from .. import codebooks as cb
 from . import _common as C
@@ -44,13 +44,13 @@ def quantize_kernel(z_ptr, codes_ptr, table_ptr, n, key0, key1, BITS: tl.constex
     tl.store(codes_ptr + idx, code.to(tl.uint8), mask=m)
 
 
-@triton_op("tnq::triton_quantize", mutates_args=())
+@C.kernel_op("tnq::triton_quantize")
 def triton_quantize(z: torch.Tensor, table: torch.Tensor, bits: int, seed: int) -> torch.Tensor:
     """z fp32 [n] (any shape, flattened) → uint8 codes [n]."""
     zf = C.flat(z)
     n = zf.numel()
     codes = torch.empty(n, dtype=torch.uint8, device=z.device)
-    if n > 0:
+    if n > 0 and C.launches(zf):
         key0, key1 = C.seed_args(seed)
         chunk = 2048
         wrap_triton(quantize_kernel)[(triton.cdiv(n, chunk),)](zf, codes, table, n, key0, key1, BITS=bits,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
 from .. import codebooks as cb
 from .. import format as fmt
@@ -21,14 +21,16 @@ from . import _common as C
 
 
 @triton.jit
-def finish_scale(acc, bad, count, MAX_RULE: tl.constexpr):
-    """acc fp64 [CHUNK] (|g| sums, or maxima), bad int32 [CHUNK] (NaN seen) → the fp32 scale."""
+def finish_scale(acc, bad, count, MAX_RULE: tl.constexpr, AXIS: tl.constexpr):
+    """acc fp64 (|g| sums, or maxima) and bad int32 (NaN seen), reduced over AXIS → the fp32 scale(s);
+    count: elements per scale, shaped like the result."""
     if MAX_RULE:
-        s = tl.max(acc, axis=0).to(tl.float32)
+        s = tl.max(acc, axis=AXIS).to(tl.float32)
         # GPU max drops NaN; the reference's amax propagates it.
-        return tl.where(tl.max(bad, axis=0) > 0, float("nan"), s)
+        return tl.where(tl.max(bad, axis=AXIS) > 0, float("nan"), s)
     else:
-        return (tl.sum(acc, axis=0) / count.to(tl.float64)).to(tl.float32)  # f64 `/` is div.rn.f64
+        # one correctly rounded fp64 division (Triton's f64 `/` is div.rn.f64), then one rounding to fp32
+        return (tl.sum(acc, axis=AXIS) / count.to(tl.float64)).to(tl.float32)
 
 
 @triton.jit
@@ -53,7 +55,7 @@ def segment_scale(x_ptr, start, seg_len, CHUNK: tl.constexpr, MAX_RULE: tl.const
         offs = c + lane
         g = tl.load(x_ptr + start + offs, mask=offs < seg_len, other=0.0).to(tl.float32)
         acc, bad = accumulate(acc, bad, g, MAX_RULE)
-    return finish_scale(acc, bad, seg_len, MAX_RULE)
+    return finish_scale(acc, bad, seg_len, MAX_RULE, 0)
 
 
 @triton.jit
@@ -126,7 +128,7 @@ def scale_truncate_kernel(x_ptr, scales_ptr, z_ptr, part_ptr, table_ptr, n, seg,
             m = lane < seg_len
             g = tl.load(x_ptr + start + lane, mask=m, other=0.0).to(tl.float32)
             acc, bad = accumulate(tl.zeros([CHUNK], tl.float64), tl.zeros([CHUNK], tl.int32), g, MAX_RULE)
-            scale = finish_scale(acc, bad, seg_len, MAX_RULE)
+            scale = finish_scale(acc, bad, seg_len, MAX_RULE, 0)
         else:
             scale = segment_scale(x_ptr, start, seg_len, CHUNK, MAX_RULE)
         tl.store(scales_ptr + pid, scale)
@@ -150,7 +152,7 @@ def launch_partials(x: torch.Tensor, n: int, max_rule: bool) -> tuple[torch.Tens
 
 
 def segmentation(n: int, block_size: int) -> tuple[int, int, int, bool]:
-    """(segment length, number of programs, chunk, single) of the per-segment kernels."""
+    """(segment length, number of segments, chunk, single) of the per-segment kernels."""
     if block_size == 0:
         seg = C.SEGMENT_B0
     else:
@@ -159,7 +161,7 @@ def segmentation(n: int, block_size: int) -> tuple[int, int, int, bool]:
     return seg, triton.cdiv(n, seg), chunk, seg <= chunk
 
 
-@triton_op("tnq::triton_scale_truncate", mutates_args=())
+@C.kernel_op("tnq::triton_scale_truncate")
 def triton_scale_truncate(x: torch.Tensor, table: torch.Tensor, bits: int, block_size: int,
                           codebook: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x: any shape fp32/fp16/bf16, table: C.table(codebook, bits) → (scales fp32 [nblocks], z fp32 [n])."""
@@ -167,7 +169,7 @@ def triton_scale_truncate(x: torch.Tensor, table: torch.Tensor, bits: int, block
     n = g.numel()
     scales = torch.zeros(fmt.num_blocks(n, block_size), dtype=torch.float32, device=x.device)
     z = torch.empty(n, dtype=torch.float32, device=x.device)
-    if n == 0:
+    if n == 0 or not C.launches(g):
         return scales, z
     max_rule = cb.scale_rule(codebook) == cb.SCALE_MAX_ABS
     seg, nprog, chunk, single = segmentation(n, block_size)
