@@ -1,0 +1,128 @@
+"""GPU throughput of compress / decompress: GB/s (bytes read + written) and % of a device copy of the same tensor.
+
+    python benchmarks/bench_gpu.py [--csv PATH] [--bits 2 3 4 5] [--dtypes float32 bfloat16]
+                                   [--log2n 20 22 24 26 28] [--backends triton auto] [--block-size 2048]
+    python benchmarks/bench_gpu.py --smoke      # no GPU needed: tiny sizes on CPU, Triton under the interpreter
+
+Backends: "triton" = tnq_kernels.*(backend="triton"); "auto" = torch.ops.tnq on CUDA tensors, i.e. the C++ CUDA
+kernels when the extension was built with CUDA, otherwise ops.py's forwarder to the same Triton kernels (the
+`auto_kernel` column says which). A backend that fails (not built, no triton) is reported in the table and the
+CSV (`status`), never a crash. Each time is the median of triton.testing.do_bench, which zeroes a 256 MB buffer
+before every repetition (L2 flushed); --smoke times with the helper's wall clock instead.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def parse(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 5])
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--log2n", type=int, nargs="+", default=[20, 22, 24, 26, 28])
+    ap.add_argument("--backends", nargs="+", default=["triton", "auto"], choices=["triton", "auto"])
+    ap.add_argument("--ops", nargs="+", default=["compress", "decompress"], choices=["compress", "decompress"])
+    ap.add_argument("--block-size", type=int, default=2048)
+    ap.add_argument("--csv", default=None, help="append rows to this CSV (default: results/bench_gpu.csv)")
+    ap.add_argument("--smoke", action="store_true", help="CPU + Triton interpreter, n = 2^10 and 2^12, no GPU")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.log2n = [n for n in args.log2n if n <= 12] or [10, 12]
+    return args
+
+
+def auto_kernel(op: str) -> str:
+    """Which kernel torch.ops.tnq.<op> runs for CUDA tensors: 'cuda' (C++ build) or 'triton' (ops.py forwarder)."""
+    import torch
+    try:
+        dump = torch._C._dispatch_dump(f"tnq::{op}")
+    except RuntimeError:
+        return "missing"
+    line = next((ln for ln in dump.splitlines() if ln.startswith("CUDA")), "")
+    if not line:
+        return "missing"
+    return "triton" if "ops.py" in line else "cuda"
+
+
+def timer(device, smoke):
+    """fn → median seconds (do_bench on CUDA, L2 flushed; the helper's wall clock for --smoke)."""
+    import _helper as H
+    if smoke:
+        return lambda fn: H.time_fn(fn, device=device, warmup=1, repeat=3).median
+    from triton.testing import do_bench
+    return lambda fn: do_bench(fn, warmup=25, rep=200, return_mode="median") / 1e3
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.smoke:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before tnq_kernels.triton defines its kernels
+    import torch
+
+    import _helper as H
+    import tnq_kernels
+
+    if not args.smoke and not torch.cuda.is_available():
+        print("bench_gpu: no CUDA device visible to torch; nothing to measure (use --smoke to check the script)")
+        return 0
+    device = torch.device("cpu" if args.smoke else "cuda")
+    env = H.environment(device)
+    run = H.run_id()
+    time_of = timer(device, args.smoke)
+    print(f"# {env['device_name']}  torch {env['torch']}  triton {env['triton']}  cuda {env['cuda']}  "
+          f"block_size {args.block_size}  run {run}")
+    rows = []
+    for dt_name in args.dtypes:
+        dtype = getattr(torch, dt_name)
+        for log2n in args.log2n:
+            n = 1 << log2n
+            x = torch.randn(n, device=device).to(dtype)
+            y = torch.empty_like(x)
+            copy_s = time_of(lambda: y.copy_(x))
+            r_c, w_c = H.op_bytes("copy", n, dtype)
+            copy_gbps = H.gbps(r_c + w_c, copy_s)
+            base = dict(run=run, date=env["date"], device=env["device"], device_name=env["device_name"],
+                        dtype=dt_name, block_size=args.block_size, n=n, world=1, threads=env["threads"])
+            rows.append(dict(base, op="copy", impl="torch", bits="", median_s=copy_s, min_s=math.nan, repeats="",
+                             bytes_read=r_c, bytes_written=w_c, gbps=copy_gbps, pct_copy=100.0, status="ok"))
+            for bits in args.bits:
+                for backend in args.backends:
+                    payload = None
+                    for op in args.ops:
+                        r, w = H.op_bytes(op, n, dtype, bits, args.block_size)
+                        row = dict(base, op=op, impl=backend, bits=bits, min_s=math.nan, repeats="",
+                                   bytes_read=r, bytes_written=w,
+                                   auto_kernel=auto_kernel(op) if backend == "auto" else "")
+                        try:
+                            if payload is None:
+                                payload = tnq_kernels.compress(x, bits, args.block_size, seed=1, backend=backend)
+                            if op == "compress":
+                                fn = lambda: tnq_kernels.compress(x, bits, args.block_size, seed=1,  # noqa: E731
+                                                                  backend=backend)
+                            else:
+                                fn = lambda: tnq_kernels.decompress(payload, x.shape, dtype,  # noqa: E731
+                                                                    backend=backend)
+                            s = time_of(fn)
+                            row.update(median_s=s, gbps=H.gbps(r + w, s), status="ok")
+                            row["pct_copy"] = 100.0 * row["gbps"] / copy_gbps
+                        except Exception as e:  # a missing backend is a result to report, not a crash
+                            row.update(median_s=math.nan, gbps=math.nan, pct_copy=math.nan,
+                                       status=f"unavailable: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+                        rows.append(row)
+    cols = ["op", "impl", "auto_kernel", "dtype", "bits", "n", "median_s", "gbps", "pct_copy", "status"]
+    print(H.format_table(rows, cols))
+    path = Path(args.csv) if args.csv else H.results_path("bench_gpu_smoke.csv" if args.smoke else "bench_gpu.csv")
+    H.append_csv(path, rows, H.THROUGHPUT_COLUMNS)
+    print(f"# wrote {len(rows)} rows to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
