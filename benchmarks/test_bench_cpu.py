@@ -110,19 +110,21 @@ def test_compress(benchmark, request, impl, bits, dtype, size):
         assert torch.equal(payload, tnq.compress(x, bits, BLOCK, seed=SEED, backend="reference"))
 
 
-def _payloads(size, dtype, bits, count):
+def _payloads(size, dtype, bits, count, impl, request):
+    """(x, ``count`` payloads of x-like data), encoded by the backend under test: a payload decodes in the same
+    time whoever encoded it, and the reference would take minutes to encode the largest sizes."""
     x = _input(size, dtype)
-    # the payloads to decode are made by the reference, so decode timings never depend on the encoder under test
-    return x, [tnq.compress(x * (w + 1), bits, BLOCK, seed=SEED + w, backend="reference") for w in range(count)]
+    _skip_slow_reference(impl, x.numel(), request)
+    backend = _backend(impl)
+    return x, backend, [tnq.compress(x * (w + 1), bits, BLOCK, seed=SEED + w, backend=backend)
+                        for w in range(count)]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_decompress(benchmark, request, impl, bits, dtype, size):
-    x, (payload,) = _payloads(size, dtype, bits, 1)
-    _skip_slow_reference(impl, x.numel(), request)
-    backend = _backend(impl)
+    x, backend, (payload,) = _payloads(size, dtype, bits, 1, impl, request)
     out = _run(benchmark, request, lambda: tnq.decompress(payload, x.shape, dtype, backend=backend),
                op="decompress", impl=impl, dtype=dtype, bits=bits, n=x.numel())
     assert out.shape == x.shape and out.dtype == dtype
@@ -134,9 +136,7 @@ def test_decompress(benchmark, request, impl, bits, dtype, size):
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_decompress_sum(benchmark, request, impl, bits, dtype, size):
-    x, payloads = _payloads(size, dtype, bits, WORLD)
-    _skip_slow_reference(impl, x.numel(), request)
-    backend = _backend(impl)
+    x, backend, payloads = _payloads(size, dtype, bits, WORLD, impl, request)
     weights = [1.0 / WORLD] * WORLD
     out = _run(benchmark, request,
                lambda: tnq.decompress_sum(payloads, weights, x.shape, dtype, backend=backend),
