@@ -1,6 +1,6 @@
 """Turn the benchmark CSVs of benchmarks/results/ into PNGs and the markdown headline tables.
 
-    cpu_throughput.csv / gpu_throughput.csv -> <name>.png  GB/s vs n per op, one line per impl and bit width
+    cpu_throughput.csv / bench_gpu.csv      -> <name>.png  GB/s vs n per op, one line per impl and bit width
                                                <name>.md   native vs reference vs copy at equal n, same run
     e2e_ddp.csv                             -> e2e_ddp.png  step time vs link bandwidth, one line per compressor
                                                e2e_ddp.md
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     src, out = Path(args.results), Path(args.out or args.results)
     out.mkdir(parents=True, exist_ok=True)
     made = []
-    for name in ("cpu_throughput", "gpu_throughput"):
+    for name in ("cpu_throughput", "bench_gpu", "gpu_throughput"):
         rows = latest_run([r for r in H.read_csv(src / f"{name}.csv") if r.get("gbps")], args.all_runs)
         if rows:
             made.append(plot_throughput(rows, out / f"{name}.png"))
