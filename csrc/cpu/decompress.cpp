@@ -1,0 +1,75 @@
+// decompress / decompress_sum on CPU: each output chunk is decoded from every payload in turn into an fp32
+// accumulator that stays in L1, then cast once to the output dtype — no W x n temporary.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+#include "inline.h"
+
+namespace tnq {
+namespace cpu {
+namespace {
+
+constexpr int64_t kChunkGroups = 64;  // 2048 elements: 8 KiB of fp32 accumulator
+
+inline float load_scale(const uint8_t* scales, int64_t b) {
+  float s;
+  std::memcpy(&s, scales + 4 * b, 4);
+  return s;
+}
+
+// acc[0 .. 32*(g1-g0)) (op)= weight * (scale * c[code]) for groups [g0, g1) of one payload. FIRST: assign.
+template <int BITS, bool FIRST, bool WEIGHTED>
+TNQ_CLONES void decode_groups(const PayloadView& pv, int64_t g0, int64_t g1, float weight, float* acc) {
+  const Tables& t = tables(pv.codebook, BITS);
+  const int64_t gpb = pv.block_size / kGroup;
+  alignas(32) uint8_t code[kGroup];
+  for (int64_t g = g0; g < g1; ++g) {
+    const float scale = load_scale(pv.scales, gpb == 0 ? 0 : g / gpb);
+    unpack_group<BITS>(pv.words + 4 * BITS * g, code);
+    float* a = acc + (g - g0) * kGroup;
+    for (int j = 0; j < kGroup; ++j) {
+      float v = scale * t.c[code[j]];
+      if (WEIGHTED) v = weight * v;
+      a[j] = FIRST ? v : a[j] + v;
+    }
+  }
+}
+
+template <bool FIRST, bool WEIGHTED>
+void decode_into(const PayloadView& pv, int64_t g0, int64_t g1, float weight, float* acc) {
+  TNQ_DISPATCH_BITS(pv.bits, decode_groups<BITS, FIRST, WEIGHTED>(pv, g0, g1, weight, acc));
+}
+
+template <int DT>
+void store(const float* acc, int64_t cnt, typename Src<DT>::T* out) {
+  for (int64_t j = 0; j < cnt; ++j) out[j] = Src<DT>::store(acc[j]);
+}
+
+}  // namespace
+
+void decompress_sum(const PayloadView* payloads, const float* weights, int64_t num_payloads, int64_t n,
+                    int out_dtype_id, void* out) {
+  const int64_t ngroups = (n + kGroup - 1) / kGroup;
+  const int64_t nchunks = (ngroups + kChunkGroups - 1) / kChunkGroups;
+  at::parallel_for(0, nchunks, 4, [&](int64_t c0, int64_t c1) {
+    alignas(64) float acc[kChunkGroups * kGroup];
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t g0 = c * kChunkGroups, g1 = std::min(ngroups, g0 + kChunkGroups);
+      for (int64_t w = 0; w < num_payloads; ++w) {
+        if (weights == nullptr) {
+          if (w == 0) decode_into<true, false>(payloads[w], g0, g1, 1.0f, acc);
+          else decode_into<false, false>(payloads[w], g0, g1, 1.0f, acc);
+        } else {
+          if (w == 0) decode_into<true, true>(payloads[w], g0, g1, weights[w], acc);
+          else decode_into<false, true>(payloads[w], g0, g1, weights[w], acc);
+        }
+      }
+      const int64_t i0 = g0 * kGroup, cnt = std::min(n, g1 * kGroup) - i0;
+      TNQ_DISPATCH_DTYPE(out_dtype_id, store<DT>(acc, cnt, static_cast<typename Src<DT>::T*>(out) + i0));
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace tnq

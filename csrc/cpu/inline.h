@@ -1,0 +1,207 @@
+// Inline building blocks shared by the CPU kernels: dtype loads/stores, per-block scale, the branchless codebook
+// search + stochastic rounding of one 32-element group, and the bit-plane pack/unpack of a group.
+#pragma once
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "kernels.h"
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+// Hot loops are compiled twice, for AVX2 and for the baseline ISA, and picked at load time (GCC ifunc): the
+// wheel stays portable (no -march=native) yet uses 8-wide integer multiplies for the hash where the CPU has them.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(TNQ_NO_CLONES)
+#define TNQ_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define TNQ_CLONES
+#endif
+
+namespace tnq {
+namespace cpu {
+
+constexpr int64_t kGroup = 32;
+
+// ---- dtype access ----
+template <int DT>
+struct Src;
+template <>
+struct Src<kFloat32> {
+  using T = float;
+  static inline float load(T v) { return v; }
+  static inline T store(float v) { return v; }
+};
+template <>
+struct Src<kFloat16> {
+  using T = c10::Half;
+  static inline float load(T v) { return static_cast<float>(v); }
+  static inline T store(float v) { return c10::Half(v); }  // round to nearest even, as torch's .to(float16)
+};
+template <>
+struct Src<kBFloat16> {
+  using T = c10::BFloat16;
+  static inline float load(T v) {
+    const uint32_t u = uint32_t(v.x) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  static inline T store(float v) { return c10::BFloat16(v); }  // round to nearest even, NaN stays NaN
+};
+
+// Calls f.template operator()<DT>() with the dtype id as a compile-time constant.
+#define TNQ_DISPATCH_DTYPE(dtype_id, ...)                   \
+  switch (dtype_id) {                                       \
+    case kFloat32: { constexpr int DT = kFloat32; __VA_ARGS__; break; } \
+    case kFloat16: { constexpr int DT = kFloat16; __VA_ARGS__; break; } \
+    default: { constexpr int DT = kBFloat16; __VA_ARGS__; break; }      \
+  }
+
+#define TNQ_DISPATCH_BITS(bits, ...)                        \
+  switch (bits) {                                           \
+    case 1: { constexpr int BITS = 1; __VA_ARGS__; break; } \
+    case 2: { constexpr int BITS = 2; __VA_ARGS__; break; } \
+    case 3: { constexpr int BITS = 3; __VA_ARGS__; break; } \
+    case 4: { constexpr int BITS = 4; __VA_ARGS__; break; } \
+    case 5: { constexpr int BITS = 5; __VA_ARGS__; break; } \
+    case 6: { constexpr int BITS = 6; __VA_ARGS__; break; } \
+    case 7: { constexpr int BITS = 7; __VA_ARGS__; break; } \
+    default: { constexpr int BITS = 8; __VA_ARGS__; break; } \
+  }
+
+// ---- job 1: per-block scale ----
+// mean|g|: fp64 sum (8 independent partial sums so the loop vectorises; the fp64 result is rounded once to
+// fp32 after the division, which hides the summation order) / count. NaN/Inf propagate naturally.
+template <int DT>
+inline double abs_sum_f64(const typename Src<DT>::T* x, int64_t cnt) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= cnt; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += std::fabs(double(Src<DT>::load(x[i + j])));
+  for (; i < cnt; ++i) acc[0] += std::fabs(double(Src<DT>::load(x[i])));
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// max|g| in fp32 (exact in any order); a NaN anywhere makes the result NaN, as torch.amax does.
+template <int DT>
+inline float abs_max(const typename Src<DT>::T* x, int64_t cnt) {
+  float m[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int nan = 0;
+  int64_t i = 0;
+  for (; i + 8 <= cnt; i += 8)
+    for (int j = 0; j < 8; ++j) {
+      const float a = std::fabs(Src<DT>::load(x[i + j]));
+      nan |= a != a;
+      m[j] = a > m[j] ? a : m[j];
+    }
+  for (; i < cnt; ++i) {
+    const float a = std::fabs(Src<DT>::load(x[i]));
+    nan |= a != a;
+    m[0] = a > m[0] ? a : m[0];
+  }
+  float r = m[0];
+  for (int j = 1; j < 8; ++j) r = m[j] > r ? m[j] : r;
+  return nan ? std::numeric_limits<float>::quiet_NaN() : r;
+}
+
+inline float mean_scale(double sum, int64_t cnt) {
+  return cnt == 0 ? 0.0f : static_cast<float>(sum / double(cnt));
+}
+
+// The scale of a whole tensor (block_size 0): a parallel reduction over fixed 64 Ki-element chunks — fixed, so
+// the result does not depend on the thread count — combined in chunk order. The fused compress then needs a
+// second read of x for the quantize pass, unavoidably.
+template <int DT>
+inline float whole_tensor_scale(const typename Src<DT>::T* x, int64_t n, bool use_max) {
+  constexpr int64_t kChunk = int64_t(1) << 16;
+  const int64_t nchunks = (n + kChunk - 1) / kChunk;
+  std::vector<double> part(nchunks);
+  at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t cnt = std::min(kChunk, n - c * kChunk);
+      part[c] = use_max ? double(abs_max<DT>(x + c * kChunk, cnt)) : abs_sum_f64<DT>(x + c * kChunk, cnt);
+    }
+  });
+  if (!use_max) {
+    double s = 0.0;
+    for (double v : part) s += v;
+    return mean_scale(s, n);
+  }
+  float m = 0.0f;
+  bool nan = false;
+  for (double v : part) {
+    nan |= v != v;
+    m = float(v) > m ? float(v) : m;
+  }
+  return nan ? std::numeric_limits<float>::quiet_NaN() : m;
+}
+
+// How a block's z is formed: g/scale, all zero (scale 0), or all c_0 (non-finite scale, codes 0).
+enum BlockMode : int { kUsable = 0, kZeroScale = 1, kNonFinite = 2 };
+inline BlockMode block_mode(float scale) {
+  if (!std::isfinite(scale)) return kNonFinite;
+  return scale > 0.0f ? kUsable : kZeroScale;
+}
+
+// z = clamp(g / scale, c_0, c_s) with z = 0 for a zero scale (one IEEE fp32 division, never a reciprocal).
+inline float truncate(float g, float scale, BlockMode mode, float lo, float hi) {
+  float z = mode == kUsable ? g / scale : 0.0f;
+  z = z < lo ? lo : z;
+  return z > hi ? hi : z;
+}
+
+// ---- job 2: codebook lookup + stochastic rounding ----
+// k = number of interior levels <= z by a branchless binary search over the padded table; p from the real gaps.
+template <int BITS>
+inline uint32_t round_code(float z, const Tables& t, uint32_t h) {
+  int k = 0;
+#pragma GCC unroll 8
+  for (int step = 1 << (BITS - 1); step > 0; step >>= 1) k += (z >= t.search[k + step]) ? step : 0;
+  const float p = (z - t.c[k]) * t.inv_gap[k];
+  const float u = float(h >> (32 - kUniformBits)) * (1.0f / 16777216.0f);
+  return uint32_t(k) + (u < p ? 1u : 0u);
+}
+
+// ---- job 3: pack / unpack one group of 32 codes <-> BITS bit-plane words ----
+template <int BITS>
+inline void pack_group(const uint8_t* code, uint32_t* w) {
+#if defined(__SSE2__)
+  // Shifting 16-bit lanes left by 7-p puts bit p of every byte in that byte's top bit; movemask collects them.
+  const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(code));
+  const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(code + 16));
+#pragma GCC unroll 8
+  for (int p = 0; p < BITS; ++p) {
+    const uint32_t a = uint32_t(_mm_movemask_epi8(_mm_slli_epi16(lo, 7 - p)));
+    const uint32_t b = uint32_t(_mm_movemask_epi8(_mm_slli_epi16(hi, 7 - p)));
+    w[p] = a | (b << 16);
+  }
+#else
+  for (int p = 0; p < BITS; ++p) {
+    uint32_t v = 0;
+    for (int j = 0; j < 32; ++j) v |= uint32_t((code[j] >> p) & 1) << j;
+    w[p] = v;
+  }
+#endif
+}
+
+template <int BITS>
+inline void unpack_group(const uint8_t* wbytes, uint8_t* code) {
+  uint32_t w[BITS];
+  std::memcpy(w, wbytes, sizeof(w));  // payload words need not be 4-byte aligned
+  for (int j = 0; j < 32; ++j) code[j] = 0;
+#pragma GCC unroll 8
+  for (int p = 0; p < BITS; ++p)
+    for (int j = 0; j < 32; ++j) code[j] |= uint8_t(((w[p] >> j) & 1u) << p);
+}
+
+}  // namespace cpu
+}  // namespace tnq

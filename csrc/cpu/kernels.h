@@ -1,0 +1,67 @@
+// CPU kernel bodies of tnq_kernels: raw pointers in, raw pointers out; no validation, no allocation.
+// csrc/ops.cpp is the boundary (checks arguments, allocates tensors, writes headers) and calls these.
+// Numerics are those of tnq_kernels/reference.py, bit for bit; every file here is built with -ffp-contract=off.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "../tnq_constants.h"
+
+namespace tnq {
+namespace cpu {
+
+// fp32 level table of one (codebook, bits), padded for the branchless search below.
+struct Tables {
+  int bits = 0;
+  int s = 0;              // number of intervals, 2^bits - 1
+  float c[256];           // levels c_0 < ... < c_s
+  float inv_gap[256];     // fp32(1 / (c_{k+1} - c_k)), k < s
+  // search[j] = c_j for 1 <= j <= s-1, NaN from j = s on: `z >= NaN` is false, so the search never leaves
+  // [0, s-1] (that is what makes k the count of *interior* levels <= z), even for z = +inf.
+  float search[512];
+};
+
+// Levels in fp64 exactly as tnq_kernels/codebooks.py computes them (before the single rounding to fp32).
+std::vector<double> levels_f64(int codebook, int bits);
+double lambert_w0(double x);
+const Tables& tables(int codebook, int bits);  // computed once per (codebook, bits), thread-safe
+
+// One source of truth for the payload layout (also exposed to Python for the n > 2^32 tests).
+struct Layout {
+  int64_t nblocks, codes_offset, payload_bytes, num_words;
+};
+inline Layout layout(int64_t n, int bits, int64_t block_size) {
+  return Layout{num_blocks(n, block_size), codes_offset(n, block_size), payload_bytes(n, bits, block_size),
+                int64_t(bits) * ((n + 31) / 32)};
+}
+
+// x: n elements of dtype `dtype_id` (DtypeId). Writes scales[num_blocks] and words[bits * ceil(n/32)].
+// Returns true when some block is non-finite (the header's flag bit 0).
+bool compress(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, int codebook, uint64_t seed,
+              float* scales, uint32_t* words);
+
+// Stage 1 alone: scales[num_blocks] and z[n] (fp32).
+void scale_truncate(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, int codebook,
+                    float* scales, float* z);
+// Stage 2 alone: codes[n] from z[n].
+void quantize(const float* z, int64_t n, int bits, int codebook, uint64_t seed, uint8_t* codes);
+// Stage 3 alone and its inverse.
+void pack(const uint8_t* codes, int64_t n, int bits, uint32_t* words);
+void unpack(const uint32_t* words, int64_t n, int bits, uint8_t* codes);
+
+// A validated payload, as pointers into its bytes (which need not be 4-byte aligned).
+struct PayloadView {
+  const uint8_t* scales;  // nblocks fp32 values
+  const uint8_t* words;   // bits * ceil(n/32) uint32 values
+  int bits;
+  int codebook;
+  int64_t block_size;
+};
+
+// out[n] (dtype `out_dtype_id`) = sum over w of weights[w] * decode(payloads[w]), accumulated in fp32 in order
+// w = 0, 1, ...; the first term initialises the sum; weights may be null (all terms unweighted).
+void decompress_sum(const PayloadView* payloads, const float* weights, int64_t num_payloads, int64_t n,
+                    int out_dtype_id, void* out);
+
+}  // namespace cpu
+}  // namespace tnq

@@ -1,0 +1,84 @@
+// Codebook level tables: a line-by-line mirror of tnq_kernels/codebooks.py (same fp64 operations in the same
+// order, same libm calls), so the fp32 tables agree bit for bit; tests/test_constants.py checks every table.
+#include <cmath>
+#include <limits>
+#include <mutex>
+
+#include "kernels.h"
+
+namespace tnq {
+namespace cpu {
+
+double lambert_w0(double x) {
+  // Newton on w·e^w − x from log1p(x), below the root for x >= 0, so it converges monotonically.
+  double w = std::log1p(x);
+  for (int it = 0; it < 64; ++it) {
+    const double ew = std::exp(w);
+    const double f = w * ew - x;
+    const double w_next = w - f / (ew * (w + 1.0));
+    if (w_next == w) break;
+    w = w_next;
+  }
+  return w;
+}
+
+std::vector<double> levels_f64(int codebook, int bits) {
+  const int s = (1 << bits) - 1;
+  std::vector<double> out;
+  out.reserve(s + 1);
+  switch (codebook) {
+    case kTnq: {
+      const double a = 3.0 * std::sqrt(6.0) / 2.0;
+      for (int k = 0; k <= s; ++k) {
+        const int d = 2 * k - s;
+        const double mag = 3.0 * (-std::log1p(-double(std::abs(d)) / (double(s) + a)));
+        out.push_back(std::copysign(mag, double(d)));
+      }
+      break;
+    }
+    case kTqsgd: {
+      const double w = lambert_w0(double(s) * double(s));
+      for (int k = 0; k <= s; ++k) out.push_back(w * (2.0 * k / s - 1.0));
+      break;
+    }
+    case kNqsgd: {
+      const int m = 1 << (bits - 1);
+      for (int j = 0; j < m; ++j) out.push_back(-std::ldexp(1.0, -j));
+      for (int j = m - 1; j >= 0; --j) out.push_back(std::ldexp(1.0, -j));
+      break;
+    }
+    case kQsgd:
+      for (int k = 0; k <= s; ++k) out.push_back(2.0 * k / s - 1.0);
+      break;
+    default:
+      break;
+  }
+  return out;
+}
+
+static Tables make_tables(int codebook, int bits) {
+  Tables t;
+  t.bits = bits;
+  t.s = (1 << bits) - 1;
+  const std::vector<double> lv = levels_f64(codebook, bits);
+  for (int k = 0; k <= t.s; ++k) t.c[k] = static_cast<float>(lv[k]);
+  for (int k = t.s + 1; k < 256; ++k) t.c[k] = 0.0f;
+  for (int k = 0; k < t.s; ++k) t.inv_gap[k] = static_cast<float>(1.0 / (double(t.c[k + 1]) - double(t.c[k])));
+  for (int k = t.s; k < 256; ++k) t.inv_gap[k] = 0.0f;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int j = 0; j < 512; ++j) t.search[j] = (j >= 1 && j < t.s) ? t.c[j] : nan;
+  return t;
+}
+
+const Tables& tables(int codebook, int bits) {
+  static Tables all[kNumCodebooks][kMaxBits + 1];
+  static std::once_flag once;
+  std::call_once(once, [] {
+    for (int cb = 0; cb < kNumCodebooks; ++cb)
+      for (int b = kMinBits; b <= kMaxBits; ++b) all[cb][b] = make_tables(cb, b);
+  });
+  return all[codebook][bits];
+}
+
+}  // namespace cpu
+}  // namespace tnq

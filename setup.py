@@ -1,0 +1,82 @@
+"""Build of tnq_kernels._C: the C++ CPU kernels, plus the CUDA kernels when build_cuda.py provides them.
+
+    pip install --no-build-isolation -e .      # editable: the .so lands in tnq_kernels/
+
+Environment flags (TNQ_ prefix only):
+    TNQ_CUDA=0        skip the CUDA kernels even where nvcc is present (read by build_cuda.py)
+    TNQ_DEBUG=1       -O0 -g instead of -O3
+    TNQ_NO_CLONES=1   no AVX2/baseline function clones (one baseline-ISA build of the hot loops)
+Never fails for lack of CUDA: without build_cuda.py, or when it skips, the extension is CPU-only.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+
+from setuptools import find_packages, setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0") not in ("", "0", "false", "False")
+
+
+# -ffp-contract=off: no FMA contraction anywhere, so every backend computes the same fp32 expressions bit for bit.
+# No -ffast-math (it would reorder and flush what the reference defines) and no -march=native (portable binary;
+# the hot loops get an AVX2 clone chosen at load time instead).
+CXX_FLAGS = ["-std=c++17", "-ffp-contract=off", "-fno-math-errno"]
+CXX_FLAGS += ["-O0", "-g"] if _flag("TNQ_DEBUG") else ["-O3"]
+DEFINES: list[tuple[str, str | None]] = []
+if _flag("TNQ_NO_CLONES"):
+    DEFINES.append(("TNQ_NO_CLONES", None))
+
+
+def _load_build_cuda():
+    path = os.path.join(ROOT, "build_cuda.py")
+    if not os.path.exists(path):
+        return None
+    spec = importlib.util.spec_from_file_location("build_cuda", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class TnqBuildExt(BuildExtension):
+    """Compiles the CUDA objects (build_cuda.nvcc_objects) before the extension is compiled and linked."""
+
+    def build_extensions(self):
+        mod = _load_build_cuda()
+        if mod is None:
+            print("tnq build: build_cuda.py not found, building the CPU-only extension")
+        else:
+            extra = mod.nvcc_objects(self.build_temp)
+            for ext in self.extensions:
+                ext.extra_objects = list(ext.extra_objects or []) + list(extra.get("objects", []))
+                ext.sources = list(ext.sources) + [os.path.relpath(s, ROOT) if os.path.isabs(s) else s
+                                                   for s in extra.get("sources", [])]
+                ext.define_macros = list(ext.define_macros or []) + list(extra.get("define_macros", []))
+                ext.libraries = list(ext.libraries or []) + list(extra.get("libraries", []))
+                ext.library_dirs = list(ext.library_dirs or []) + list(extra.get("library_dirs", []))
+                ext.extra_link_args = list(ext.extra_link_args or []) + list(extra.get("extra_link_args", []))
+        super().build_extensions()
+
+
+SOURCES = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))
+
+setup(
+    packages=find_packages(include=["tnq_kernels", "tnq_kernels.*"]),
+    ext_modules=[
+        CppExtension(
+            name="tnq_kernels._C",
+            sources=SOURCES,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            define_macros=DEFINES,
+            extra_compile_args={"cxx": CXX_FLAGS},
+        )
+    ],
+    cmdclass={"build_ext": TnqBuildExt.with_options(no_python_abi_suffix=False)},
+    zip_safe=False,
+)
