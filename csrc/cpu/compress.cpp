@@ -4,13 +4,128 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <vector>
 
 #include "inline.h"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(TNQ_NO_CLONES)
+#define TNQ_HAVE_AVX2_PATH 1
+#include <immintrin.h>
+#else
+#define TNQ_HAVE_AVX2_PATH 0
+#endif
+
 namespace tnq {
 namespace cpu {
 namespace {
+
+#if TNQ_HAVE_AVX2_PATH
+// ---- AVX2 path: 8 elements per instruction, codes go straight from lanes to bit-planes by movemask ----
+#define TNQ_AVX2 __attribute__((target("avx2,f16c")))
+
+template <int DT>
+TNQ_AVX2 inline __m256 load8(const typename Src<DT>::T* x) {
+  if constexpr (DT == kFloat32) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(x));
+  } else if constexpr (DT == kFloat16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));  // exact
+  } else {
+    const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));  // bf16 is the top half of an fp32
+  }
+}
+
+// table[idx] for idx < N: in-register permutes for small tables, a gather otherwise.
+template <int N>
+TNQ_AVX2 inline __m256 lookup(const float* table, __m256i idx) {
+  if constexpr (N <= 8) {
+    return _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), idx);
+  } else if constexpr (N <= 16) {
+    const __m256 a = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), idx);
+    const __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), idx);
+    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));  // bit 3 of idx
+  } else if constexpr (N <= 32) {
+    // four 8-entry permutes and a blend tree on bits 3 and 4 of idx: cheaper than a gather on current cores
+    const __m256 sel3 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
+    const __m256 sel4 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 27));
+    const __m256 a = _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(table), idx),
+                                      _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), idx), sel3);
+    const __m256 b = _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 16), idx),
+                                      _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 24), idx), sel3);
+    return _mm256_blendv_ps(a, b, sel4);
+  } else {
+    return _mm256_i32gather_ps(table, idx, 4);
+  }
+}
+
+// Binary search level by level: at depth d the probe can only be one of 2^d levels (t.level[d]), indexed by
+// the bits m of k found so far, so the first depths are broadcasts and small permutes rather than gathers.
+template <int D, int BITS>
+TNQ_AVX2 inline __m256i search_levels(__m256 z, const Tables& t, __m256i m) {
+  if constexpr (D == BITS) {
+    return m;
+  } else {
+    const __m256 ge = _mm256_cmp_ps(z, lookup<(1 << D)>(t.level[D], m), _CMP_GE_OQ);
+    m = _mm256_add_epi32(_mm256_add_epi32(m, m), _mm256_srli_epi32(_mm256_castps_si256(ge), 31));
+    return search_levels<D + 1, BITS>(z, t, m);
+  }
+}
+
+TNQ_AVX2 inline __m256i fmix32_x8(__m256i x) {
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(int(kFmixC1)));
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 13));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(int(kFmixC2)));
+  return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+}
+
+// Full groups [g0, g1) of one block with a finite scale; same operations as round_code/truncate, lane-wise.
+template <int DT, int BITS>
+TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
+                                      BlockMode mode, const Tables& t, SeedKeys keys, uint32_t* words) {
+  constexpr int S = (1 << BITS) - 1;
+  const __m256 vscale = _mm256_set1_ps(scale);
+  const __m256 lo = _mm256_set1_ps(t.c[0]), hi = _mm256_set1_ps(t.c[S]);
+  const __m256 u_scale = _mm256_set1_ps(1.0f / 16777216.0f);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i key0 = _mm256_set1_epi32(int(keys.key0));
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t i0 = g * kGroup;
+    // a group never straddles a multiple of 2^32, so the high index word is the same for all its lanes
+    const __m256i hi_key = _mm256_set1_epi32(int(uint32_t(uint64_t(i0) >> 32) ^ keys.key1));
+    uint32_t w[BITS] = {};
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; ++v) {
+      __m256 z = mode == kUsable ? _mm256_div_ps(load8<DT>(x + i0 + 8 * v), vscale) : _mm256_setzero_ps();
+      z = _mm256_min_ps(_mm256_max_ps(z, lo), hi);
+      // Binary search level by level: at level d the probe can only be one of 2^d levels (t.level[d]), indexed
+      // by the bits of k found so far, so the first levels are broadcasts and small permutes, not gathers.
+      const __m256i k = search_levels<0, BITS>(z, t, _mm256_setzero_si256());
+      const __m256 p = _mm256_mul_ps(_mm256_sub_ps(z, lookup<S>(t.c, k)), lookup<S>(t.inv_gap, k));
+      const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(int(uint32_t(i0 + 8 * v))), lane);
+      __m256i h = fmix32_x8(_mm256_xor_si256(idx, key0));
+      h = fmix32_x8(_mm256_add_epi32(h, hi_key));
+      const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(h, 8)), u_scale);
+      const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(u, p, _CMP_LT_OQ));
+      const __m256i code = _mm256_sub_epi32(k, up);  // up is -1 where the value rounds up
+#pragma GCC unroll 8
+      for (int b = 0; b < BITS; ++b)
+        w[b] |= uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(code, 31 - b)))) << (8 * v);
+    }
+    std::memcpy(words + g * BITS, w, sizeof(w));
+  }
+}
+
+bool cpu_has_avx2() {
+  static const bool ok = [] {
+    if (std::getenv("TNQ_NO_AVX2") != nullptr) return false;  // to test the portable path on AVX2 machines
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  }();
+  return ok;
+}
+#endif  // TNQ_HAVE_AVX2_PATH
 
 // Quantize + pack groups [g0, g1) of x, all in one block of scale `scale`. Elements >= n get code 0.
 template <int DT, int BITS>
@@ -21,6 +136,15 @@ TNQ_CLONES void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g
     std::fill(words + g0 * BITS, words + g1 * BITS, 0u);
     return;
   }
+#if TNQ_HAVE_AVX2_PATH
+  if (cpu_has_avx2()) {
+    const int64_t full_end = std::min(g1, n / kGroup);  // groups holding 32 real elements
+    if (full_end > g0) {
+      encode_full_groups_avx2<DT, BITS>(x, g0, full_end, scale, mode, t, keys, words);
+      g0 = full_end;
+    }
+  }
+#endif
   const float lo = t.c[0], hi = t.c[t.s];
   alignas(32) float z[kGroup];
   alignas(32) uint8_t code[kGroup];

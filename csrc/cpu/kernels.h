@@ -19,6 +19,9 @@ struct Tables {
   // search[j] = c_j for 1 <= j <= s-1, NaN from j = s on: `z >= NaN` is false, so the search never leaves
   // [0, s-1] (that is what makes k the count of *interior* levels <= z), even for z = +inf.
   float search[512];
+  // the same search level by level: level[d][m] = search[(2m + 1) · 2^(bits-1-d)], the probe at depth d when the
+  // bits of k found so far are m (so k = m · 2^(bits-d) before the probe)
+  float level[kMaxBits][128];
 };
 
 // Levels in fp64 exactly as tnq_kernels/codebooks.py computes them (before the single rounding to fp32).

@@ -67,6 +67,11 @@ static Tables make_tables(int codebook, int bits) {
   for (int k = t.s; k < 256; ++k) t.inv_gap[k] = 0.0f;
   const float nan = std::numeric_limits<float>::quiet_NaN();
   for (int j = 0; j < 512; ++j) t.search[j] = (j >= 1 && j < t.s) ? t.c[j] : nan;
+  for (int d = 0; d < kMaxBits; ++d)
+    for (int m = 0; m < 128; ++m) {
+      const int step = d < bits ? 1 << (bits - 1 - d) : 0;
+      t.level[d][m] = (d < bits && m < (1 << d)) ? t.search[(2 * m + 1) * step] : nan;
+    }
   return t;
 }
 
