@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <torch/csrc/utils/pybind.h>  // at::Tensor <-> torch.Tensor for the test hooks
 #include <torch/library.h>
 
 #include <cstring>
@@ -305,6 +306,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     const tnq::cpu::Layout l = tnq::cpu::layout(n, bits, block_size);
     return py::make_tuple(l.nblocks, l.codes_offset, l.payload_bytes);
   }, py::arg("n"), py::arg("bits"), py::arg("block_size"), "(nblocks, codes_offset, payload_bytes) for n elements");
+  m.def("encode_at", [](const at::Tensor& x, int64_t first_group, double scale, int bits, int codebook,
+                        uint64_t seed) {
+    TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu() &&
+                      x.numel() % 32 == 0, "x must be a contiguous CPU float32 tensor of whole 32-element groups");
+    tnq::check_bits(bits);
+    tnq::check_codebook(codebook);
+    const int64_t ngroups = x.numel() / 32;
+    at::Tensor words = at::empty({ngroups * bits}, x.options().dtype(at::kInt));
+    tnq::cpu::encode_at(x.const_data_ptr<float>(), ngroups, first_group, float(scale), bits, codebook, seed,
+                        reinterpret_cast<uint32_t*>(words.mutable_data_ptr()));
+    return words;
+  }, py::arg("x"), py::arg("first_group"), py::arg("scale"), py::arg("bits"), py::arg("codebook"), py::arg("seed"),
+     "test hook: the fused quantize+pack of fp32 groups placed at global group index first_group");
   m.def("constants", [] {
     py::dict d;
     d["magic"] = py::bytes(reinterpret_cast<const char*>(tnq::kMagic), 4);

@@ -81,6 +81,7 @@ TNQ_AVX2 inline __m256i fmix32_x8(__m256i x) {
 }
 
 // Full groups [g0, g1) of one block with a finite scale; same operations as round_code/truncate, lane-wise.
+// x and words point at group g0's first element and first word; g0 is the global group index (for the hash).
 template <int DT, int BITS>
 TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
                                       BlockMode mode, const Tables& t, SeedKeys keys, uint32_t* words) {
@@ -97,7 +98,7 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
     uint32_t w[BITS] = {};
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
-      __m256 z = mode == kUsable ? _mm256_div_ps(load8<DT>(x + i0 + 8 * v), vscale) : _mm256_setzero_ps();
+      __m256 z = mode == kUsable ? _mm256_div_ps(load8<DT>(x + (g - g0) * kGroup + 8 * v), vscale) : _mm256_setzero_ps();
       z = _mm256_min_ps(_mm256_max_ps(z, lo), hi);
       // Binary search level by level: at level d the probe can only be one of 2^d levels (t.level[d]), indexed
       // by the bits of k found so far, so the first levels are broadcasts and small permutes, not gathers.
@@ -113,7 +114,7 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
       for (int b = 0; b < BITS; ++b)
         w[b] |= uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(code, 31 - b)))) << (8 * v);
     }
-    std::memcpy(words + g * BITS, w, sizeof(w));
+    std::memcpy(words + (g - g0) * BITS, w, sizeof(w));
   }
 }
 
@@ -127,13 +128,15 @@ bool cpu_has_avx2() {
 }
 #endif  // TNQ_HAVE_AVX2_PATH
 
-// Quantize + pack groups [g0, g1) of x, all in one block of scale `scale`. Elements >= n get code 0.
+// Quantize + pack groups [g0, g1), all in one block of scale `scale`; x and words point at group g0's first
+// element and first word, g0 is the global group index (the hash is keyed by global element indices). Elements
+// at global index >= n get code 0.
 template <int DT, int BITS>
 TNQ_CLONES void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g0, int64_t g1, float scale,
                               const Tables& t, SeedKeys keys, uint32_t* words) {
   const BlockMode mode = block_mode(scale);
   if (mode == kNonFinite) {  // z = c_0 gives k = 0, p = 0: every code is 0
-    std::fill(words + g0 * BITS, words + g1 * BITS, 0u);
+    std::fill(words, words + (g1 - g0) * BITS, 0u);
     return;
   }
 #if TNQ_HAVE_AVX2_PATH
@@ -141,6 +144,8 @@ TNQ_CLONES void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g
     const int64_t full_end = std::min(g1, n / kGroup);  // groups holding 32 real elements
     if (full_end > g0) {
       encode_full_groups_avx2<DT, BITS>(x, g0, full_end, scale, mode, t, keys, words);
+      x += (full_end - g0) * kGroup;
+      words += (full_end - g0) * BITS;
       g0 = full_end;
     }
   }
@@ -152,13 +157,13 @@ TNQ_CLONES void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g
     const int64_t i0 = g * kGroup;
     const int64_t cnt = std::min<int64_t>(kGroup, n - i0);
     if (cnt == kGroup) {
-      for (int j = 0; j < kGroup; ++j) z[j] = truncate(Src<DT>::load(x[i0 + j]), scale, mode, lo, hi);
+      for (int j = 0; j < kGroup; ++j) z[j] = truncate(Src<DT>::load(x[(g - g0) * kGroup + j]), scale, mode, lo, hi);
     } else {
-      for (int j = 0; j < kGroup; ++j) z[j] = j < cnt ? truncate(Src<DT>::load(x[i0 + j]), scale, mode, lo, hi) : 0.f;
+      for (int j = 0; j < kGroup; ++j) z[j] = j < cnt ? truncate(Src<DT>::load(x[(g - g0) * kGroup + j]), scale, mode, lo, hi) : 0.f;
     }
     for (int j = 0; j < kGroup; ++j) code[j] = uint8_t(round_code<BITS>(z[j], t, hash_index(keys, uint64_t(i0 + j))));
     for (int64_t j = cnt; j < kGroup; ++j) code[j] = 0;  // tail codes are zero on the wire
-    pack_group<BITS>(code, words + g * BITS);
+    pack_group<BITS>(code, words + (g - g0) * BITS);
   }
 }
 
@@ -178,7 +183,7 @@ bool compress_impl(const typename Src<DT>::T* x, int64_t n, int64_t block_size, 
     const float scale = whole_tensor_scale<DT>(x, n, use_max);
     scales[0] = scale;
     at::parallel_for(0, ngroups, 2048, [&](int64_t g0, int64_t g1) {
-      encode_groups<DT, BITS>(x, n, g0, g1, scale, t, keys, words);
+      encode_groups<DT, BITS>(x + g0 * kGroup, n, g0, g1, scale, t, keys, words + g0 * BITS);
     });
     return !std::isfinite(scale);
   }
@@ -194,7 +199,8 @@ bool compress_impl(const typename Src<DT>::T* x, int64_t n, int64_t block_size, 
       const float scale = block_scale<DT>(x + i0, cnt, use_max);
       scales[b] = scale;
       bad |= !std::isfinite(scale);
-      encode_groups<DT, BITS>(x, n, b * gpb, std::min(ngroups, (b + 1) * gpb), scale, t, keys, words);
+      encode_groups<DT, BITS>(x + i0, n, b * gpb, std::min(ngroups, (b + 1) * gpb), scale, t, keys,
+                              words + b * gpb * BITS);
     }
     if (bad) nonfinite.store(true, std::memory_order_relaxed);
   });
@@ -202,6 +208,14 @@ bool compress_impl(const typename Src<DT>::T* x, int64_t n, int64_t block_size, 
 }
 
 }  // namespace
+
+void encode_at(const float* x, int64_t ngroups, int64_t first_group, float scale, int bits, int codebook,
+               uint64_t seed, uint32_t* words) {
+  const SeedKeys keys = seed_keys(seed);
+  const int64_t n = (first_group + ngroups) * kGroup;
+  TNQ_DISPATCH_BITS(bits, encode_groups<kFloat32, BITS>(x, n, first_group, first_group + ngroups, scale,
+                                                          tables(codebook, BITS), keys, words));
+}
 
 bool compress(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, int codebook, uint64_t seed,
               float* scales, uint32_t* words) {

@@ -43,6 +43,12 @@ inline Layout layout(int64_t n, int bits, int64_t block_size) {
 bool compress(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, int codebook, uint64_t seed,
               float* scales, uint32_t* words);
 
+// Test hook for 64-bit indexing: quantize + pack `ngroups` full groups of fp32 x with one scale as if they were
+// groups first_group, first_group + 1, ... of a larger tensor (so element indices >= 2^32 can be checked
+// without allocating them). words: bits * ngroups.
+void encode_at(const float* x, int64_t ngroups, int64_t first_group, float scale, int bits, int codebook,
+               uint64_t seed, uint32_t* words);
+
 // Stage 1 alone: scales[num_blocks] and z[n] (fp32).
 void scale_truncate(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, int codebook,
                     float* scales, float* z);
