@@ -5,7 +5,8 @@
 Environment flags (TNQ_ prefix only):
     TNQ_CUDA=0        skip the CUDA kernels even where nvcc is present (read by build_cuda.py)
     TNQ_DEBUG=1       -O0 -g instead of -O3
-    TNQ_NO_CLONES=1   no AVX2/baseline function clones (one baseline-ISA build of the hot loops)
+    TNQ_NO_AVX2=1     baseline-ISA code only: no AVX2 kernels, no AVX2 clones of the portable loops
+                      (at run time, the environment variable TNQ_NO_AVX2 makes an AVX2 build take the portable loops)
 Never fails for lack of CUDA: without build_cuda.py, or when it skips, the extension is CPU-only.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import sys
 
 from setuptools import find_packages, setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
@@ -29,9 +31,15 @@ def _flag(name: str) -> bool:
 # the hot loops get an AVX2 clone chosen at load time instead).
 CXX_FLAGS = ["-std=c++17", "-ffp-contract=off", "-fno-math-errno"]
 CXX_FLAGS += ["-O0", "-g"] if _flag("TNQ_DEBUG") else ["-O3"]
+# at::parallel_for is a header template that expands to `#pragma omp parallel` in *our* objects: without
+# -fopenmp it silently runs on one thread. torch ships libgomp.so.1 and has it loaded before we are.
+LINK_FLAGS: list[str] = []
+if sys.platform.startswith("linux"):
+    CXX_FLAGS.append("-fopenmp")
+    LINK_FLAGS.append("-fopenmp")
 DEFINES: list[tuple[str, str | None]] = []
-if _flag("TNQ_NO_CLONES"):
-    DEFINES.append(("TNQ_NO_CLONES", None))
+if _flag("TNQ_NO_AVX2"):
+    DEFINES.append(("TNQ_NO_AVX2", None))
 
 
 def _load_build_cuda():
@@ -75,6 +83,7 @@ setup(
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=DEFINES,
             extra_compile_args={"cxx": CXX_FLAGS},
+            extra_link_args=LINK_FLAGS,
         )
     ],
     cmdclass={"build_ext": TnqBuildExt.with_options(no_python_abi_suffix=False)},

@@ -9,56 +9,12 @@
 
 #include "inline.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(TNQ_NO_CLONES)
-#define TNQ_HAVE_AVX2_PATH 1
-#include <immintrin.h>
-#else
-#define TNQ_HAVE_AVX2_PATH 0
-#endif
 
 namespace tnq {
 namespace cpu {
 namespace {
 
 #if TNQ_HAVE_AVX2_PATH
-// ---- AVX2 path: 8 elements per instruction, codes go straight from lanes to bit-planes by movemask ----
-#define TNQ_AVX2 __attribute__((target("avx2,f16c")))
-
-template <int DT>
-TNQ_AVX2 inline __m256 load8(const typename Src<DT>::T* x) {
-  if constexpr (DT == kFloat32) {
-    return _mm256_loadu_ps(reinterpret_cast<const float*>(x));
-  } else if constexpr (DT == kFloat16) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));  // exact
-  } else {
-    const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));  // bf16 is the top half of an fp32
-  }
-}
-
-// table[idx] for idx < N: in-register permutes for small tables, a gather otherwise.
-template <int N>
-TNQ_AVX2 inline __m256 lookup(const float* table, __m256i idx) {
-  if constexpr (N <= 8) {
-    return _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), idx);
-  } else if constexpr (N <= 16) {
-    const __m256 a = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), idx);
-    const __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), idx);
-    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));  // bit 3 of idx
-  } else if constexpr (N <= 32) {
-    // four 8-entry permutes and a blend tree on bits 3 and 4 of idx: cheaper than a gather on current cores
-    const __m256 sel3 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
-    const __m256 sel4 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 27));
-    const __m256 a = _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(table), idx),
-                                      _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), idx), sel3);
-    const __m256 b = _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 16), idx),
-                                      _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 24), idx), sel3);
-    return _mm256_blendv_ps(a, b, sel4);
-  } else {
-    return _mm256_i32gather_ps(table, idx, 4);
-  }
-}
-
 // Binary search level by level: at depth d the probe can only be one of 2^d levels (t.level[d]), indexed by
 // the bits m of k found so far, so the first depths are broadcasts and small permutes rather than gathers.
 template <int D, int BITS>
@@ -70,14 +26,6 @@ TNQ_AVX2 inline __m256i search_levels(__m256 z, const Tables& t, __m256i m) {
     m = _mm256_add_epi32(_mm256_add_epi32(m, m), _mm256_srli_epi32(_mm256_castps_si256(ge), 31));
     return search_levels<D + 1, BITS>(z, t, m);
   }
-}
-
-TNQ_AVX2 inline __m256i fmix32_x8(__m256i x) {
-  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
-  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(int(kFmixC1)));
-  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 13));
-  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(int(kFmixC2)));
-  return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
 }
 
 // Full groups [g0, g1) of one block with a finite scale; same operations as round_code/truncate, lane-wise.
@@ -118,14 +66,6 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
   }
 }
 
-bool cpu_has_avx2() {
-  static const bool ok = [] {
-    if (std::getenv("TNQ_NO_AVX2") != nullptr) return false;  // to test the portable path on AVX2 machines
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
-  }();
-  return ok;
-}
 #endif  // TNQ_HAVE_AVX2_PATH
 
 // Quantize + pack groups [g0, g1), all in one block of scale `scale`; x and words point at group g0's first

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -18,9 +19,18 @@
 #include <emmintrin.h>
 #endif
 
-// Hot loops are compiled twice, for AVX2 and for the baseline ISA, and picked at load time (GCC ifunc): the
-// wheel stays portable (no -march=native) yet uses 8-wide integer multiplies for the hash where the CPU has them.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(TNQ_NO_CLONES)
+// The binary stays portable (no -march=native): the hot loops have hand-written AVX2 versions (TNQ_AVX2
+// functions, chosen at run time by cpu_has_avx2()), and the portable loops they fall back to are compiled twice,
+// for AVX2 and the baseline ISA, picked at load time (GCC ifunc). Both give the same bits: same operations, same
+// order, no FMA (-ffp-contract=off). Build with TNQ_NO_AVX2=1 for baseline code only.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(TNQ_NO_AVX2)
+#define TNQ_HAVE_AVX2_PATH 1
+#define TNQ_AVX2 __attribute__((target("avx2,f16c")))
+#include <immintrin.h>
+#else
+#define TNQ_HAVE_AVX2_PATH 0
+#endif
+#if TNQ_HAVE_AVX2_PATH && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
 #define TNQ_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define TNQ_CLONES
@@ -66,6 +76,90 @@ struct Src<kBFloat16> {
     default: { constexpr int DT = kBFloat16; __VA_ARGS__; break; }      \
   }
 
+#if TNQ_HAVE_AVX2_PATH
+// True where the CPU has AVX2 + F16C, unless TNQ_NO_AVX2 is set in the environment (tests use it to run the
+// portable loops on AVX2 machines). One answer per process.
+inline bool cpu_has_avx2() {
+  static const bool ok = [] {
+    if (std::getenv("TNQ_NO_AVX2") != nullptr) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  }();
+  return ok;
+}
+
+template <int DT>
+TNQ_AVX2 inline __m256 load8(const typename Src<DT>::T* x) {
+  if constexpr (DT == kFloat32) {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(x));
+  } else if constexpr (DT == kFloat16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));  // exact
+  } else {
+    const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));  // bf16 is the top half of an fp32
+  }
+}
+
+// table[idx] for idx < N: in-register permutes for small tables, a gather otherwise.
+template <int N>
+TNQ_AVX2 inline __m256 lookup(const float* table, __m256i idx) {
+  if constexpr (N <= 8) {
+    return _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), idx);
+  } else if constexpr (N <= 16) {
+    const __m256 a = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), idx);
+    const __m256 b = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), idx);
+    return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));  // bit 3 of idx
+  } else if constexpr (N <= 32) {
+    // four 8-entry permutes and a blend tree on bits 3 and 4 of idx: cheaper than a gather on current cores
+    const __m256 sel3 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
+    const __m256 sel4 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 27));
+    const __m256 a = _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(table), idx),
+                                      _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), idx), sel3);
+    const __m256 b = _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 16), idx),
+                                      _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 24), idx), sel3);
+    return _mm256_blendv_ps(a, b, sel4);
+  } else {
+    return _mm256_i32gather_ps(table, idx, 4);
+  }
+}
+
+TNQ_AVX2 inline __m256i fmix32_x8(__m256i x) {
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(int(kFmixC1)));
+  x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 13));
+  x = _mm256_mullo_epi32(x, _mm256_set1_epi32(int(kFmixC2)));
+  return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
+}
+
+// |x| sums of 8 fp64 lanes, lane j taking the elements i ≡ j (mod 8) — exactly the portable loop's order.
+template <int DT>
+TNQ_AVX2 inline void abs_sum_lanes_avx2(const typename Src<DT>::T* x, int64_t cnt8, double* acc) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+  for (int64_t i = 0; i < cnt8; i += 8) {
+    const __m256 v = _mm256_and_ps(load8<DT>(x + i), absmask);
+    a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  }
+  _mm256_storeu_pd(acc, a0);
+  _mm256_storeu_pd(acc + 4, a1);
+}
+
+// max|x| of 8 lanes (lane j: i ≡ j mod 8) and whether a NaN was seen.
+template <int DT>
+TNQ_AVX2 inline bool abs_max_lanes_avx2(const typename Src<DT>::T* x, int64_t cnt8, float* m) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 vm = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+  for (int64_t i = 0; i < cnt8; i += 8) {
+    const __m256 a = _mm256_and_ps(load8<DT>(x + i), absmask);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+    vm = _mm256_max_ps(a, vm);  // a > m ? a : m, as the portable loop
+  }
+  _mm256_storeu_ps(m, vm);
+  return _mm256_movemask_ps(nan) != 0;
+}
+#endif  // TNQ_HAVE_AVX2_PATH
+
 #define TNQ_DISPATCH_BITS(bits, ...)                        \
   switch (bits) {                                           \
     case 1: { constexpr int BITS = 1; __VA_ARGS__; break; } \
@@ -85,6 +179,12 @@ template <int DT>
 inline double abs_sum_f64(const typename Src<DT>::T* x, int64_t cnt) {
   double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
+#if TNQ_HAVE_AVX2_PATH
+  if (cpu_has_avx2()) {
+    i = cnt / 8 * 8;
+    abs_sum_lanes_avx2<DT>(x, i, acc);
+  }
+#endif
   for (; i + 8 <= cnt; i += 8)
     for (int j = 0; j < 8; ++j) acc[j] += std::fabs(double(Src<DT>::load(x[i + j])));
   for (; i < cnt; ++i) acc[0] += std::fabs(double(Src<DT>::load(x[i])));
@@ -97,6 +197,12 @@ inline float abs_max(const typename Src<DT>::T* x, int64_t cnt) {
   float m[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int nan = 0;
   int64_t i = 0;
+#if TNQ_HAVE_AVX2_PATH
+  if (cpu_has_avx2()) {
+    i = cnt / 8 * 8;
+    nan = abs_max_lanes_avx2<DT>(x, i, m);
+  }
+#endif
   for (; i + 8 <= cnt; i += 8)
     for (int j = 0; j < 8; ++j) {
       const float a = std::fabs(Src<DT>::load(x[i + j]));
