@@ -17,14 +17,18 @@ namespace {
 #if TNQ_HAVE_AVX2_PATH
 // Binary search level by level: at depth d the probe can only be one of 2^d levels (t.level[d]), indexed by
 // the bits m of k found so far, so the first depths are broadcasts and small permutes rather than gathers.
+// The last probe that succeeded sits at index k, so c_k comes out of the search by a blend, not a lookup
+// (`ck` starts at c_0, for z below every interior level).
 template <int D, int BITS>
-TNQ_AVX2 inline __m256i search_levels(__m256 z, const Tables& t, __m256i m) {
+TNQ_AVX2 inline __m256i search_levels(__m256 z, const Tables& t, __m256i m, __m256& ck) {
   if constexpr (D == BITS) {
     return m;
   } else {
-    const __m256 ge = _mm256_cmp_ps(z, lookup<(1 << D)>(t.level[D], m), _CMP_GE_OQ);
+    const __m256 probe = lookup<(1 << D)>(t.level[D], m);
+    const __m256 ge = _mm256_cmp_ps(z, probe, _CMP_GE_OQ);
+    ck = _mm256_blendv_ps(ck, probe, ge);
     m = _mm256_add_epi32(_mm256_add_epi32(m, m), _mm256_srli_epi32(_mm256_castps_si256(ge), 31));
-    return search_levels<D + 1, BITS>(z, t, m);
+    return search_levels<D + 1, BITS>(z, t, m, ck);
   }
 }
 
@@ -50,8 +54,9 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
       z = _mm256_min_ps(_mm256_max_ps(z, lo), hi);
       // Binary search level by level: at level d the probe can only be one of 2^d levels (t.level[d]), indexed
       // by the bits of k found so far, so the first levels are broadcasts and small permutes, not gathers.
-      const __m256i k = search_levels<0, BITS>(z, t, _mm256_setzero_si256());
-      const __m256 p = _mm256_mul_ps(_mm256_sub_ps(z, lookup<S>(t.c, k)), lookup<S>(t.inv_gap, k));
+      __m256 ck = lo;
+      const __m256i k = search_levels<0, BITS>(z, t, _mm256_setzero_si256(), ck);
+      const __m256 p = _mm256_mul_ps(_mm256_sub_ps(z, ck), lookup<S>(t.inv_gap, k));
       const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(int(uint32_t(i0 + 8 * v))), lane);
       __m256i h = fmix32_x8(_mm256_xor_si256(idx, key0));
       h = fmix32_x8(_mm256_add_epi32(h, hi_key));
