@@ -1,0 +1,208 @@
+"""tnq_kernels.horovod: the Compressor codec, and the DistributedOptimizer wrapper against a stand-in for Horovod
+(two simulated ranks sharing one all-gather hub) and, where Horovod is installed, against Horovod itself."""
+import importlib.util
+
+import pytest
+import torch
+
+import tnq_kernels as tnq
+from tnq_kernels import horovod as tnq_hvd
+from tnq_kernels import ops
+
+from conftest import DTYPES, SIZES, laplace
+
+BACKEND = "reference" if ops.native_error is not None else None
+HAVE_HOROVOD = importlib.util.find_spec("horovod") is not None
+NO_HOROVOD = ("Horovod is not installed (0.28.1 does not build against torch 2.13: its PyTorch plugin compiles "
+              "with C++14)")
+
+
+def _view_bits(t):
+    return t.view(torch.int32) if t.dtype == torch.float32 else t.view(torch.int16)
+
+
+# ---- the Compressor interface ----
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", SIZES + [5000])
+def test_compressor_round_trip(bits, dtype, n):
+    x = laplace(n, dtype=dtype)
+    c = tnq_hvd.TNQCompressor(bits=bits, block_size=1024, seed=5, rank=1, backend=BACKEND)
+    payload, ctx = c.compress(x)
+    assert payload.dtype == torch.uint8 and payload.numel() == tnq.payload_bytes(n, bits, 1024)
+    y = c.decompress(payload, ctx)
+    assert y.shape == x.shape and y.dtype == dtype
+    # call 0 of rank 1 uses derive_seed(seed, rank, 0): the same bits as the public API at that seed
+    want = tnq.decompress(tnq.compress(x, bits, 1024, "tnq", tnq.derive_seed(5, 1, 0), backend=BACKEND),
+                          x.shape, dtype, backend=BACKEND)
+    assert torch.equal(_view_bits(y), _view_bits(want))
+    if n >= 4096:  # lossy, with the error budget of SPEC §1 (γ̂ ≈ mean|x| = 1 for unit Laplace data)
+        mse = float(((y.double() - x.double()) ** 2).mean())
+        assert mse <= 1.2 * tnq.tnq_mse_bound(bits), (mse, tnq.tnq_mse_bound(bits))
+
+
+def test_compressor_non_contiguous_and_shape():
+    x = laplace(64 * 33).view(64, 33).t()
+    c = tnq_hvd.TNQCompressor(backend=BACKEND)
+    payload, ctx = c.compress(x, seed=9)
+    assert ctx == ((33, 64), torch.float32)
+    y = c.decompress(payload, ctx)
+    want = tnq.decompress(tnq.compress(x.contiguous(), seed=9, backend=BACKEND), (33, 64), torch.float32,
+                          backend=BACKEND)
+    assert torch.equal(y, want)
+
+
+def test_compressor_draws_a_new_seed_per_call():
+    x = laplace(4096)
+    c = tnq_hvd.TNQCompressor(backend=BACKEND)
+    assert not torch.equal(c.compress(x)[0], c.compress(x)[0])
+
+
+@pytest.mark.parametrize("kwargs, field", [({"bits": 0}, "bits"), ({"block_size": 33}, "block_size"),
+                                           ({"codebook": "int8"}, "codebook"), ({"seed": 1.0}, "seed")])
+def test_compressor_rejects_bad_arguments(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        tnq_hvd.TNQCompressor(**kwargs)
+
+
+# ---- the optimizer wrapper, with a stand-in Horovod ----
+
+class Hub:
+    """What hvd.allgather does across ranks: concatenate every rank's tensor of the same name, in rank order."""
+
+    def __init__(self, size):
+        self.size, self.sent = size, {}
+
+
+class FakeHvd:
+    Average, Sum, Adasum = "Average", "Sum", "Adasum"
+
+    def __init__(self, hub, rank):
+        self.hub, self._rank = hub, rank
+
+    def rank(self):
+        return self._rank
+
+    def size(self):
+        return self.hub.size
+
+    def allgather_async(self, tensor, name=None):
+        self.hub.sent.setdefault(name, {})[self._rank] = tensor.clone()
+        return name
+
+    def synchronize(self, handle):
+        parts = self.hub.sent[handle]
+        assert sorted(parts) == list(range(self.hub.size)), f"{handle}: not every rank submitted"
+        return torch.cat([parts[r] for r in range(self.hub.size)])
+
+
+def _net(dtype):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(12, 40), torch.nn.Tanh(), torch.nn.Linear(40, 3)).to(dtype)
+
+
+def _backward(model, rank, dtype):
+    g = torch.Generator().manual_seed(rank)
+    x = torch.randn(16, 12, generator=g).to(dtype)
+    model(x).float().pow(2).mean().backward()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 5])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_averages_decoded_payloads(bits, dtype):
+    hub, W, steps = Hub(2), 2, 3
+    models = [_net(dtype) for _ in range(W)]
+    opts = [tnq_hvd.DistributedOptimizer(
+        torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), named_parameters=m.named_parameters(),
+        compression=tnq_hvd.TNQCompressor(bits=bits, block_size=256, seed=3, backend=BACKEND),
+        hvd=FakeHvd(hub, r)) for r, m in enumerate(models)]
+    assert isinstance(opts[0], torch.optim.SGD)
+    for t in range(steps):
+        for r in range(W):
+            opts[r].zero_grad()
+            _backward(models[r], r, dtype)
+        local = [[p.grad.clone() for p in m.parameters()] for m in models]
+        for o in opts:
+            o.step()
+        for i, ps in enumerate(zip(*(m.parameters() for m in models))):
+            payloads = [tnq.compress(local[r][i], bits, 256, "tnq", tnq.derive_seed(3, r, t, i), backend=BACKEND)
+                        for r in range(W)]
+            want = tnq.decompress_sum(payloads, [0.5, 0.5], ps[0].shape, dtype, backend=BACKEND)
+            for r in range(W):
+                assert torch.equal(_view_bits(ps[r].grad), _view_bits(want)), f"step {t} param {i} rank {r}"
+        for a, b in zip(*(m.parameters() for m in models)):
+            assert torch.equal(a, b), "replicas diverged"
+
+
+def test_optimizer_backward_passes_per_step():
+    hub = Hub(1)
+    model = _net(torch.float32)
+    opt = tnq_hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), backward_passes_per_step=2,
+                                       compression=tnq_hvd.TNQCompressor(backend=BACKEND), hvd=FakeHvd(hub, 0))
+    _backward(model, 0, torch.float32)
+    assert not hub.sent, "sent after the first of two backward passes"
+    _backward(model, 1, torch.float32)
+    assert len(hub.sent) == 4
+    with pytest.raises(RuntimeError, match="zero_grad"):
+        opt.zero_grad()
+    opt.step()
+    opt.zero_grad()
+
+
+def test_optimizer_sum_and_unused_parameter():
+    hub = Hub(1)
+    model = _net(torch.float32)
+    extra = torch.nn.Parameter(torch.ones(5))  # never receives a gradient: still all-gathered (as zeros)
+    opt = tnq_hvd.DistributedOptimizer(torch.optim.SGD(list(model.parameters()) + [extra], lr=0.1),
+                                       compression=tnq_hvd.TNQCompressor(backend=BACKEND), op=FakeHvd.Sum,
+                                       hvd=FakeHvd(hub, 0))
+    _backward(model, 0, torch.float32)
+    opt.step()
+    assert "tnq.param.4" in hub.sent and torch.equal(extra.grad, torch.zeros(5))
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"op": "Adasum"}, "op"), ({"backward_passes_per_step": 0}, "backward_passes_per_step"),
+    ({"compression": object()}, "compression"),
+])
+def test_optimizer_rejects_bad_arguments(kwargs, field):
+    model = _net(torch.float32)
+    with pytest.raises(ValueError, match=field):
+        tnq_hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), hvd=FakeHvd(Hub(1), 0), **kwargs)
+
+
+def test_optimizer_needs_every_parameter_named():
+    model = _net(torch.float32)
+    with pytest.raises(ValueError, match="named_parameters"):
+        tnq_hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                     named_parameters=list(model.named_parameters())[:2], hvd=FakeHvd(Hub(1), 0))
+
+
+@pytest.mark.skipif(HAVE_HOROVOD, reason="Horovod is installed: the missing-Horovod error cannot be observed")
+def test_missing_horovod_raises_at_call_not_import():
+    model = _net(torch.float32)
+    with pytest.raises(ImportError, match="C\\+\\+14"):
+        tnq_hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+# ---- against Horovod itself ----
+
+@pytest.mark.skipif(not HAVE_HOROVOD, reason=NO_HOROVOD)
+def test_with_horovod_single_process():
+    hvd = pytest.importorskip("horovod.torch", reason=NO_HOROVOD)
+    hvd.init()
+    model = _net(torch.float32)
+    opt = tnq_hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                       named_parameters=model.named_parameters(),
+                                       compression=tnq_hvd.TNQCompressor(seed=1, backend=BACKEND))
+    _backward(model, 0, torch.float32)
+    local = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    r, W = hvd.rank(), hvd.size()
+    for i, (p, g) in enumerate(zip(model.parameters(), local)):
+        if W == 1:
+            want = tnq.decompress(tnq.compress(g, seed=tnq.derive_seed(1, r, 0, i), backend=BACKEND), g.shape,
+                                  g.dtype, backend=BACKEND)
+            assert torch.equal(p.grad, want)
+        assert torch.isfinite(p.grad).all()
