@@ -375,3 +375,18 @@ def test_auto_scheme_by_world_size():
     s = tnq_ddp.TNQState()
     assert [s.scheme_for(w) for w in (1, 2, 3, 8)] == ["allgather", "allgather", "two_phase", "two_phase"]
     assert tnq_ddp.TNQState(scheme="allgather").scheme_for(8) == "allgather"
+
+
+@pytest.mark.parametrize("compressor", ["tnq"])
+def test_example_script_runs(compressor):
+    """examples/train_ddp.py end to end (its own spawn of 2 ranks): per-step lines and the summary."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TNQ_BACKEND=BACKEND or "auto")
+    out = subprocess.run([sys.executable, os.path.join(root, "examples", "train_ddp.py"), "--nproc", "2",
+                          "--steps", "3", "--width", "32", "--depth", "2", "--threads", "1", "--compressor",
+                          compressor, "--scheme", "two_phase"],
+                         capture_output=True, text=True, timeout=240, env=env, cwd=root)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "done: final loss" in out.stdout and "step     2" in out.stdout  # tqdm.write prints to stdout
