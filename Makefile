@@ -13,7 +13,7 @@ DEPS := $(VENV)/.deps-stamp
 endif
 PYTEST_ARGS ?=
 
-.PHONY: demo test build mnist-data gpu-check bench clean
+.PHONY: demo test build sweep gpu-check bench clean
 
 $(VENV)/.deps-stamp: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ demo: build
 
 test: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The full MNIST sweep behind the README's table (none + 4 codebooks x bits 2..5 x 3 seeds; about an hour on 2 cores).
+sweep: build
+	$(PY) -m tnq_kernels.experiments.mnist --sweep --resume
 
 gpu-check:
 	$(PY) benchmarks/gpu_check.py
