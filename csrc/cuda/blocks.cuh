@@ -1,0 +1,151 @@
+// Kernels that walk the input block by block: shared by compress.cu (codes out) and scale_truncate.cu (z out).
+//   fused_blocks_kernel   block length <= kFusedMaxBlock: one CTA per scale block reduces it (job 1) and encodes
+//                         it (jobs 1-3); the second read of the block is served by L1/L2.
+//   partials_kernel       longer blocks (B = 0: the whole tensor): fp64 partial per kTile-element tile,
+//   block_scale_kernel    then one CTA per block reduces its tiles' partials in a fixed order,
+//   tiles_kernel          then one CTA per tile encodes it with its block's scale.
+// Every reduction has a fixed order for a given launch configuration, so results never depend on scheduling.
+#pragma once
+#include "common.cuh"
+
+namespace tnq {
+namespace cuda {
+namespace dev {
+// Internal linkage: compress.cu and scale_truncate.cu both include this header, and each must get its own kernels
+// and host stubs (a non-template __global__ with external linkage would be defined twice at link time).
+namespace {
+
+template <int DT, int BITS, bool ZOUT>
+__global__ void __launch_bounds__(kThreads)
+    fused_blocks_kernel(const typename Elem<DT>::T* __restrict__ x, int64_t n, int64_t block_len, int bits,
+                        bool max_rule, SeedKeys keys, const __grid_constant__ LevelTable tab,
+                        float* __restrict__ scales, uint32_t* __restrict__ flags, uint32_t* __restrict__ words,
+                        float* __restrict__ z) {
+  __shared__ SharedTable st;
+  __shared__ double red[33];
+  if constexpr (!ZOUT) load_table(st, tab, bits);
+  const int64_t blk = blockIdx.x;
+  const int64_t start = blk * block_len;
+  const int64_t end = start + block_len < n ? start + block_len : n;
+  const float scale = finish_scale(reduce_abs<DT>(x, start, end, max_rule, red), end - start, max_rule);
+  if (threadIdx.x == 0) {
+    scales[blk] = scale;
+    if (flags != nullptr && !isfinite(scale)) *flags = kFlagNonFinite;
+  }
+  if constexpr (ZOUT) {
+    truncate_range<DT>(x, start, end, scale, tab.c[0], tab.c[(1 << bits) - 1], z);
+  } else {
+    encode_range<DT, BITS>(x, start, end, scale, keys, st, bits, words);
+  }
+}
+
+// Tile `tile` of the tiled path: its block and its element range [start, end) (empty for the padding tiles of a
+// short last block).
+struct TileRange {
+  int64_t blk, start, end;
+};
+__device__ __forceinline__ TileRange tile_range(int64_t tile, int64_t tiles_per_block, int64_t block_len,
+                                                int64_t n) {
+  const int64_t blk = tile / tiles_per_block;
+  const int64_t bstart = blk * block_len;
+  const int64_t bend = bstart + block_len < n ? bstart + block_len : n;
+  int64_t start = bstart + (tile - blk * tiles_per_block) * kTile;
+  int64_t end = start + kTile < bend ? start + kTile : bend;
+  if (start > end) start = end;
+  return TileRange{blk, start, end};
+}
+
+template <int DT>
+__global__ void __launch_bounds__(kThreads)
+    partials_kernel(const typename Elem<DT>::T* __restrict__ x, int64_t n, int64_t block_len,
+                    int64_t tiles_per_block, bool max_rule, double* __restrict__ partials) {
+  __shared__ double red[33];
+  const TileRange r = tile_range(blockIdx.x, tiles_per_block, block_len, n);
+  const double v = reduce_abs<DT>(x, r.start, r.end, max_rule, red);  // 0 for an empty tile: neutral for both
+  if (threadIdx.x == 0) partials[blockIdx.x] = v;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    block_scale_kernel(const double* __restrict__ partials, int64_t n, int64_t block_len, int64_t tiles_per_block,
+                       bool max_rule, float* __restrict__ scales, uint32_t* __restrict__ flags) {
+  __shared__ double red[33];
+  const int64_t blk = blockIdx.x;
+  const double* p = partials + blk * tiles_per_block;
+  double v = 0.0;
+  for (int64_t j = threadIdx.x; j < tiles_per_block; j += blockDim.x) v = max_rule ? nanmax(v, p[j]) : __dadd_rn(v, p[j]);
+  v = max_rule ? block_reduce<true>(v, red) : block_reduce<false>(v, red);
+  const int64_t start = blk * block_len;
+  const int64_t count = (start + block_len < n ? start + block_len : n) - start;
+  const float scale = finish_scale(v, count, max_rule);
+  if (threadIdx.x == 0) {
+    scales[blk] = scale;
+    if (flags != nullptr && !isfinite(scale)) *flags = kFlagNonFinite;
+  }
+}
+
+template <int DT, int BITS, bool ZOUT>
+__global__ void __launch_bounds__(kThreads)
+    tiles_kernel(const typename Elem<DT>::T* __restrict__ x, int64_t n, int64_t block_len, int64_t tiles_per_block,
+                 int bits, SeedKeys keys, const __grid_constant__ LevelTable tab, const float* __restrict__ scales,
+                 uint32_t* __restrict__ words, float* __restrict__ z) {
+  __shared__ SharedTable st;
+  if constexpr (!ZOUT) load_table(st, tab, bits);
+  const TileRange r = tile_range(blockIdx.x, tiles_per_block, block_len, n);
+  if (r.start >= r.end) return;  // after the table's __syncthreads: the whole CTA leaves together
+  const float scale = scales[r.blk];
+  if constexpr (ZOUT) {
+    truncate_range<DT>(x, r.start, r.end, scale, tab.c[0], tab.c[(1 << bits) - 1], z);
+  } else {
+    encode_range<DT, BITS>(x, r.start, r.end, scale, keys, st, bits, words);
+  }
+}
+
+}  // namespace
+}  // namespace dev
+
+// Host: runs job 1 (and, with ZOUT = false, jobs 2-3) over all blocks. scales/flags/words/z as in the kernels.
+template <bool ZOUT>
+const char* run_blocks(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, bool max_rule,
+                       SeedKeys keys, const LevelTable& tab, float* scales, uint32_t* flags, uint32_t* words,
+                       float* z, void* workspace, cudaStream_t s) {
+  if (n == 0) return launch_status();
+  const int64_t block_len = block_size == 0 ? n : block_size;
+  const int64_t nblocks = num_blocks(n, block_size);
+  if (nblocks > 0x7fffffff) return kGridTooLarge;
+  // z output needs no specialisation on the bit width
+  auto dispatch = [&](auto&& fn) {
+    if constexpr (ZOUT) return dispatch_dtype(dtype_id, fn);
+    else return dispatch_dtype_bits(dtype_id, bits, fn);
+  };
+  if (block_len <= kFusedMaxBlock) {
+    return dispatch([&](auto dt, auto b) {
+      constexpr int DT = decltype(dt)::value, BITS = decltype(b)::value;
+      constexpr int V = dev::Elem<DT>::V;
+      // small blocks get a smaller CTA: one 16-byte vector per thread at least
+      int64_t threads = (block_len / V + 31) / 32 * 32;
+      threads = threads < 32 ? 32 : (threads > dev::kThreads ? dev::kThreads : threads);
+      dev::fused_blocks_kernel<DT, BITS, ZOUT><<<unsigned(nblocks), unsigned(threads), 0, s>>>(
+          static_cast<const typename dev::Elem<DT>::T*>(x), n, block_len, bits, max_rule, keys, tab, scales,
+          flags, words, z);
+      return launch_status();
+    });
+  }
+  const int64_t tpb = (block_len + kTile - 1) / kTile;
+  const int64_t ntiles = nblocks * tpb;
+  if (ntiles > 0x7fffffff) return kGridTooLarge;
+  double* partials = static_cast<double*>(workspace);
+  return dispatch([&](auto dt, auto b) {
+    constexpr int DT = decltype(dt)::value, BITS = decltype(b)::value;
+    using T = typename dev::Elem<DT>::T;
+    dev::partials_kernel<DT><<<unsigned(ntiles), dev::kThreads, 0, s>>>(static_cast<const T*>(x), n, block_len,
+                                                                         tpb, max_rule, partials);
+    dev::block_scale_kernel<<<unsigned(nblocks), dev::kThreads, 0, s>>>(partials, n, block_len, tpb, max_rule,
+                                                                         scales, flags);
+    dev::tiles_kernel<DT, BITS, ZOUT><<<unsigned(ntiles), dev::kThreads, 0, s>>>(
+        static_cast<const T*>(x), n, block_len, tpb, bits, keys, tab, scales, words, z);
+    return launch_status();
+  });
+}
+
+}  // namespace cuda
+}  // namespace tnq

@@ -1,0 +1,74 @@
+// Launchers of the CUDA kernels of tnq_kernels: the only interface between the binding (csrc/cuda/bindings.cpp,
+// compiled by the host C++ compiler with the torch headers) and the kernels (csrc/cuda/*.cu, compiled by nvcc).
+// Plain C++ on purpose: raw device pointers, sizes and an opaque stream handle (a cudaStream_t passed as void*),
+// so the binding needs neither the CUDA headers nor torch's CUDA libraries, and the kernels need no torch.
+// Every launcher validates nothing (the binding did), enqueues its kernels on `stream` and returns nullptr, or
+// the CUDA error string of a failed launch.
+#pragma once
+#include <cstdint>
+
+#include "../tnq_constants.h"
+
+namespace tnq {
+namespace cuda {
+
+// fp32 level table of one (codebook, bits), passed to kernels by value (2 KiB of kernel parameters); entries
+// past 2^bits are ignored. c: levels c_0 < ... < c_s; inv_gap[k] = fp32(1 / (c_{k+1} - c_k)), k < s.
+struct LevelTable {
+  float c[256];
+  float inv_gap[256];
+};
+
+// Header words 0-7 of the payload (flags = 0), built on the host from ints only.
+struct HeaderWords {
+  uint32_t w[8];
+};
+
+// Blocks longer than this are reduced by tiles of kTile elements (partials kernel, then a block-scale kernel)
+// before they are encoded; shorter ones are reduced and encoded by one CTA that reads its block twice, the
+// second time from L1/L2 (B = 2048 fp32 is 8 KiB per CTA).
+constexpr int64_t kFusedMaxBlock = 16384;
+constexpr int64_t kTile = 16384;
+
+// Device workspace (bytes) the compress / scale_truncate launchers need for (n, block_size): fp64 partials of
+// the tiled path, 0 on the fused path.
+int64_t compress_workspace_bytes(int64_t n, int64_t block_size);
+
+// Fused compress: x[n] (dtype_id, 16-byte aligned) -> the whole payload (header, scales, padding, codes).
+// payload: 16-byte aligned, payload_bytes(n, bits, block_size) bytes.
+const char* compress(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, bool max_rule,
+                     SeedKeys keys, const LevelTable& table, const HeaderWords& header, uint8_t* payload,
+                     void* workspace, void* stream);
+
+// Job 1 alone: scales[num_blocks(n, block_size)] and z[n] (fp32). x 16-byte aligned.
+const char* scale_truncate(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, bool max_rule,
+                           const LevelTable& table, float* scales, float* z, void* workspace, void* stream);
+
+// Job 2 alone: codes[n] (uint8) from z[n] (fp32).
+const char* quantize(const float* z, int64_t n, int bits, SeedKeys keys, const LevelTable& table, uint8_t* codes,
+                     void* stream);
+
+// Job 3 alone and its inverse: codes[n] <-> words[bits * ceil(n/32)] (4-byte aligned).
+const char* pack(const uint8_t* codes, int64_t n, int bits, uint32_t* words, void* stream);
+const char* unpack(const uint32_t* words, int64_t n, int bits, uint8_t* codes, void* stream);
+
+// Up to kMaxSum payloads of one (bits, codebook) decoded and summed in one launch (kernel parameters, no
+// device-side pointer array). Longer or mixed lists are split into runs by the binding; a run after the first
+// continues from the fp32 accumulator of the previous one, which keeps the order w = 0, 1, ... exact.
+constexpr int kMaxSum = 16;
+struct SumRun {
+  const uint32_t* words[kMaxSum];  // 4-byte aligned, bits * ceil(n/32) words each
+  const float* scales[kMaxSum];    // 4-byte aligned, num_blocks(n, block_size[w]) fp32 each
+  int64_t block_size[kMaxSum];     // 0 = one scale for the whole tensor
+  float weight[kMaxSum];
+  int count;     // payloads in this run, 1..kMaxSum
+  int weighted;  // 0: terms are added unweighted (weight ignored)
+};
+
+// out[n] (out_dtype_id; fp32 when acc_out is used) = acc_in[n] (if non-null) + sum over the run of
+// weight[w] * scale * c[code], in fp32, in order; acc_in may alias out. out 16-byte aligned.
+const char* decompress_sum(const SumRun& run, int64_t n, int bits, const LevelTable& table, const float* acc_in,
+                           void* out, int out_dtype_id, void* stream);
+
+}  // namespace cuda
+}  // namespace tnq
