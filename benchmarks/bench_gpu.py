@@ -1,14 +1,17 @@
 """GPU throughput of compress / decompress: GB/s (bytes read + written) and % of a device copy of the same tensor.
 
     python benchmarks/bench_gpu.py [--csv PATH] [--bits 2 3 4 5] [--dtypes float32 bfloat16]
-                                   [--log2n 20 22 24 26 28] [--backends triton auto] [--block-size 2048]
+                                   [--log2n 20 22 24 26 28] [--backends triton cuda] [--block-size 2048]
     python benchmarks/bench_gpu.py --smoke      # no GPU needed: tiny sizes on CPU, Triton under the interpreter
 
-Backends: "triton" = tnq_kernels.*(backend="triton"); "auto" = torch.ops.tnq on CUDA tensors, i.e. the C++ CUDA
-kernels when the extension was built with CUDA, otherwise ops.py's forwarder to the same Triton kernels (the
-`auto_kernel` column says which). A backend that fails (not built, no triton) is reported in the table and the
-CSV (`status`), never a crash. Each time is the median of triton.testing.do_bench, which zeroes a 256 MB buffer
-before every repetition (L2 flushed); --smoke times with the helper's wall clock instead.
+Backends: "triton" = tnq_kernels.*(backend="triton"); "cuda" = the C++ CUDA kernels (backend="cuda"; reported as
+unavailable when the extension was built without nvcc); "auto" = torch.ops.tnq on CUDA tensors, i.e. the C++ CUDA
+kernels when built, otherwise ops.py's forwarder to the Triton kernels (the `auto_kernel` column says which).
+After the full table comes a side-by-side table (Triton | CUDA, GB/s and % of copy) and the faster backend per op
+over n >= 2^24 (geometric mean of the time ratios), which is what ops.py's default for CUDA tensors should follow.
+A backend that fails (not built, no triton) is reported in the table and the CSV (`status`), never a crash. Each
+time is the median of triton.testing.do_bench, which zeroes a 256 MB buffer before every repetition (L2 flushed);
+--smoke times with the helper's wall clock instead.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ def parse(argv=None):
     ap.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 5])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--log2n", type=int, nargs="+", default=[20, 22, 24, 26, 28])
-    ap.add_argument("--backends", nargs="+", default=["triton", "auto"], choices=["triton", "auto"])
+    ap.add_argument("--backends", nargs="+", default=["triton", "cuda"], choices=["triton", "cuda", "auto"])
     ap.add_argument("--ops", nargs="+", default=["compress", "decompress"], choices=["compress", "decompress"])
     ap.add_argument("--block-size", type=int, default=2048)
     ap.add_argument("--csv", default=None, help="append rows to this CSV (default: results/bench_gpu.csv)")
@@ -121,7 +124,50 @@ def main(argv=None) -> int:
     path = Path(args.csv) if args.csv else H.results_path("bench_gpu_smoke.csv" if args.smoke else "bench_gpu.csv")
     H.append_csv(path, rows, H.THROUGHPUT_COLUMNS)
     print(f"# wrote {len(rows)} rows to {path}")
+    print(side_by_side(rows))
     return 0
+
+
+def _num(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def side_by_side(rows, left: str = "triton", right: str = "cuda", min_log2n: int = 24) -> str:
+    """Markdown table with one line per (op, dtype, bits, n): copy GB/s, then GB/s and % of copy of ``left`` and
+    ``right`` and the faster of the two; then, per op, the geometric mean of time(left)/time(right) over
+    n >= 2^min_log2n and the verdict. Accepts rows as written (floats) or read back from the CSV (strings)."""
+    import _helper as H
+    copy = {(r["dtype"], str(r["n"])): _num(r["gbps"]) for r in rows if r["op"] == "copy"}
+    by = {}
+    for r in rows:
+        if r["op"] != "copy" and r["impl"] in (left, right):
+            by.setdefault((r["op"], r["dtype"], str(r["bits"]), str(r["n"])), {})[r["impl"]] = r
+    out, ratios = [], {}
+    for (op, dtype, bits, n), pair in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1], int(kv[0][2]),
+                                                                         int(kv[0][3]))):
+        a, b = pair.get(left, {}), pair.get(right, {})
+        ga, gb = _num(a.get("gbps")), _num(b.get("gbps"))
+        faster = left if ga > gb else right if gb > ga else "-"
+        if int(n) >= 1 << min_log2n and ga > 0 and gb > 0:
+            ratios.setdefault(op, []).append(gb / ga)  # = time(left) / time(right)
+        out.append({"op": op, "dtype": dtype, "bits": bits, "n": f"2^{int(n).bit_length() - 1}",
+                    "copy GB/s": copy.get((dtype, n), math.nan), f"{left} GB/s": ga,
+                    f"{left} %copy": _num(a.get("pct_copy")), f"{right} GB/s": gb,
+                    f"{right} %copy": _num(b.get("pct_copy")), "faster": faster})
+    cols = ["op", "dtype", "bits", "n", "copy GB/s", f"{left} GB/s", f"{left} %copy", f"{right} GB/s",
+            f"{right} %copy", "faster"]
+    lines = [H.format_table(out, cols)] if out else [f"(no {left}/{right} rows)"]
+    for op, rs in sorted(ratios.items()):
+        g = math.exp(sum(math.log(r) for r in rs) / len(rs))
+        verdict = right if g > 1 else left
+        lines.append(f"# {op}: {verdict} is faster over n >= 2^{min_log2n} (time {left}/{right} = {g:.3f}, "
+                     f"geometric mean of {len(rs)} cases)")
+    if not ratios:
+        lines.append(f"# no case with n >= 2^{min_log2n} where both {left} and {right} ran: no verdict")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -172,6 +172,22 @@ def test_import_in_a_clean_process_without_gpus():
         assert r.stdout.strip() == str(sorted(ops.SCHEMAS)), r.stdout
 
 
+def test_backend_cuda_is_strict():
+    """backend="cuda" never falls back: without the C++ CUDA kernels it raises BackendUnavailable, and it refuses
+    CPU tensors (the dispatcher would otherwise run the CPU kernel under the name "cuda")."""
+    import tnq_kernels
+    x = torch.ones(64)
+    if ops.NATIVE_CUDA_OPS:
+        with pytest.raises(ValueError, match="backend='cuda' needs CUDA tensors, got a tensor on cpu"):
+            tnq_kernels.compress(x, backend="cuda")
+        p = tnq_kernels.compress(x, seed=1)
+        with pytest.raises(ValueError, match="backend='cuda' needs CUDA tensors"):
+            tnq_kernels.decompress_sum([p, p], backend="cuda")
+    else:
+        with pytest.raises(ops.BackendUnavailable, match="no C.. CUDA kernel"):
+            tnq_kernels.compress(x, backend="cuda")
+
+
 def test_compile_each_cu_when_the_build_skipped(tmp_path):
     """The fallback of part 3: when the extension was built without CUDA but nvcc exists, compile each .cu once
     per architecture here, so no kernel goes unchecked."""

@@ -1,7 +1,9 @@
 """Public Python API: argument checking, defaults and the backend override, on top of the `tnq` ops.
 
 The dispatcher picks the backend from the tensor's device; ``backend=`` (or the TNQ_BACKEND environment variable)
-overrides it: "auto" (default), "reference" (the pure-PyTorch oracle), or "triton" (the Triton kernels directly).
+overrides it: "auto" (default: C++ on CPU tensors; on CUDA tensors the C++ CUDA kernels when the extension was
+built with them, else Triton), "reference" (the pure-PyTorch oracle), "triton" (the Triton kernels directly) or
+"cuda" (the C++ CUDA kernels, CUDA tensors only; raises BackendUnavailable when they were not built).
 """
 from __future__ import annotations
 
@@ -19,7 +21,30 @@ DEFAULT_BITS = 3
 #: one fp32 scale per 2048 elements: 0.016 bits/element of overhead; on Laplace data (2e6 samples, b = 2..5) its
 #: MSE is within 0.3% of one scale per tensor (see README, "Choosing the block size").
 DEFAULT_BLOCK_SIZE = 2048
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "triton", "cuda")
+
+
+class _CudaBackend:
+    """backend="cuda": torch.ops.tnq, after checking the C++ CUDA kernel exists and the tensors are on CUDA (on a
+    CPU tensor the dispatcher would silently pick the CPU kernel instead)."""
+
+    def __getattr__(self, op: str):
+        if op not in _ops.NATIVE_CUDA_OPS:
+            raise _ops.BackendUnavailable(
+                f"backend='cuda': tnq::{op} has no C++ CUDA kernel in this build (the extension was built without "
+                f"nvcc or with TNQ_CUDA=0); rebuild with nvcc on PATH, or use backend='triton' / 'auto'")
+        fn = getattr(torch.ops.tnq, op)
+
+        def call(first, *args):
+            t = first[0] if isinstance(first, (list, tuple)) and first else first
+            if isinstance(t, torch.Tensor) and t.device.type != "cuda":
+                raise ValueError(f"backend='cuda' needs CUDA tensors, got a tensor on {t.device}; use "
+                                 f"backend='auto' (or None) for {t.device.type} tensors")
+            return fn(first, *args)
+        return call
+
+
+_CUDA = _CudaBackend()
 
 
 def _backend(backend: str | None):
@@ -31,6 +56,8 @@ def _backend(backend: str | None):
     if name == "triton":
         from . import triton as tnq_triton
         return tnq_triton
+    if name == "cuda":
+        return _CUDA
     raise ValueError(f"backend must be one of {BACKENDS} (argument or TNQ_BACKEND), got {name!r}")
 
 

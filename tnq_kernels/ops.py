@@ -2,7 +2,8 @@
 
 Backends attach to these schemas per dispatch key:
   CPU   C++ in csrc/cpu (TORCH_LIBRARY_IMPL(tnq, CPU)), loaded from tnq_kernels._C at import;
-  CUDA  C++/CUDA in csrc/cuda when built in, otherwise the Triton kernels of tnq_kernels.triton.
+  CUDA  C++/CUDA in csrc/cuda when built in (TORCH_LIBRARY_IMPL(tnq, CUDA) in the same _C), otherwise a forwarder
+        to the Triton kernels of tnq_kernels.triton (benchmarks/gpu_check.py measures which of the two is faster).
 If a native backend is missing, import still succeeds; calling an op on that device raises BackendUnavailable
 with the command that builds it. The pure-PyTorch oracle lives in reference.py and is reached through the public
 API's ``backend="reference"`` (or TNQ_BACKEND=reference), never silently.
@@ -92,6 +93,16 @@ except (ImportError, OSError) as e:  # never fail import for a missing backend (
 
 def has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{op}", dispatch_key)
+
+
+#: ops whose CUDA kernel the C++ extension registered (csrc/cuda/bindings.cpp), checked before the Triton
+#: forwarder below fills the gaps; the public API's backend="cuda" requires the op to be in this set.
+NATIVE_CUDA_OPS = frozenset(op for op in SCHEMAS if has_kernel(op, "CUDA"))
+
+
+def cuda_kernel_source(op: str) -> str:
+    """Which kernel torch.ops.tnq.<op> runs on CUDA tensors: "cuda" (the C++ build) or "triton" (the forwarder)."""
+    return "cuda" if op in NATIVE_CUDA_OPS else "triton"
 
 
 def _raiser(op: str, device: str, why: str):
