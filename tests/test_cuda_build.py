@@ -203,3 +203,21 @@ def test_compile_each_cu_when_the_build_skipped(tmp_path):
                    "-o", str(tmp_path / f"{name}.sm_{a}.cubin")] + flags
             r = subprocess.run(cmd, capture_output=True, text=True)
             assert r.returncode == 0, f"{name} sm_{a}:\n{r.stdout}{r.stderr}"
+
+
+def test_bench_side_by_side_picks_the_faster_backend():
+    """The verdict gpu_check.py prints to set the default CUDA backend: geometric mean over n >= 2^24 only."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_gpu
+
+    def row(impl, n, gbps, op="compress"):
+        return {"op": op, "impl": impl, "dtype": "float32", "bits": 3, "n": n, "gbps": gbps, "pct_copy": ""}
+    rows = [{"op": "copy", "impl": "torch", "dtype": "float32", "bits": "", "n": n, "gbps": 3000.0}
+            for n in (1 << 20, 1 << 24)]
+    rows += [row("triton", 1 << 20, 900.0), row("cuda", 1 << 20, 100.0),     # small n: ignored by the verdict
+             row("triton", 1 << 24, 2000.0), row("cuda", 1 << 24, 2500.0),
+             row("triton", 1 << 24, 2000.0, "decompress"), row("cuda", 1 << 24, "nan", "decompress")]
+    text = bench_gpu.side_by_side(rows)
+    assert "# compress: cuda is faster over n >= 2^24 (time triton/cuda = 1.250" in text
+    assert "# decompress:" not in text  # the CUDA run failed (nan): no verdict without both
+    assert "| compress | float32 | 3 | 2^20 |" in text
