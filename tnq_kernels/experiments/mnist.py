@@ -3,6 +3,7 @@
     python -m tnq_kernels.experiments.mnist --quick              # all compressors at 3 bits, 1 seed, < 2 min
     python -m tnq_kernels.experiments.mnist --sweep              # none + 4 codebooks x bits 2..5 x 3 seeds
     python -m tnq_kernels.experiments.mnist --mode ddp ...       # the same runs over torch.distributed (gloo)
+    python -m tnq_kernels.experiments.mnist --error-feedback ... # clients re-inject their residuals (not the paper's)
 
 Each step every client computes the gradient of its own mini-batch, flattens it into the DDP bucket layout,
 compresses each bucket with seed derive_seed(seed, client, step, bucket); the server decodes and averages the
@@ -62,12 +63,14 @@ class RunConfig:
     train_subset: int = 0  # 0: all 60k; else the first n images (tests)
     test_subset: int = 0
     backend: str | None = None  # None: C++ if built, else the reference (same bits)
+    error_feedback: bool = False  # each client re-injects its own compression residual (TNQState's option)
 
     def __post_init__(self):
         if self.compressor not in COMPRESSORS:
             raise ValueError(f"compressor must be one of {COMPRESSORS}, got {self.compressor!r}")
         if self.compressor == "none":
             self.bits = 32
+            self.error_feedback = False  # nothing is lost, so there is no residual
         elif not 2 <= self.bits <= 5:
             raise ValueError(f"bits must be in 2..5 for compressor {self.compressor!r}, got {self.bits}")
         for name in ("clients", "batch_size", "eval_every"):
@@ -216,6 +219,8 @@ def simulate(cfg: RunConfig, data: MNIST | None = None, buckets: Layout | None =
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
     ddp_layout = ddp_bucket_layouts(model) if buckets is None else None
     w = [1.0 / cfg.clients] * cfg.clients
+    # error feedback: residuals per client and parameter, so they survive DDP's bucket rebuild as the hook's do
+    residual = [[torch.zeros(n) for n in numels] for _ in range(cfg.clients)] if cfg.error_feedback else None
     records, layouts, loss_sum, loss_n = [], [], 0.0, 0
     bar = _progress(cfg, total, progress)
     t0 = time.perf_counter()
@@ -239,8 +244,18 @@ def simulate(cfg: RunConfig, data: MNIST | None = None, buckets: Layout | None =
                     # DDP's default hook divides by the world size before its sum-allreduce
                     payloads[b].append(g / cfg.clients)
                 else:
-                    payloads[b].append(tnq.compress(g, cfg.bits, cfg.block_size, cfg.compressor,
-                                                    seed=tnq.derive_seed(cfg.seed, c, step, b), backend=backend))
+                    if residual is not None:
+                        g = g + torch.cat([residual[c][i] for i in bucket])
+                    payload = tnq.compress(g, cfg.bits, cfg.block_size, cfg.compressor,
+                                           seed=tnq.derive_seed(cfg.seed, c, step, b), backend=backend)
+                    payloads[b].append(payload)
+                    if residual is not None:
+                        r = g - tnq.decompress(payload, (g.numel(),), torch.float32, backend=backend)
+                        r = torch.where(torch.isfinite(r), r, torch.zeros(()))
+                        off = 0
+                        for i in bucket:
+                            residual[c][i] = r[off: off + numels[i]]
+                            off += numels[i]
         loss_n += 1
         for b, bucket in enumerate(layout):
             if cfg.compressor == "none":
@@ -277,6 +292,7 @@ def _progress(cfg: RunConfig, total: int, enabled: bool):
         return None
     from tqdm import tqdm
     name = "fp32" if cfg.compressor == "none" else f"{cfg.compressor} {cfg.bits}b"
+    name += " +EF" if cfg.error_feedback else ""
     return tqdm(total=total, desc=f"{name} seed={cfg.seed}", unit="step", leave=True, dynamic_ncols=True,
                 file=sys.stderr)
 
@@ -315,7 +331,8 @@ def _ddp_worker(rank: int, cfg: RunConfig, port: int, out_path: str, max_steps: 
             from tnq_kernels import ddp as tnq_ddp
             state = tnq_ddp.TNQState(process_group=None, bits=cfg.bits, block_size=cfg.block_size,
                                      codebook=cfg.compressor, scheme="allgather", seed=cfg.seed,
-                                     error_feedback=False, warmup_steps=0, min_bucket_numel=0, backend=backend)
+                                     error_feedback=cfg.error_feedback, warmup_steps=0, min_bucket_numel=0,
+                                     backend=backend)
             box = {"step": 0}
 
             def hook(state, bucket):
@@ -357,9 +374,21 @@ def _ddp_worker(rank: int, cfg: RunConfig, port: int, out_path: str, max_steps: 
             layouts = [seen.get(s, []) for s in range(total)]
             torch.save({"records": records, "state": model.state_dict(), "layouts": layouts,
                         "seconds": time.perf_counter() - t0, "steps": total}, out_path)
-        dist.barrier()
+        del ddp  # its reducer holds the process group: release it while every rank is still connected
+        dist.barrier()  # nobody tears gloo down while another rank still talks to it
     finally:
         dist.destroy_process_group()
+
+
+def _ddp_entry(rank: int, *args) -> None:
+    _ddp_worker(rank, *args)
+    # Results are saved and the group is destroyed. Leave without interpreter teardown: on a loaded 2-core CI box a
+    # gloo/DDP background thread still being destroyed at exit once aborted a worker of another gloo script
+    # ("terminate called without an active exception") after all its work was done. Failures raise above instead,
+    # so mp.spawn still reports their traceback.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ddp(cfg: RunConfig, max_steps: int = 0, progress: bool = True, threads: int = 1) -> RunResult:
@@ -375,7 +404,7 @@ def run_ddp(cfg: RunConfig, max_steps: int = 0, progress: bool = True, threads: 
             raise RuntimeError(f"--mode ddp needs tnq_kernels.ddp (the DDP hook), which failed to import: {e}") from e
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "rank0.pt")
-        mp.spawn(_ddp_worker, args=(cfg, _free_port(), out, max_steps, progress, threads), nprocs=cfg.clients,
+        mp.spawn(_ddp_entry, args=(cfg, _free_port(), out, max_steps, progress, threads), nprocs=cfg.clients,
                  join=True)
         res = torch.load(out, weights_only=False)
     return RunResult(cfg, res["records"], res["state"], res["layouts"], res["seconds"], res["steps"])
@@ -460,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--momentum", type=float, default=RunConfig.momentum)
     p.add_argument("--block-size", type=int, default=tnq.DEFAULT_BLOCK_SIZE)
     p.add_argument("--non-iid", action="store_true", help="each client holds mostly two digits")
+    p.add_argument("--error-feedback", action="store_true",
+                   help="each client adds its previous compression residual to its gradient (off in the sweep)")
     p.add_argument("--eval-every", type=int, default=None, help="steps between test evaluations")
     p.add_argument("--backend", default=None, help="tnq backend (default: C++ if built, else reference)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the simulation (default 2)")
@@ -482,6 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         base = RunConfig(epochs=epochs, clients=a.clients, batch_size=a.batch_size, lr=a.lr, momentum=a.momentum,
                          block_size=a.block_size, iid=not a.non_iid, eval_every=eval_every, backend=a.backend,
+                         error_feedback=a.error_feedback,
                          train_subset=a.train_subset, test_subset=a.test_subset)
         runs = plan(a.compressors.split(","), bits, seeds, base)
         data = load_mnist() if a.mode == "sim" else None

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import os
+import platform
 import statistics
 from collections import defaultdict
 
@@ -136,18 +138,53 @@ def plot_accuracy_vs_bits(records: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def write_all(records: list[dict], out_dir: str, config=None, timings: list[dict] | None = None) -> None:
-    """table.md, accuracy_vs_step_3bit.png, accuracy_vs_bits.png under ``out_dir``."""
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (platform's answer elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(threads: int | None = None) -> str:
+    """One line: CPU, cores, torch threads, torch version, today's date (UTC)."""
+    import torch
+    threads = threads or torch.get_num_threads()
+    return (f"{cpu_model()}, {os.cpu_count()} logical cores, {threads} torch thread(s), torch {torch.__version__}, "
+            f"{platform.system()} {platform.machine()}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}")
+
+
+def write_all(records: list[dict], out_dir: str, config=None, timings: list[dict] | None = None,
+              threads: int | None = None) -> None:
+    """table.md (plus ``out_dir``/notes.md if present), accuracy_vs_step_<b>bit.png, accuracy_vs_bits.png."""
     text = "# MNIST, 8 clients: final test accuracy\n\n" + table(records) + "\n"
     if config is not None:
         text += (f"\nSetup: AlexNet-style CNN (0.32M parameters), {config.clients} clients "
                  f"({'IID' if config.iid else 'non-IID'}), batch {config.batch_size} per client, momentum SGD "
                  f"(lr {config.lr}, momentum {config.momentum}), {config.epochs} epochs, block size "
-                 f"{config.block_size}, one payload per client per step.\n")
+                 f"{config.block_size}, one payload per client per step"
+                 f"{', error feedback' if getattr(config, 'error_feedback', False) else ''}.\n")
+    text += f"\nHardware: {environment(threads)}.\n"
     if timings:
         total = sum(float(t["seconds"]) for t in timings)
-        text += (f"\nRuntime: {len(timings)} runs, {total / 60:.1f} min of training in total "
-                 f"(see runs.csv for each run's mode, backend and ms/step).\n")
+        modes = sorted({t["mode"] for t in timings})
+        backends = sorted({t["backend"] for t in timings})
+        text += (f"\nRuntime: {len(timings)} runs, {total / 60:.1f} min of training in total, mode {'/'.join(modes)}, "
+                 f"tnq backend {'/'.join(backends)} (see runs.csv for each run's ms/step).\n")
+        if "reference" in backends:
+            # the accuracies do not depend on the backend, only the time does
+            text += ("\nBackend: \"reference\" is the pure-PyTorch oracle. The C++ backend (\"auto\", the default "
+                     "when built) writes bit-identical payloads and decodes bit-identically at equal seed "
+                     "(tests/test_cpu_backend.py, tests/test_mnist.py), so these accuracies hold for it unchanged; "
+                     "it only trains faster.\n")
+    notes = os.path.join(out_dir, "notes.md")
+    if os.path.exists(notes):  # hand-written reading of the numbers, kept when a --resume rewrites the table
+        with open(notes) as f:
+            text += "\n" + f.read()
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(text)
     steps_bits = 3 if any(int(r["bits"]) == 3 for r in records) else min(int(r["bits"]) for r in records)
