@@ -3,7 +3,9 @@
 For each bandwidth (Gbit/s) two network namespaces are joined by a veth pair (10.77.0.1 <-> 10.77.0.2) shaped by a
 token-bucket filter on both ends; one rank runs in each namespace. Each rank trains the same MLP (tens of MB of
 fp32 gradients in DDP's 25 MB buckets) with each compressor in turn and reports the step time (max over ranks,
-median over steps) and the bytes its interface sent per step (/proc/net/dev, so TCP/IP headers included):
+median over steps) and the bytes its interface sent per step (/proc/net/dev, so TCP/IP headers included), with
+where a tnq step's time goes: ``wire_ms`` (those bytes at the measured link rate) and ``tnq_kernel_ms`` (the hook's
+compress + decode calls for the same buckets, timed alone on the rank's thread after the timed steps):
 
     allreduce            DDP's default fp32 allreduce
     fp16                 torch's fp16_compress_hook
@@ -51,8 +53,8 @@ SUBNET = "10.77.0"
 WORLD = 2
 CSV_COLUMNS = ("date", "run", "net", "bandwidth_gbit", "link_gbit_measured", "compressor", "scheme", "bits",
                "world", "params", "grad_bytes", "steps", "step_ms_median", "step_ms_min", "step_ms_mean",
-               "speedup_vs_allreduce", "wire_bytes_per_rank_step", "payload_bytes_per_rank_step", "tnq_backend",
-               "final_loss", "in_sync", "note")
+               "speedup_vs_allreduce", "wire_bytes_per_rank_step", "payload_bytes_per_rank_step", "wire_ms",
+               "tnq_kernel_ms", "tnq_backend", "loadavg_1m", "final_loss", "in_sync", "note")
 
 
 # =====================================================================================================================
@@ -137,6 +139,37 @@ def _tnq_sent_bytes(state) -> float:
     return math.nan
 
 
+def _tnq_kernel_ms(layout: list[tuple[int, int]], scheme: str, bits: int, tnq_backend: str | None) -> float:
+    """Milliseconds per step of the hook's compress/decode calls alone, on this rank's thread(s), for the bucket
+    sizes of the last step (``TNQState.last_bucket_layout``): the CPU time a step spends in the kernels, to set
+    against the wire time (bytes sent / link rate). Both ranks time at once, as they run during a step."""
+    import tnq_kernels as tnq
+    from tnq_kernels import ddp as tnq_ddp
+    total = 0.0
+    for _, n in layout:
+        if n < tnq_ddp.DEFAULT_MIN_BUCKET_NUMEL:
+            continue  # the hook all-reduces such buckets uncompressed
+        x = torch.randn(n)
+        if scheme == "two_phase":
+            chunk = tnq_ddp.chunk_size(n, WORLD)
+            parts = [x[j * chunk: (j + 1) * chunk] for j in range(WORLD)]
+            shard = parts[0]
+
+            def calls(parts=parts, shard=shard):
+                pays = [tnq.compress(c, bits, 2048, seed=1, backend=tnq_backend) for c in parts if c.numel()]
+                red = tnq.decompress_sum([pays[0]] * WORLD, [1.0 / WORLD] * WORLD, [shard.numel()], torch.float32,
+                                         backend=tnq_backend)
+                tnq.compress(red, bits, 2048, seed=2, backend=tnq_backend)
+                for c, pay in zip(parts, pays):
+                    tnq.decompress(pay, [c.numel()], torch.float32, backend=tnq_backend)
+        else:
+            def calls(x=x, n=n):
+                pay = tnq.compress(x, bits, 2048, seed=1, backend=tnq_backend)
+                tnq.decompress_sum([pay] * WORLD, [1.0 / WORLD] * WORLD, [n], torch.float32, backend=tnq_backend)
+        total += H.time_fn(calls, warmup=1, repeat=3).median
+    return total * 1e3
+
+
 def _run_config(spec: str, cfg: dict, rank: int, iface: str | None, tnq_backend: str | None) -> dict:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -160,6 +193,8 @@ def _run_config(spec: str, cfg: dict, rank: int, iface: str | None, tnq_backend:
             note = "one DDP bucket (PowerSGD + gloo races with several)"
         net = DDP(model, bucket_cap_mb=bucket_mb)
         scheme, bits, state = _register(net, spec, tnq_backend)
+        if scheme == "two_phase" and WORLD == 2:
+            note = "2 ranks: sends ~1 payload/rank/step, as allgather does"
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
 
     def step() -> float:
@@ -198,6 +233,11 @@ def _run_config(spec: str, cfg: dict, rank: int, iface: str | None, tnq_backend:
     lo, hi = cs.clone(), cs.clone()
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    kernel = torch.tensor([math.nan], dtype=torch.float64)
+    if state is not None and spec.startswith("tnq-"):
+        dist.barrier()
+        kernel[0] = _tnq_kernel_ms(state.last_bucket_layout, scheme, bits, tnq_backend)
+        dist.all_reduce(kernel, op=dist.ReduceOp.MAX)
     ms = [v * 1e3 for v in t.tolist()]
     return {
         "compressor": spec, "scheme": scheme, "bits": bits,
@@ -207,6 +247,8 @@ def _run_config(spec: str, cfg: dict, rank: int, iface: str | None, tnq_backend:
         "step_ms_mean": statistics.fmean(ms),
         "wire_bytes_per_rank_step": wire.item() / WORLD if spec != "compute-only" else 0.0,
         "payload_bytes_per_rank_step": (sent1 - sent0) / steps,
+        "tnq_kernel_ms": kernel.item(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
         "final_loss": float(loss), "note": note, "in_sync": bool(lo == hi) if spec != "compute-only" else True,
     }
 
@@ -365,6 +407,9 @@ def _with_speedups(rows: list[dict]) -> None:
     for r in rows:
         b, t = base.get(r["bandwidth_gbit"]), r.get("step_ms_median")
         r["speedup_vs_allreduce"] = b / t if b and t else math.nan
+        # time the bytes this rank put on the wire take at the rate the shaped link delivered (TCP/IP included)
+        link, wire = r.get("link_gbit_measured"), r.get("wire_bytes_per_rank_step")
+        r["wire_ms"] = 8e3 * wire / (link * 1e9) if link and wire is not None and r["bandwidth_gbit"] else math.nan
 
 
 def table(rows: list[dict]) -> str:
@@ -375,6 +420,7 @@ def table(rows: list[dict]) -> str:
             "compressor": r["compressor"], "step ms (median)": r.get("step_ms_median", math.nan),
             "vs allreduce": r.get("speedup_vs_allreduce", math.nan),
             "MB sent/rank/step": r.get("wire_bytes_per_rank_step", math.nan) / 1e6,
+            "wire ms": r.get("wire_ms", math.nan), "tnq kernel ms": r.get("tnq_kernel_ms", math.nan),
             "in sync": r.get("in_sync", ""), "note": r.get("note", ""),
         })
     return H.format_table(shown, list(shown[0]) if shown else [])

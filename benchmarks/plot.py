@@ -1,10 +1,12 @@
 """Turn the benchmark CSVs of benchmarks/results/ into PNGs and the markdown headline tables.
 
     cpu_throughput.csv / bench_gpu.csv      -> <name>.png  GB/s vs n per op, one line per impl and bit width
-                                               <name>.md   native vs reference vs copy at equal n, same run
+                                               <name>.md   native vs reference vs copy, same run
+                                               (the latest run of each thread count, most threads first)
     e2e_ddp.csv                             -> e2e_ddp.png  step time vs link bandwidth, one line per compressor
                                                e2e_ddp.md
-    cost_model.csv                          -> cost_model.png  projected step time vs world size
+    cost_model.csv                          -> cost_model.png  projected step time vs world size, per kernel source
+                                               cost_model.md
 A CSV that is absent is skipped. Only each CSV's latest ``run`` is drawn (``--all-runs`` to pool them), so a figure
 never mixes a busy machine's numbers with a quiet one's.
 
@@ -37,10 +39,12 @@ def _f(v) -> float:
         return math.nan
 
 
-def latest_run(rows: list[dict], all_runs: bool = False) -> list[dict]:
+def latest_run(rows: list[dict], all_runs: bool = False, pick: tuple[str, ...] = ()) -> list[dict]:
+    """The rows of the latest run, or of the latest run named in ``pick`` when the rows hold one of those."""
     if all_runs or not rows:
         return rows
-    last = max(r.get("run", "") for r in rows)
+    runs = {r.get("run", "") for r in rows}
+    last = max(runs & set(pick) or runs)
     return [r for r in rows if r.get("run", "") == last]
 
 
@@ -51,18 +55,30 @@ def _median(rows, key="gbps") -> float:
 
 def _stamp(rows: list[dict]) -> str:
     r = rows[0]
+    loads = [_f(x.get("loadavg_1m")) for x in rows if not math.isnan(_f(x.get("loadavg_1m")))]
+    load = f", load {min(loads):.2g}-{max(loads):.2g}" if loads else ""
     return f"{r.get('device_name', '?')}, {r.get('threads', '?')} threads, torch {r.get('torch', '?')}, " \
-           f"{r.get('date', '?')[:10]}"
+           f"{r.get('date', '?')[:10]}{load}"
+
+
+def latest_per_threads(rows: list[dict], all_runs: bool = False, pick: tuple[str, ...] = ()) -> list[list[dict]]:
+    """The latest run of each thread count, most threads first: a 1-thread run (steady on a shared machine) and an
+    all-cores run are both worth showing, and neither should hide the other."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(r.get("threads", ""), []).append(r)
+    return [latest_run(groups[t], all_runs, pick) for t in sorted(groups, key=lambda t: -_f(t) if t else 0)]
 
 
 # ---- throughput ----
 
-def plot_throughput(rows: list[dict], out: Path) -> Path:
-    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
-    fig, axes = plt.subplots(len(dtypes), len(THROUGHPUT_OPS), figsize=(5 * len(THROUGHPUT_OPS), 3.6 * len(dtypes)),
+def plot_throughput(groups: list[list[dict]], out: Path) -> Path:
+    panels = [(rows, dt) for rows in groups for dt in dict.fromkeys(r["dtype"] for r in rows)]
+    fig, axes = plt.subplots(len(panels), len(THROUGHPUT_OPS), figsize=(5 * len(THROUGHPUT_OPS), 3.6 * len(panels)),
                              squeeze=False)
-    for i, dt in enumerate(dtypes):
-        copy = [r for r in rows if r["dtype"] == dt and r["op"] == "copy"]
+    for i, (rows, dt) in enumerate(panels):
+        copies = {impl: [r for r in rows if r["dtype"] == dt and r["op"] == "copy" and r["impl"] == impl]
+                  for impl in dict.fromkeys(r["impl"] for r in rows if r["op"] == "copy")}
         for j, op in enumerate(THROUGHPUT_OPS):
             ax = axes[i][j]
             sel = [r for r in rows if r["dtype"] == dt and r["op"] == op]
@@ -72,14 +88,16 @@ def plot_throughput(rows: list[dict], out: Path) -> Path:
                     ns = sorted({int(r["n"]) for r in pts})
                     ax.plot(ns, [_median([r for r in pts if int(r["n"]) == n]) for n in ns], marker="o",
                             linestyle="--" if impl == "reference" else "-", label=f"{impl} b={bits}")
-            if copy:
+            for impl, copy in copies.items():
                 ns = sorted({int(r["n"]) for r in copy})
                 ax.plot(ns, [_median([r for r in copy if int(r["n"]) == n]) for n in ns], color="black",
-                        marker="s", label="torch copy")
-            ax.set(xscale="log", yscale="log", title=f"{op} ({dt})", xlabel="elements n", ylabel="GB/s (read+written)")
+                        marker="s", linestyle=":" if impl.endswith("clone") else "-",
+                        label="torch copy (new output)" if impl.endswith("clone") else "torch copy")
+            ax.set(xscale="log", yscale="log", title=f"{op} ({dt}, {rows[0].get('threads', '?')} threads)",
+                   xlabel="elements n", ylabel="GB/s (read+written)")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=6, ncol=2)
-    fig.suptitle(_stamp(rows), fontsize=9)
+    fig.suptitle(" | ".join(_stamp(rows) for rows in groups), fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -87,15 +105,19 @@ def plot_throughput(rows: list[dict], out: Path) -> Path:
 
 
 def throughput_table(rows: list[dict]) -> str:
-    """Per op, dtype, bits at the largest n the reference was timed at: GB/s of each impl, copy, and the ratios."""
+    """Per op, dtype, bits: each fast impl vs the reference at the largest n the reference was timed at, and vs a
+    copy at the largest n overall (where the copy no longer runs from cache: at 2^20 fp32, 4 MB each way, it does)."""
     ref_ns = [int(r["n"]) for r in rows if r["impl"] == "reference"]
     n = max(ref_ns) if ref_ns else max(int(r["n"]) for r in rows)
     top = max(int(r["n"]) for r in rows)
-    fast = [i for i in dict.fromkeys(r["impl"] for r in rows) if i not in ("reference", "torch")]
+    at_top = "" if top == n else f" n=2^{int(math.log2(top))}"
+    fast = [i for i in dict.fromkeys(r["impl"] for r in rows if r["op"] != "copy") if i != "reference"]
     table = []
     for op in THROUGHPUT_OPS:
         for dt in dict.fromkeys(r["dtype"] for r in rows):
-            copy = _median([r for r in rows if r["op"] == "copy" and r["dtype"] == dt and int(r["n"]) == n])
+            # the copy into a preallocated tensor: memcpy bandwidth, the baseline SPEC §7 names
+            copy = _median([r for r in rows if r["op"] == "copy" and r["impl"] == "torch" and r["dtype"] == dt
+                            and int(r["n"]) == top])
             for bits in sorted({int(r["bits"]) for r in rows if r["op"] == op and r["dtype"] == dt}):
                 def g(impl, at=n):
                     return _median([r for r in rows if r["op"] == op and r["dtype"] == dt and int(r["bits"]) == bits
@@ -105,14 +127,21 @@ def throughput_table(rows: list[dict]) -> str:
                 for impl in fast:
                     line[f"{impl} GB/s"] = g(impl)
                 line["reference GB/s"] = ref
-                line["copy GB/s"] = copy
                 for impl in fast:
                     line[f"{impl}/reference"] = g(impl) / ref if ref else math.nan
-                    line[f"{impl}/copy"] = g(impl) / copy if copy else math.nan
-                    if top != n:
-                        line[f"{impl} GB/s n=2^{int(math.log2(top))}"] = g(impl, top)
+                if at_top:
+                    for impl in fast:
+                        line[f"{impl} GB/s{at_top}"] = g(impl, top)
+                line[f"copy GB/s{at_top}"] = copy
+                fresh = _median([r for r in rows if r["op"] == "copy" and r["impl"] == "torch-clone"
+                                 and r["dtype"] == dt and int(r["n"]) == top])
+                if not math.isnan(fresh):
+                    line["copy to new tensor GB/s"] = fresh
+                for impl in fast:
+                    line[f"{impl}/copy{at_top}"] = g(impl, top) / copy if copy else math.nan
                 table.append(line)
-    head = f"n = 2^{int(math.log2(n))} = {n} elements, block 2048; {_stamp(rows)}; run {rows[0].get('run', '?')}\n\n"
+    head = (f"vs reference at n = 2^{int(math.log2(n))} (the largest n it was timed at), vs copy at n = "
+            f"2^{int(math.log2(top))}; block 2048; {_stamp(rows)}; run {rows[0].get('run', '?')}\n\n")
     return head + H.format_table(table, list(table[0])) if table else head
 
 
@@ -144,32 +173,69 @@ def e2e_table(rows: list[dict]) -> str:
                       "measured Gbit/s": _f(r.get("link_gbit_measured")), "compressor": r["compressor"],
                       "step ms": _f(r.get("step_ms_median")), "vs allreduce": _f(r.get("speedup_vs_allreduce")),
                       "MB sent/rank/step": _f(r.get("wire_bytes_per_rank_step")) / 1e6,
-                      "note": r.get("note", "")})
+                      "wire ms": _f(r.get("wire_ms")), "tnq kernel ms": _f(r.get("tnq_kernel_ms")),
+                      "load 1m": _f(r.get("loadavg_1m")), "note": r.get("note", "")})
     params = _f(rows[0].get("params")) / 1e6
     return (f"world size {rows[0].get('world', 2)}, {params:.1f} M params ({4 * params:.0f} MB fp32 gradients), "
-            f"{_stamp(rows)}\n\n" + H.format_table(table, list(table[0])))
+            f"{_stamp(rows)}; run {rows[0].get('run', '?')}\n\n"
+            "wire ms = bytes this rank's interface sent per step / measured link rate; tnq kernel ms = the hook's "
+            "compress + decode calls alone for the same buckets, timed on the rank's own thread.\n\n"
+            + H.format_table(table, list(table[0])))
 
 
 # ---- cost model ----
 
 def plot_cost(rows: list[dict], out: Path) -> Path:
-    keys = list(dict.fromkeys((r["params"], r["gbit"]) for r in rows))
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 4), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        sel = [r for r in rows if (r["params"], r["gbit"]) == key]
-        for comp in dict.fromkeys((r["compressor"], r["bits"]) for r in sel):
-            pts = [r for r in sel if (r["compressor"], r["bits"]) == comp]
-            label = comp[0] if comp[0].startswith(("powersgd", "allreduce", "fp16")) else f"{comp[0]} b={comp[1]}"
-            ax.plot([int(r["world"]) for r in pts], [_f(r["step_ms"]) for r in pts], marker=".", label=label)
-        ax.set(xscale="log", yscale="log", xlabel="world size", ylabel="projected step ms",
-               title=f"{_f(key[0]) / 1e6:g} M params, {_f(key[1]):g} Gbit/s")
-        ax.grid(True, which="both", alpha=0.3)
+    """One row of panels per (kernel source, params), one column per link bandwidth: measured and assumed kernel
+    throughputs never share a panel."""
+    lines = list(dict.fromkeys((r.get("kernel_source", ""), r["params"]) for r in rows))
+    gbits = list(dict.fromkeys(r["gbit"] for r in rows))
+    fig, axes = plt.subplots(len(lines), len(gbits), figsize=(4.2 * len(gbits), 3.6 * len(lines)), squeeze=False)
+    for i, (source, params) in enumerate(lines):
+        for j, g in enumerate(gbits):
+            ax = axes[i][j]
+            sel = [r for r in rows if (r.get("kernel_source", ""), r["params"], r["gbit"]) == (source, params, g)]
+            for comp in dict.fromkeys((r["compressor"], r["bits"]) for r in sel):
+                pts = [r for r in sel if (r["compressor"], r["bits"]) == comp]
+                label = comp[0] if comp[0].startswith(("powersgd", "allreduce", "fp16")) else f"{comp[0]} b={comp[1]}"
+                ax.plot([int(r["world"]) for r in pts], [_f(r["step_ms"]) for r in pts], marker=".", label=label,
+                        linestyle="--" if "two_phase" in comp[0] else "-")
+            tag = "MEASURED" if source.startswith("measured") else "ASSUMED"
+            ax.set(xscale="log", yscale="log", xlabel="world size", ylabel="projected step ms",
+                   title=f"{_f(params) / 1e6:g} M params, {_f(g):g} Gbit/s, {tag} kernels")
+            ax.title.set_fontsize(8)
+            ax.grid(True, which="both", alpha=0.3)
+        axes[i][0].annotate(source, (0, 1.12), xycoords="axes fraction", fontsize=7)
     axes[0][0].legend(fontsize=6)
-    fig.suptitle(f"α–β model (α = {rows[0].get('alpha_us')} µs); kernels: {rows[0].get('kernel_source')}", fontsize=8)
+    fig.suptitle(f"α–β model (α = {rows[0].get('alpha_us')} µs, T_compute = {rows[0].get('compute_ms')} ms), "
+                 f"{rows[0].get('date', '?')[:10]}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def cost_table(rows: list[dict], worlds=(8, 64, 1024)) -> str:
+    """Projected step ms at a few world sizes, one table per kernel source, rows (params, Gbit/s, compressor)."""
+    have = sorted({int(r["world"]) for r in rows})
+    worlds = [w for w in worlds if w in have] or have
+    out = [f"α–β projection (α = {rows[0].get('alpha_us')} µs, T_compute = {rows[0].get('compute_ms')} ms, both "
+           f"parameters), {rows[0].get('date', '?')[:10]}; step ms, (× vs allreduce)"]
+    for source in dict.fromkeys(r.get("kernel_source", "") for r in rows):
+        table = []
+        sel = [r for r in rows if r.get("kernel_source", "") == source]
+        for key in dict.fromkeys((r["params"], r["gbit"], r["compressor"], r["bits"]) for r in sel):
+            line = {"params M": _f(key[0]) / 1e6, "Gbit/s": _f(key[1]),
+                    "compressor": key[2] if key[2].startswith(("powersgd", "allreduce", "fp16"))
+                    else f"{key[2]} b={key[3]}"}
+            for w in worlds:
+                r = next((r for r in sel if (r["params"], r["gbit"], r["compressor"], r["bits"]) == key
+                          and int(r["world"]) == w), None)
+                line[f"p={w}"] = "—" if r is None else \
+                    f"{_f(r['step_ms']):.4g} ({_f(r['speedup_vs_allreduce']):.2f}×)"
+            table.append(line)
+        out.append(f"\nkernels: {source}\n\n" + H.format_table(table, list(table[0])))
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
@@ -177,17 +243,20 @@ def main(argv=None) -> int:
     p.add_argument("--results", default=str(H.RESULTS_DIR), help="folder holding the CSVs")
     p.add_argument("--out", default=None, help="folder for PNG/md (default: --results)")
     p.add_argument("--all-runs", action="store_true", help="pool every run instead of the latest")
+    p.add_argument("--run", action="append", default=[],
+                   help="draw this run id instead of the latest, in each CSV that holds it (repeatable)")
     args = p.parse_args(argv)
     src, out = Path(args.results), Path(args.out or args.results)
     out.mkdir(parents=True, exist_ok=True)
     made = []
     for name in ("cpu_throughput", "bench_gpu", "gpu_throughput"):
-        rows = latest_run([r for r in H.read_csv(src / f"{name}.csv") if r.get("gbps")], args.all_runs)
-        if rows:
-            made.append(plot_throughput(rows, out / f"{name}.png"))
-            (out / f"{name}.md").write_text(throughput_table(rows) + "\n")
+        groups = latest_per_threads([r for r in H.read_csv(src / f"{name}.csv") if r.get("gbps")], args.all_runs,
+                                    tuple(args.run))
+        if groups:
+            made.append(plot_throughput(groups, out / f"{name}.png"))
+            (out / f"{name}.md").write_text("\n\n".join(throughput_table(rows) for rows in groups) + "\n")
             made.append(out / f"{name}.md")
-    rows = latest_run(H.read_csv(src / "e2e_ddp.csv"), args.all_runs)
+    rows = latest_run(H.read_csv(src / "e2e_ddp.csv"), args.all_runs, tuple(args.run))
     if rows:
         made.append(plot_e2e(rows, out / "e2e_ddp.png"))
         (out / "e2e_ddp.md").write_text(e2e_table(rows) + "\n")
@@ -195,6 +264,8 @@ def main(argv=None) -> int:
     rows = H.read_csv(src / "cost_model.csv")
     if rows:
         made.append(plot_cost(rows, out / "cost_model.png"))
+        (out / "cost_model.md").write_text(cost_table(rows) + "\n")
+        made.append(out / "cost_model.md")
     for m in made:
         print(f"wrote {m}")
     if not made:

@@ -90,10 +90,33 @@ def test_cost_model_cli_writes_csv_and_table(tmp_path, capsys):
     assert cost_model.main(["--kernels", str(kernels), "--device", "cpu", "--params", "1e6", "--gbit", "10",
                             "--worlds", "8,1024", "--csv", str(out)]) == 0
     got = H.read_csv(out)
-    assert len(got) == 2 * 9 and {r["kernel_source"] for r in got} == {"measured: k.csv (cpu)"}
+    assert len(got) == 2 * 9 and {r["kernels_measured"] for r in got} == {"True"}
+    assert {r["kernel_source"] for r in got} == {"measured: k.csv (cpu: cpu)"}
     assert "tnq-two_phase b=3" in capsys.readouterr().out
     with pytest.raises(ValueError, match="bits=5"):
         cost_model.main(["--kernels", str(kernels), "--device", "cpu", "--bits", "5", "--csv", ""])
+
+
+def test_cost_model_labels_assumed_kernels_and_runs_sources_apart(tmp_path):
+    kernels = tmp_path / "k.csv"
+    H.append_csv(kernels, [{"run": "r1", "device": "cpu", "op": op, "impl": "native", "dtype": "float32", "bits": 3,
+                            "n": 1 << 20, "threads": 1, "gbps": 5.0} for op in ("copy", "compress", "decompress")])
+    out = tmp_path / "cm.csv"
+    assert cost_model.main(["--kernels", f"{kernels},assumed-gpu", "--device", "cpu", "--params", "1e6", "--gbit",
+                            "10", "--worlds", "8", "--bits", "3", "--assume-fraction", "0.5", "--csv",
+                            str(out)]) == 0
+    got = H.read_csv(out)
+    by = {r["kernels_measured"]: r["kernel_source"] for r in got}
+    assert by["True"].startswith("measured: k.csv") and "1 threads" in by["True"]
+    # an assumption must read as one wherever the number travels (CSV, table, plot title)
+    assert by["False"].startswith("ASSUMED") and "50% of a 2600 GB/s" in by["False"]
+    assert len(got) == 2 * 5
+    k = cost_model.Kernels.assumed(1000.0, 0.5)
+    assert k.gbps("compress", 3) == 500.0 and k.gbps("copy", 0) == 1000.0 and not k.measured
+    with pytest.raises(ValueError, match="fraction"):
+        cost_model.Kernels.assumed(1000.0, 1.5)
+    with pytest.raises(ValueError, match="--kernels 'nowhere.csv'.*accepted: gpu, cpu, assumed-gpu"):
+        cost_model.main(["--kernels", "nowhere.csv", "--csv", ""])
 
 
 # ---- end to end (tiny, loopback, no tc) ----
@@ -135,12 +158,26 @@ def test_plot_small_csvs(tmp_path):
     H.append_csv(tmp_path / "e2e_ddp.csv", [
         {"run": "e1", "bandwidth_gbit": bw, "compressor": c, "step_ms_median": ms, "params": 1e6, "world": 2}
         for bw in (1, 10) for c, ms in (("allreduce", 100.0 / bw), ("tnq-allgather-3", 20.0))])
-    cost_model.main(["--params", "1e6", "--gbit", "10", "--worlds", "8,16", "--csv",
+    cost_model.main(["--kernels", "assumed-gpu", "--params", "1e6", "--gbit", "10", "--worlds", "8,16", "--csv",
                      str(tmp_path / "cost_model.csv")])
     assert plot.main(["--results", str(tmp_path)]) == 0
     for name in ("cpu_throughput.png", "e2e_ddp.png", "cost_model.png"):
         assert (tmp_path / name).stat().st_size > 1000
     md = (tmp_path / "cpu_throughput.md").read_text()
     # only the latest run is tabulated: native/reference = 4.0/0.1, native/copy = 0.4
-    assert "| compress | float32 | 3 | 4 | 0.1 | 10 | 40 | 0.4 |" in md and "99" not in md
+    assert "| compress | float32 | 3 | 4 | 0.1 | 40 | 10 | 0.4 |" in md and "99" not in md
     assert "tnq-allgather-3" in (tmp_path / "e2e_ddp.md").read_text()
+    assert "ASSUMED GPU" in (tmp_path / "cost_model.md").read_text()
+    # --run picks an older run where a CSV holds it
+    assert plot.main(["--results", str(tmp_path), "--run", "r1"]) == 0
+    assert "| 99 |" in (tmp_path / "cpu_throughput.md").read_text()
+
+
+def test_plot_tabulates_each_thread_count(tmp_path):
+    rows = [{"run": run, "device": "cpu", "op": op, "impl": impl, "dtype": "float32", "bits": 3, "n": 1 << 12,
+             "threads": t, "gbps": g * t} for run, t in (("a", 2), ("b", 1))
+            for op, impl, g in (("copy", "torch", 10.0), ("compress", "native", 4.0), ("compress", "reference", 0.1))]
+    H.append_csv(tmp_path / "cpu_throughput.csv", rows)
+    assert plot.main(["--results", str(tmp_path)]) == 0
+    md = (tmp_path / "cpu_throughput.md").read_text()
+    assert md.index("2 threads") < md.index("1 threads") and "run a" in md and "run b" in md
