@@ -95,7 +95,8 @@ class TNQState:
         error_feedback: keep and re-inject each rank's compression residual.
         warmup_steps: number of first hook steps that use plain all-reduce.
         min_bucket_numel: buckets with fewer elements use plain all-reduce.
-        backend: the tnq backend for compress/decompress (None: auto; "reference": the pure-PyTorch oracle).
+        backend: the tnq backend for compress/decompress (None: auto by device; or one of api.BACKENDS,
+            e.g. "reference" for the pure-PyTorch oracle).
     """
 
     def __init__(self, process_group=None, bits: int = api.DEFAULT_BITS, block_size: int = api.DEFAULT_BLOCK_SIZE,
