@@ -39,8 +39,14 @@ sweep: build
 gpu-check:
 	$(PY) benchmarks/gpu_check.py
 
+# CPU kernel throughput (2 threads, then 1), end-to-end DDP over a tc-shaped veth link (needs root for network
+# namespaces; otherwise it says so and skips), the alpha-beta cost model, then the plots and tables in benchmarks/results/.
 bench: build
-	$(PY) -m pytest -q benchmarks --benchmark-only
+	$(PY) -m pytest -q -p no:cacheprovider benchmarks/test_bench_cpu.py --benchmark-only
+	TNQ_BENCH_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider benchmarks/test_bench_cpu.py --benchmark-only
+	$(PY) benchmarks/e2e_ddp.py --steps 12
+	$(PY) benchmarks/cost_model.py
+	$(PY) benchmarks/plot.py
 
 clean:
 	rm -rf build *.egg-info tnq_kernels/_C*.so

@@ -16,87 +16,23 @@
 
 #include "cpu/kernels.h"
 #include "tnq_constants.h"
+#include "validate.h"
 
 namespace tnq {
 namespace {
 
-// ---- argument checks: ValueError naming the argument, the value and what is accepted ----
-
-int dtype_id_of(at::ScalarType t, const char* name) {
-  switch (t) {
-    case at::kFloat: return kFloat32;
-    case at::kHalf: return kFloat16;
-    case at::kBFloat16: return kBFloat16;
-    default:
-      TORCH_CHECK_VALUE(false, name, " must be float32, float16 or bfloat16, got ", t);
-  }
-  return -1;
-}
-
 at::ScalarType scalar_type_of(int dtype_id) {
   return dtype_id == kFloat32 ? at::kFloat : dtype_id == kFloat16 ? at::kHalf : at::kBFloat16;
-}
-
-void check_bits(int64_t bits) {
-  TORCH_CHECK_VALUE(bits >= kMinBits && bits <= kMaxBits, "bits must be an int in [", kMinBits, ", ", kMaxBits,
-                    "] (2-5 are the fast paths), got ", bits);
-}
-
-void check_block_size(int64_t block_size) {
-  TORCH_CHECK_VALUE(block_size >= 0 && block_size % 32 == 0 && block_size <= kMaxBlockSize,
-                    "block_size must be 0 (one scale per tensor) or a positive multiple of 32 up to 2^30, got ",
-                    block_size);
-}
-
-void check_codebook(int64_t codebook) {
-  TORCH_CHECK_VALUE(codebook >= 0 && codebook < kNumCodebooks,
-                    "codebook must be an id 0-3 (0 tnq, 1 tqsgd, 2 nqsgd, 3 qsgd), got ", codebook);
 }
 
 void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be a CPU tensor for the CPU kernel, got device ", t.device());
 }
 
-// ---- wire-format header ----
-
-struct Header {
-  int bits, codebook, dtype;
-  int64_t block_size;
-  uint32_t flags;
-  int64_t numel;
-};
-
-template <typename T>
-T read_le(const uint8_t* p) {
-  T v;
-  std::memcpy(&v, p, sizeof(T));  // the wire format is little-endian, as is every supported host
-  return v;
-}
-
-void write_header(uint8_t* p, const Header& h) {
-  std::memset(p, 0, kHeaderBytes);
-  std::memcpy(p, kMagic, 4);
-  p[kOffVersion] = kFormatVersion;
-  p[kOffBits] = uint8_t(h.bits);
-  p[kOffCodebook] = uint8_t(h.codebook);
-  p[kOffDtype] = uint8_t(h.dtype);
-  const uint32_t bs = uint32_t(h.block_size);
-  const uint64_t n = uint64_t(h.numel);
-  std::memcpy(p + kOffBlockSize, &bs, 4);
-  std::memcpy(p + kOffFlags, &h.flags, 4);
-  std::memcpy(p + kOffNumel, &n, 8);
-}
-
-// Validates a payload tensor and its header exactly as tnq_kernels.format.parse_header does (same field names),
-// before any data is touched, so a corrupted or truncated payload never reads out of bounds.
+// Validates a payload tensor and its header (csrc/validate.h) before any data is touched.
 Header read_header(const at::Tensor& payload, const std::string& name) {
-  TORCH_CHECK_VALUE(payload.scalar_type() == at::kByte && payload.dim() == 1, name,
-                    " must be a 1-D uint8 tensor (a tnq payload), got ", payload.scalar_type(), " with shape ",
-                    payload.sizes());
+  check_payload_tensor(payload, name);
   check_cpu(payload, name.c_str());
-  const int64_t len = payload.numel();
-  TORCH_CHECK_VALUE(len >= kHeaderBytes, name, " length: ", len, " bytes is shorter than the ", kHeaderBytes,
-                    "-byte TNQ header");
   uint8_t head[kHeaderBytes];
   if (payload.is_contiguous()) {
     std::memcpy(head, payload.const_data_ptr<uint8_t>(), kHeaderBytes);
@@ -104,44 +40,7 @@ Header read_header(const at::Tensor& payload, const std::string& name) {
     const at::Tensor h = payload.slice(0, 0, kHeaderBytes).contiguous();
     std::memcpy(head, h.const_data_ptr<uint8_t>(), kHeaderBytes);
   }
-  TORCH_CHECK_VALUE(std::memcmp(head, kMagic, 4) == 0, name, " magic: expected b'TNQK', got bytes ",
-                    int(head[0]), ",", int(head[1]), ",", int(head[2]), ",", int(head[3]),
-                    " (not a tnq_kernels payload)");
-  TORCH_CHECK_VALUE(head[kOffVersion] == kFormatVersion, name, " version: this build reads format version ",
-                    int(kFormatVersion), ", got ", int(head[kOffVersion]));
-  Header h;
-  h.bits = head[kOffBits];
-  h.codebook = head[kOffCodebook];
-  h.dtype = head[kOffDtype];
-  h.block_size = read_le<uint32_t>(head + kOffBlockSize);
-  h.flags = read_le<uint32_t>(head + kOffFlags);
-  const uint64_t numel = read_le<uint64_t>(head + kOffNumel);
-  const uint64_t reserved = read_le<uint64_t>(head + kOffReserved);
-  TORCH_CHECK_VALUE(h.bits >= kMinBits && h.bits <= kMaxBits, name, " bits: must be in [1, 8], got ", h.bits);
-  TORCH_CHECK_VALUE(h.codebook < kNumCodebooks, name,
-                    " codebook: id must be 0-3 (tnq, tqsgd, nqsgd, qsgd), got ", h.codebook);
-  TORCH_CHECK_VALUE(h.dtype <= kBFloat16, name, " dtype: id must be 0-2 (float32, float16, bfloat16), got ",
-                    h.dtype);
-  TORCH_CHECK_VALUE(h.block_size % 32 == 0 && h.block_size <= kMaxBlockSize, name,
-                    " block_size: must be 0 or a multiple of 32 up to 2^30, got ", h.block_size);
-  TORCH_CHECK_VALUE((h.flags & ~kFlagNonFinite) == 0, name, " flags: unknown bits set in ", h.flags);
-  TORCH_CHECK_VALUE(reserved == 0, name, " reserved: bytes 24-31 must be zero, got ", reserved);
-  TORCH_CHECK_VALUE(numel < (uint64_t(1) << 62), name, " numel: ", numel, " is not a plausible element count");
-  h.numel = int64_t(numel);
-  const int64_t need = payload_bytes(h.numel, h.bits, h.block_size);
-  TORCH_CHECK_VALUE(len == need, name, " length: header (n=", h.numel, ", bits=", h.bits, ", block_size=",
-                    h.block_size, ") needs ", need, " bytes, got ", len);
-  return h;
-}
-
-void check_shape(const Header& h, c10::IntArrayRef shape, const std::string& name) {
-  int64_t numel = 1;
-  for (int64_t d : shape) {
-    TORCH_CHECK_VALUE(d >= 0, "shape ", shape, " has a negative dimension");
-    numel *= d;
-  }
-  TORCH_CHECK_VALUE(numel == h.numel, "shape ", shape, " holds ", numel, " elements but ", name, " encodes ",
-                    h.numel);
+  return parse_header(head, payload.numel(), name);
 }
 
 cpu::PayloadView view_of(const at::Tensor& payload, const Header& h) {
@@ -153,10 +52,7 @@ cpu::PayloadView view_of(const at::Tensor& payload, const Header& h) {
 // ---- the seven ops (CPU kernels) ----
 
 at::Tensor compress_cpu(const at::Tensor& x_in, int64_t bits, int64_t block_size, int64_t codebook, int64_t seed) {
-  const int dt = dtype_id_of(x_in.scalar_type(), "x");
-  check_bits(bits);
-  check_block_size(block_size);
-  check_codebook(codebook);
+  const int dt = check_compress_args(x_in, bits, block_size, codebook);
   check_cpu(x_in, "x");
   const at::Tensor x = x_in.contiguous();
   const int64_t n = x.numel();
@@ -176,10 +72,7 @@ at::Tensor compress_cpu(const at::Tensor& x_in, int64_t bits, int64_t block_size
 
 at::Tensor decode_sum(at::TensorList payloads, std::optional<at::ArrayRef<double>> weights,
                       c10::SymIntArrayRef shape_sym, at::ScalarType dtype, bool single) {
-  TORCH_CHECK_VALUE(!payloads.empty(), "payloads must hold at least one payload, got an empty list");
-  TORCH_CHECK_VALUE(!weights.has_value() || int64_t(weights->size()) == int64_t(payloads.size()),
-                    "weights must have one entry per payload (", payloads.size(), "), got ",
-                    weights.has_value() ? int64_t(weights->size()) : 0);
+  check_sum_args(payloads, weights);
   const int out_dt = dtype_id_of(dtype, "dtype");
   const c10::IntArrayRef shape = C10_AS_INTARRAYREF_SLOW(shape_sym);
   std::vector<at::Tensor> keep;  // contiguous copies must outlive the kernel
@@ -214,10 +107,7 @@ at::Tensor decompress_cpu(const at::Tensor& payload, c10::SymIntArrayRef shape, 
 
 std::tuple<at::Tensor, at::Tensor> scale_truncate_cpu(const at::Tensor& x_in, int64_t bits, int64_t block_size,
                                                       int64_t codebook) {
-  const int dt = dtype_id_of(x_in.scalar_type(), "x");
-  check_bits(bits);
-  check_block_size(block_size);
-  check_codebook(codebook);
+  const int dt = check_compress_args(x_in, bits, block_size, codebook);
   check_cpu(x_in, "x");
   const at::Tensor x = x_in.contiguous();
   const int64_t n = x.numel();
@@ -253,14 +143,8 @@ at::Tensor pack_cpu(const at::Tensor& codes_in, int64_t bits) {
 }
 
 at::Tensor unpack_cpu(const at::Tensor& words_in, int64_t bits, c10::SymInt n_sym) {
-  TORCH_CHECK_VALUE(words_in.scalar_type() == at::kInt, "words must be int32, got ", words_in.scalar_type());
-  check_bits(bits);
+  const int64_t n = check_unpack_args(words_in, bits, n_sym);
   check_cpu(words_in, "words");
-  const int64_t n = n_sym.guard_int(__FILE__, __LINE__);
-  TORCH_CHECK_VALUE(n >= 0, "n must be >= 0, got ", n);
-  const int64_t need = cpu::layout(n, int(bits), 0).num_words;
-  TORCH_CHECK_VALUE(words_in.numel() == need, "words must hold bits*ceil(n/32) = ", need, " int32 values, got ",
-                    words_in.numel());
   const at::Tensor words = words_in.contiguous();
   at::Tensor codes = at::empty({n}, words.options().dtype(at::kByte));
   cpu::unpack(reinterpret_cast<const uint32_t*>(words.const_data_ptr()), n, int(bits),

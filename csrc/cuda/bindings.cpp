@@ -16,39 +16,14 @@
 #include <vector>
 
 #include "../cpu/kernels.h"  // the level tables (one implementation for both backends)
+#include "../validate.h"
 #include "kernels.h"
 
 namespace tnq {
 namespace cuda {
 namespace {
 
-// ---- argument checks (the messages of the CPU backend, csrc/ops.cpp) ----
-
-int dtype_id_of(at::ScalarType t, const char* name) {
-  switch (t) {
-    case at::kFloat: return kFloat32;
-    case at::kHalf: return kFloat16;
-    case at::kBFloat16: return kBFloat16;
-    default: TORCH_CHECK_VALUE(false, name, " must be float32, float16 or bfloat16, got ", t);
-  }
-  return -1;
-}
-
-void check_bits(int64_t bits) {
-  TORCH_CHECK_VALUE(bits >= kMinBits && bits <= kMaxBits, "bits must be an int in [", kMinBits, ", ", kMaxBits,
-                    "] (2-5 are the fast paths), got ", bits);
-}
-
-void check_block_size(int64_t block_size) {
-  TORCH_CHECK_VALUE(block_size >= 0 && block_size % 32 == 0 && block_size <= kMaxBlockSize,
-                    "block_size must be 0 (one scale per tensor) or a positive multiple of 32 up to 2^30, got ",
-                    block_size);
-}
-
-void check_codebook(int64_t codebook) {
-  TORCH_CHECK_VALUE(codebook >= 0 && codebook < kNumCodebooks,
-                    "codebook must be an id 0-3 (0 tnq, 1 tqsgd, 2 nqsgd, 3 qsgd), got ", codebook);
-}
+// ---- argument checks: csrc/validate.h, plus the device ----
 
 void check_cuda(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cuda(), name, " must be a CUDA tensor for the CUDA kernel, got device ",
@@ -80,87 +55,18 @@ LevelTable level_table(int codebook, int bits) {
   return out;
 }
 
-// ---- wire-format header ----
-
-struct Header {
-  int bits, codebook, dtype;
-  int64_t block_size;
-  uint32_t flags;
-  int64_t numel;
-};
-
-template <typename T>
-T read_le(const uint8_t* p) {
-  T v;
-  std::memcpy(&v, p, sizeof(T));  // the wire format is little-endian, as is every supported host
-  return v;
-}
-
 HeaderWords header_words(const Header& h) {
-  uint8_t p[kHeaderBytes] = {};
-  std::memcpy(p, kMagic, 4);
-  p[kOffVersion] = kFormatVersion;
-  p[kOffBits] = uint8_t(h.bits);
-  p[kOffCodebook] = uint8_t(h.codebook);
-  p[kOffDtype] = uint8_t(h.dtype);
-  const uint32_t bs = uint32_t(h.block_size);
-  const uint64_t n = uint64_t(h.numel);
-  std::memcpy(p + kOffBlockSize, &bs, 4);
-  std::memcpy(p + kOffNumel, &n, 8);
+  uint8_t p[kHeaderBytes];
+  write_header(p, h);
   HeaderWords w;
   std::memcpy(w.w, p, kHeaderBytes);
   return w;
 }
 
-// Validates the 32 header bytes `head` of a payload of `len` bytes exactly as tnq_kernels.format.parse_header
-// does (same field names). Runs on a host copy of the header, before any kernel touches the payload.
-Header parse_header(const uint8_t* head, int64_t len, const std::string& name) {
-  TORCH_CHECK_VALUE(std::memcmp(head, kMagic, 4) == 0, name, " magic: expected b'TNQK', got bytes ", int(head[0]),
-                    ",", int(head[1]), ",", int(head[2]), ",", int(head[3]), " (not a tnq_kernels payload)");
-  TORCH_CHECK_VALUE(head[kOffVersion] == kFormatVersion, name, " version: this build reads format version ",
-                    int(kFormatVersion), ", got ", int(head[kOffVersion]));
-  Header h;
-  h.bits = head[kOffBits];
-  h.codebook = head[kOffCodebook];
-  h.dtype = head[kOffDtype];
-  h.block_size = read_le<uint32_t>(head + kOffBlockSize);
-  h.flags = read_le<uint32_t>(head + kOffFlags);
-  const uint64_t numel = read_le<uint64_t>(head + kOffNumel);
-  const uint64_t reserved = read_le<uint64_t>(head + kOffReserved);
-  TORCH_CHECK_VALUE(h.bits >= kMinBits && h.bits <= kMaxBits, name, " bits: must be in [1, 8], got ", h.bits);
-  TORCH_CHECK_VALUE(h.codebook < kNumCodebooks, name, " codebook: id must be 0-3 (tnq, tqsgd, nqsgd, qsgd), got ",
-                    h.codebook);
-  TORCH_CHECK_VALUE(h.dtype <= kBFloat16, name, " dtype: id must be 0-2 (float32, float16, bfloat16), got ",
-                    h.dtype);
-  TORCH_CHECK_VALUE(h.block_size % 32 == 0 && h.block_size <= kMaxBlockSize, name,
-                    " block_size: must be 0 or a multiple of 32 up to 2^30, got ", h.block_size);
-  TORCH_CHECK_VALUE((h.flags & ~kFlagNonFinite) == 0, name, " flags: unknown bits set in ", h.flags);
-  TORCH_CHECK_VALUE(reserved == 0, name, " reserved: bytes 24-31 must be zero, got ", reserved);
-  TORCH_CHECK_VALUE(numel < (uint64_t(1) << 62), name, " numel: ", numel, " is not a plausible element count");
-  h.numel = int64_t(numel);
-  const int64_t need = payload_bytes(h.numel, h.bits, h.block_size);
-  TORCH_CHECK_VALUE(len == need, name, " length: header (n=", h.numel, ", bits=", h.bits, ", block_size=",
-                    h.block_size, ") needs ", need, " bytes, got ", len);
-  return h;
-}
-
-void check_shape(const Header& h, c10::IntArrayRef shape, const std::string& name) {
-  int64_t numel = 1;
-  for (int64_t d : shape) {
-    TORCH_CHECK_VALUE(d >= 0, "shape ", shape, " has a negative dimension");
-    numel *= d;
-  }
-  TORCH_CHECK_VALUE(numel == h.numel, "shape ", shape, " holds ", numel, " elements but ", name, " encodes ",
-                    h.numel);
-}
-
 // ---- the seven ops ----
 
 at::Tensor compress_cuda(const at::Tensor& x_in, int64_t bits, int64_t block_size, int64_t codebook, int64_t seed) {
-  const int dt = dtype_id_of(x_in.scalar_type(), "x");
-  check_bits(bits);
-  check_block_size(block_size);
-  check_codebook(codebook);
+  const int dt = check_compress_args(x_in, bits, block_size, codebook);
   check_cuda(x_in, "x");
   const c10::DeviceGuard guard(x_in.device());
   const at::Tensor x = aligned(x_in, 16);
@@ -179,10 +85,7 @@ at::Tensor compress_cuda(const at::Tensor& x_in, int64_t bits, int64_t block_siz
 
 at::Tensor decode_sum(at::TensorList payloads, std::optional<at::ArrayRef<double>> weights,
                       c10::SymIntArrayRef shape_sym, at::ScalarType dtype, bool single) {
-  TORCH_CHECK_VALUE(!payloads.empty(), "payloads must hold at least one payload, got an empty list");
-  TORCH_CHECK_VALUE(!weights.has_value() || int64_t(weights->size()) == int64_t(payloads.size()),
-                    "weights must have one entry per payload (", payloads.size(), "), got ",
-                    weights.has_value() ? int64_t(weights->size()) : 0);
+  check_sum_args(payloads, weights);
   const int out_dt = dtype_id_of(dtype, "dtype");
   const c10::IntArrayRef shape = C10_AS_INTARRAYREF_SLOW(shape_sym);
   const size_t W = payloads.size();
@@ -191,12 +94,9 @@ at::Tensor decode_sum(at::TensorList payloads, std::optional<at::ArrayRef<double
   for (size_t w = 0; w < W; ++w) {
     const at::Tensor& p = payloads[w];
     const std::string name = name_of(w);
-    TORCH_CHECK_VALUE(p.scalar_type() == at::kByte && p.dim() == 1, name,
-                      " must be a 1-D uint8 tensor (a tnq payload), got ", p.scalar_type(), " with shape ", p.sizes());
+    check_payload_tensor(p, name);
     check_cuda(p, name.c_str());
     TORCH_CHECK_VALUE(p.device() == device, name, " is on ", p.device(), " but payloads[0] is on ", device);
-    TORCH_CHECK_VALUE(p.numel() >= kHeaderBytes, name, " length: ", p.numel(), " bytes is shorter than the ",
-                      kHeaderBytes, "-byte TNQ header");
   }
   const c10::DeviceGuard guard(device);
   // every header in one device-to-host copy, validated before any kernel reads a payload
@@ -267,10 +167,7 @@ at::Tensor decompress_cuda(const at::Tensor& payload, c10::SymIntArrayRef shape,
 
 std::tuple<at::Tensor, at::Tensor> scale_truncate_cuda(const at::Tensor& x_in, int64_t bits, int64_t block_size,
                                                        int64_t codebook) {
-  const int dt = dtype_id_of(x_in.scalar_type(), "x");
-  check_bits(bits);
-  check_block_size(block_size);
-  check_codebook(codebook);
+  const int dt = check_compress_args(x_in, bits, block_size, codebook);
   check_cuda(x_in, "x");
   const c10::DeviceGuard guard(x_in.device());
   const at::Tensor x = aligned(x_in, 16);
@@ -320,14 +217,8 @@ at::Tensor pack_cuda(const at::Tensor& codes_in, int64_t bits) {
 }
 
 at::Tensor unpack_cuda(const at::Tensor& words_in, int64_t bits, c10::SymInt n_sym) {
-  TORCH_CHECK_VALUE(words_in.scalar_type() == at::kInt, "words must be int32, got ", words_in.scalar_type());
-  check_bits(bits);
+  const int64_t n = check_unpack_args(words_in, bits, n_sym);
   check_cuda(words_in, "words");
-  const int64_t n = n_sym.guard_int(__FILE__, __LINE__);
-  TORCH_CHECK_VALUE(n >= 0, "n must be >= 0, got ", n);
-  const int64_t need = bits * ((n + 31) / 32);
-  TORCH_CHECK_VALUE(words_in.numel() == need, "words must hold bits*ceil(n/32) = ", need, " int32 values, got ",
-                    words_in.numel());
   const c10::DeviceGuard guard(words_in.device());
   const at::Tensor words = words_in.contiguous();
   at::Tensor codes = at::empty({n}, words.options().dtype(at::kByte));
