@@ -137,6 +137,7 @@ def _worker(local_rank: int, world: int, port: int, args) -> None:
                             world_size=world)
     try:
         train(local_rank, world, local_rank, args)
+        dist.barrier()  # every rank is done before any tears its connections down
     finally:
         dist.destroy_process_group()
 
@@ -147,6 +148,7 @@ def main(argv=None) -> None:
         dist.init_process_group(args.backend)
         try:
             train(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), args)
+            dist.barrier()
         finally:
             dist.destroy_process_group()
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 import tempfile
 import traceback
 
@@ -309,7 +310,13 @@ def _worker(rank, world, port, out_dir, names):
             dist.barrier()
     finally:
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
         dist.destroy_process_group()
+    # results are on disk; leave without the interpreter's teardown (gloo's threads once aborted a rank at exit on
+    # a loaded 2-core CI box, which would fail the whole group for no fault of the checks)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _free_port() -> int:
