@@ -32,7 +32,8 @@ demo: build
 test: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The full MNIST sweep behind the README's table (none + 4 codebooks x bits 2..5 x 3 seeds; about an hour on 2 cores).
+# The full MNIST sweep behind the README's table (none + 4 codebooks x bits 2..5 x 3 seeds x 2 epochs; about an hour on
+# 2 cores with the C++ backend, one thread per run).
 sweep: build
 	$(PY) -m tnq_kernels.experiments.mnist --sweep --resume
 

@@ -158,7 +158,7 @@ def test_runs_default_to_the_native_backend():
 @needs_native
 @pytest.mark.parametrize("compressor", ["tnq", "tqsgd", "nqsgd", "qsgd"])
 def test_native_backend_trains_bit_identically_to_reference(compressor):
-    """The committed sweep ran on the reference backend; its numbers hold for the default C++ backend."""
+    """The C++ and reference backends train bit-identically, so the sweep's numbers do not depend on the backend."""
     cfg = mnist.RunConfig(compressor=compressor, bits=3, **SMALL)
     ref = mnist.simulate(cfg, MNIST_DATA, max_steps=3, progress=False)
     nat = mnist.simulate(mnist.RunConfig(compressor=compressor, bits=3, **{**SMALL, "backend": "auto"}), MNIST_DATA,

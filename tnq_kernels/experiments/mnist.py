@@ -1,7 +1,7 @@
 """The paper's MNIST experiment: N = 8 clients, momentum SGD, gradients compressed to b bits and averaged.
 
     python -m tnq_kernels.experiments.mnist --quick              # all compressors at 3 bits, 1 seed, < 2 min
-    python -m tnq_kernels.experiments.mnist --sweep              # none + 4 codebooks x bits 2..5 x 3 seeds
+    python -m tnq_kernels.experiments.mnist --sweep              # none + 4 codebooks x bits 2..5 x 3 seeds, 2 epochs
     python -m tnq_kernels.experiments.mnist --mode ddp ...       # the same runs over torch.distributed (gloo)
     python -m tnq_kernels.experiments.mnist --error-feedback ... # clients re-inject their residuals (not the paper's)
 
@@ -477,12 +477,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="every compressor at 3 bits, one seed, 0.25 epoch (< 2 min on 2 CPU cores)")
-    p.add_argument("--sweep", action="store_true", help="the full sweep: bits 2..5, seeds 0,1,2, 1 epoch")
+    p.add_argument("--sweep", action="store_true", help="the full sweep: bits 2..5, seeds 0,1,2, 2 epochs")
     p.add_argument("--mode", choices=("sim", "ddp"), default="sim")
     p.add_argument("--compressors", default=",".join(COMPRESSORS))
     p.add_argument("--bits", default=None, help="comma list, default 3 (--sweep: 2,3,4,5)")
     p.add_argument("--seeds", default=None, help="comma list, default 0 (--sweep: 0,1,2)")
-    p.add_argument("--epochs", type=float, default=None, help="default 1 (--quick: 0.25)")
+    p.add_argument("--epochs", type=float, default=None, help="default 1 (--quick: 0.25, --sweep: 2)")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=RunConfig.lr)
@@ -507,7 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     bits = _ints(a.bits) if a.bits else ([2, 3, 4, 5] if a.sweep else [3])
     seeds = _ints(a.seeds) if a.seeds else ([0, 1, 2] if a.sweep else [0])
-    epochs = a.epochs if a.epochs is not None else (0.25 if a.quick else 1.0)
+    epochs = a.epochs if a.epochs is not None else (0.25 if a.quick else 2.0 if a.sweep else 1.0)
     eval_every = a.eval_every or (29 if a.quick else 78)
     out = a.out or ("out/mnist-quick" if a.quick else "benchmarks/results/mnist")
     try:
