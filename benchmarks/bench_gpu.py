@@ -1,12 +1,20 @@
-"""GPU throughput of compress / decompress: GB/s (bytes read + written) and % of a device copy of the same tensor.
+"""GPU throughput of compress / decompress / decompress_sum: GB/s (bytes read + written) and % of a device copy of
+the same tensor, for every tnq backend and for the peers a user would compare against.
 
     python benchmarks/bench_gpu.py [--csv PATH] [--bits 2 3 4 5] [--dtypes float32 bfloat16]
-                                   [--log2n 20 22 24 26 28] [--backends triton cuda] [--block-size 2048]
+                                   [--log2n 20 22 24 26 28] [--backends triton cuda reference_compiled]
+                                   [--peers fp16_cast bnb_nf4 bnb_blockwise8] [--world 4] [--block-size 2048]
     python benchmarks/bench_gpu.py --smoke      # no GPU needed: tiny sizes on CPU, Triton under the interpreter
 
 Backends: "triton" = tnq_kernels.*(backend="triton"); "cuda" = the C++ CUDA kernels (backend="cuda"; reported as
 unavailable when the extension was built without nvcc); "auto" = torch.ops.tnq on CUDA tensors, i.e. the C++ CUDA
-kernels when built, otherwise ops.py's forwarder to the Triton kernels (the `auto_kernel` column says which).
+kernels when built, otherwise ops.py's forwarder to the Triton kernels (the `auto_kernel` column says which);
+"reference_compiled" = the pure-PyTorch reference under torch.compile, timed at --ref-bits / --ref-log2n only (one
+compile per shape). Peers, on the same tensor: "fp16_cast" = what DDP's fp16_compress_hook does around its
+all-reduce (bucket.to(float16), then a copy back into the bucket's dtype); "bnb_nf4" = bitsandbytes
+quantize_4bit / dequantize_4bit (NF4, block 64); "bnb_blockwise8" = bitsandbytes quantize_blockwise /
+dequantize_blockwise (8-bit dynamic, block 2048). bitsandbytes is optional: where it is not importable the rows say
+so (on a machine without internet, carry its wheel; gpu_check.py installs one from $TNQ_BNB_WHEEL or shared/wheels/).
 After the full table comes a side-by-side table (Triton | CUDA, GB/s and % of copy) and the faster backend per op
 over n >= 2^24 (geometric mean of the time ratios), which is what ops.py's default for CUDA tensors should follow.
 A backend that fails (not built, no triton) is reported in the table and the CSV (`status`), never a crash. Each
@@ -30,15 +38,78 @@ def parse(argv=None):
     ap.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4, 5])
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "float16", "bfloat16"])
     ap.add_argument("--log2n", type=int, nargs="+", default=[20, 22, 24, 26, 28])
-    ap.add_argument("--backends", nargs="+", default=["triton", "cuda"], choices=["triton", "cuda", "auto"])
-    ap.add_argument("--ops", nargs="+", default=["compress", "decompress"], choices=["compress", "decompress"])
+    ap.add_argument("--backends", nargs="+", default=None, choices=BACKENDS,
+                    help="default: triton cuda reference_compiled (--smoke: triton cuda)")
+    ap.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
+    ap.add_argument("--ops", nargs="+", default=["compress", "decompress", "decompress_sum"],
+                    choices=["compress", "decompress", "decompress_sum"])
+    ap.add_argument("--world", type=int, default=4, help="payloads summed by decompress_sum")
+    ap.add_argument("--ref-bits", type=int, nargs="+", default=[3], help="bits at which reference_compiled is timed")
+    ap.add_argument("--ref-log2n", type=int, nargs="+", default=[24], help="sizes at which reference_compiled is timed")
     ap.add_argument("--block-size", type=int, default=2048)
     ap.add_argument("--csv", default=None, help="append rows to this CSV (default: results/bench_gpu.csv)")
     ap.add_argument("--smoke", action="store_true", help="CPU + Triton interpreter, n = 2^10 and 2^12, no GPU")
     args = ap.parse_args(argv)
     if args.smoke:
         args.log2n = [n for n in args.log2n if n <= 12] or [10, 12]
+        args.ref_log2n = [n for n in args.ref_log2n if n <= 12]
+    if args.backends is None:
+        args.backends = ["triton", "cuda"] + ([] if args.smoke else ["reference_compiled"])
     return args
+
+
+BACKENDS = ("triton", "cuda", "auto", "reference_compiled")
+PEERS = ("fp16_cast", "bnb_nf4", "bnb_blockwise8")
+BNB_NF4_BLOCK, BNB_8BIT_BLOCK = 64, 2048
+
+
+def tnq_fns(backend: str, op: str, x, dtype, bits: int, block_size: int, world: int):
+    """A no-argument callable running ``op`` with ``backend``; reference_compiled compiles the reference afresh for
+    this shape (torch._dynamo.reset first, so no earlier shape's guards or cache limits apply)."""
+    import torch
+    import tnq_kernels
+    name = "reference" if backend == "reference_compiled" else backend
+    enc = lambda t: tnq_kernels.compress(t, bits, block_size, seed=1, backend=name)  # noqa: E731
+    dec = lambda p: tnq_kernels.decompress(p, x.shape, dtype, backend=name)  # noqa: E731
+    dsum = lambda ps: tnq_kernels.decompress_sum(ps, [1.0 / world] * world, x.shape, dtype, backend=name)  # noqa: E731
+    if backend == "reference_compiled":
+        torch._dynamo.reset()
+        enc, dec, dsum = torch.compile(enc), torch.compile(dec), torch.compile(dsum)
+    if op == "compress":
+        return lambda: enc(x)
+    payload = tnq_kernels.compress(x, bits, block_size, seed=1, backend=name)
+    if op == "decompress":
+        return lambda: dec(payload)
+    payloads = [payload] * world
+    return lambda: dsum(payloads)
+
+
+def peer_fns(peer: str, x):
+    """{op: (callable, bytes read, bytes written, bits per element)} for a peer on tensor x (1-D).
+    Raises ImportError when bitsandbytes is missing."""
+    import torch
+    n, s = x.numel(), x.element_size()
+    if peer == "fp16_cast":
+        h = x.to(torch.float16)
+        back = torch.empty_like(x)
+        return {"compress": (lambda: x.to(torch.float16), n * s, 2 * n, 16),
+                "decompress": (lambda: back.copy_(h), 2 * n, n * s, 16)}
+    import bitsandbytes.functional as F  # optional peer
+    if peer == "bnb_nf4":
+        q, st = F.quantize_4bit(x, blocksize=BNB_NF4_BLOCK, quant_type="nf4")
+        packed = (n + 1) // 2 + 4 * -(-n // BNB_NF4_BLOCK)  # 4-bit codes + one fp32 absmax per block
+        return {"compress": (lambda: F.quantize_4bit(x, blocksize=BNB_NF4_BLOCK, quant_type="nf4"), n * s, packed, 4),
+                "decompress": (lambda: F.dequantize_4bit(q, st), packed, n * s, 4)}
+    if peer == "bnb_blockwise8":
+        q, st = F.quantize_blockwise(x, blocksize=BNB_8BIT_BLOCK)
+        packed = n + 4 * -(-n // BNB_8BIT_BLOCK)
+        return {"compress": (lambda: F.quantize_blockwise(x, blocksize=BNB_8BIT_BLOCK), n * s, packed, 8),
+                "decompress": (lambda: F.dequantize_blockwise(q, st), packed, n * s, 8)}
+    raise ValueError(f"peer must be one of {PEERS}, got {peer!r}")
+
+
+def _unavailable(e: Exception) -> str:
+    return f"unavailable: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
 
 
 def auto_kernel(op: str) -> str:
@@ -70,7 +141,7 @@ def main(argv=None) -> int:
     import torch
 
     import _helper as H
-    import tnq_kernels
+    import tnq_kernels  # noqa: F401  (loads the ops before any timing)
 
     if not args.smoke and not torch.cuda.is_available():
         print("bench_gpu: no CUDA device visible to torch; nothing to measure (use --smoke to check the script)")
@@ -97,28 +168,39 @@ def main(argv=None) -> int:
                              bytes_read=r_c, bytes_written=w_c, gbps=copy_gbps, pct_copy=100.0, status="ok"))
             for bits in args.bits:
                 for backend in args.backends:
-                    payload = None
+                    if backend == "reference_compiled" and (bits not in args.ref_bits or log2n not in args.ref_log2n):
+                        continue
                     for op in args.ops:
-                        r, w = H.op_bytes(op, n, dtype, bits, args.block_size)
+                        r, w = H.op_bytes(op, n, dtype, bits, args.block_size, world=args.world)
                         row = dict(base, op=op, impl=backend, bits=bits, min_s=math.nan, repeats="",
-                                   bytes_read=r, bytes_written=w,
+                                   bytes_read=r, bytes_written=w, world=args.world if op == "decompress_sum" else 1,
                                    auto_kernel=auto_kernel(op) if backend == "auto" else "")
                         try:
-                            if payload is None:
-                                payload = tnq_kernels.compress(x, bits, args.block_size, seed=1, backend=backend)
-                            if op == "compress":
-                                fn = lambda: tnq_kernels.compress(x, bits, args.block_size, seed=1,  # noqa: E731
-                                                                  backend=backend)
-                            else:
-                                fn = lambda: tnq_kernels.decompress(payload, x.shape, dtype,  # noqa: E731
-                                                                    backend=backend)
-                            s = time_of(fn)
+                            s = time_of(tnq_fns(backend, op, x, dtype, bits, args.block_size, args.world))
                             row.update(median_s=s, gbps=H.gbps(r + w, s), status="ok")
                             row["pct_copy"] = 100.0 * row["gbps"] / copy_gbps
                         except Exception as e:  # a missing backend is a result to report, not a crash
-                            row.update(median_s=math.nan, gbps=math.nan, pct_copy=math.nan,
-                                       status=f"unavailable: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+                            row.update(median_s=math.nan, gbps=math.nan, pct_copy=math.nan, status=_unavailable(e))
                         rows.append(row)
+            for peer in args.peers:
+                try:
+                    fns = peer_fns(peer, x)
+                except Exception as e:  # bitsandbytes missing or failing on this device: say so in the table
+                    fns = {op: e for op in ("compress", "decompress")}
+                for op, f in fns.items():
+                    row = dict(base, op=op, impl=peer, bits="", min_s=math.nan, repeats="", auto_kernel="")
+                    if isinstance(f, Exception):
+                        row.update(median_s=math.nan, gbps=math.nan, pct_copy=math.nan, status=_unavailable(f))
+                    else:
+                        fn, r, w, b = f
+                        row.update(bits=b, bytes_read=r, bytes_written=w)
+                        try:
+                            s = time_of(fn)
+                            row.update(median_s=s, gbps=H.gbps(r + w, s), status="ok",
+                                       pct_copy=100.0 * H.gbps(r + w, s) / copy_gbps)
+                        except Exception as e:
+                            row.update(median_s=math.nan, gbps=math.nan, pct_copy=math.nan, status=_unavailable(e))
+                    rows.append(row)
     cols = ["op", "impl", "auto_kernel", "dtype", "bits", "n", "median_s", "gbps", "pct_copy", "status"]
     print(H.format_table(rows, cols))
     path = Path(args.csv) if args.csv else H.results_path("bench_gpu_smoke.csv" if args.smoke else "bench_gpu.csv")

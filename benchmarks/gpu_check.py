@@ -14,8 +14,10 @@ Steps, each reported as ok / FAILED / skipped (with why):
   3. sanitize compute-sanitizer memcheck (and --racecheck) on a small compress / decompress / decompress_sum /
               stage-op run of the C++ CUDA kernels, with torch's caching allocator off so an out-of-bounds access
               hits the end of a real allocation.
-  4. bench    benchmarks/bench_gpu.py with backends triton and cuda: GB/s (read + written), % of a device copy,
-              b = 2..5, fp32/bf16, n = 2^20..2^28, L2 flushed, do_bench median.
+  4. bench    benchmarks/bench_gpu.py: Triton, CUDA, the reference under torch.compile, and the peers (fp16 cast
+              of DDP's fp16_compress_hook, bitsandbytes NF4 and 8-bit blockwise when importable or carried as a
+              wheel in $TNQ_BNB_WHEEL / shared/wheels/): GB/s (read + written), % of a device copy, b = 2..5,
+              fp32/bf16, n = 2^20..2^28, L2 flushed, do_bench median.
 Printed last: GPU, driver, versions, date, the step summary and the side-by-side Triton | CUDA table with the
 faster backend per op (the default for CUDA tensors should follow it: ops.py registers the C++ kernels when built).
 Without a CUDA device it still runs the build and the CPU-side tests, prints "no CUDA device" and exits with 3.
@@ -211,12 +213,33 @@ def step_sanitize(log: Log, tools: list[str]) -> str:
     return ", ".join(results) if all(r.endswith("ok") for r in results) else "FAILED: " + ", ".join(results)
 
 
+def bnb_env(log: Log, out: Path | None) -> dict | None:
+    """An environment in which bitsandbytes imports, for the benchmark's peer rows: None when it already imports or
+    no wheel was carried; otherwise the carried wheel ($TNQ_BNB_WHEEL, or shared/wheels/bitsandbytes-*.whl) is
+    unpacked with pip --no-deps --no-index into a scratch folder put on PYTHONPATH (nothing is installed into the
+    machine's python)."""
+    probe = subprocess.run([PY, "-c", "import bitsandbytes"], capture_output=True)
+    if probe.returncode == 0:
+        return None
+    wheels = [os.environ["TNQ_BNB_WHEEL"]] if os.environ.get("TNQ_BNB_WHEEL") else \
+        sorted(str(p) for p in (ROOT / "shared" / "wheels").glob("bitsandbytes-*.whl"))
+    if not wheels:
+        log("   bitsandbytes: not installed and no wheel carried (TNQ_BNB_WHEEL or shared/wheels/): its rows say so")
+        return None
+    target = (out or ROOT / "build") / "pydeps"
+    rc, _ = run([PY, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", str(target),
+                 wheels[-1]], log, "bench")
+    if rc != 0:
+        return None
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH")) if p))
+
+
 def step_bench(log: Log, out: Path | None, quick: bool) -> tuple[str, Path | None]:
     csv = (out / "bench_gpu.csv") if out else ROOT / "benchmarks" / "results" / "bench_gpu.csv"
-    cmd = [PY, "benchmarks/bench_gpu.py", "--backends", "triton", "cuda", "--csv", str(csv)]
+    cmd = [PY, "benchmarks/bench_gpu.py", "--csv", str(csv)]  # default backends and peers
     if quick:
         cmd += ["--log2n", "20", "24", "--bits", "3"]
-    rc, _ = run(cmd, log, "bench")
+    rc, _ = run(cmd, log, "bench", env=bnb_env(log, out))
     return ("ok" if rc == 0 else f"FAILED (rc={rc}, see bench.log)"), (csv if csv.exists() else None)
 
 

@@ -181,3 +181,31 @@ def test_plot_tabulates_each_thread_count(tmp_path):
     assert plot.main(["--results", str(tmp_path)]) == 0
     md = (tmp_path / "cpu_throughput.md").read_text()
     assert md.index("2 threads") < md.index("1 threads") and "run a" in md and "run b" in md
+
+
+def test_bench_gpu_smoke_rows(tmp_path):
+    """bench_gpu.py --smoke (CPU, Triton interpreter): every backend/peer gets a row per op, byte counts are the
+    traffic each one must move, and a backend that cannot run (C++ CUDA on a CPU tensor) is reported, not raised."""
+    out = tmp_path / "g.csv"
+    cmd = [sys.executable, str(BENCH / "bench_gpu.py"), "--smoke", "--bits", "3", "--dtypes", "float32",
+           "--log2n", "10", "--backends", "triton", "cuda", "--peers", "fp16_cast", "bnb_nf4", "--world", "2",
+           "--csv", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {(r["op"], r["impl"]): r for r in H.read_csv(out)}
+    n, p = 1024, H.payload_bytes(1024, 3, 2048)
+    for op in ("compress", "decompress", "decompress_sum"):
+        assert rows[(op, "triton")]["status"] == "ok" and float(rows[(op, "triton")]["gbps"]) > 0
+        assert rows[(op, "cuda")]["status"].startswith("unavailable: ValueError")
+    assert (int(rows[("decompress_sum", "triton")]["bytes_read"]), int(rows[("decompress_sum", "triton")]["world"])) \
+        == (2 * p, 2)
+    cast = rows[("compress", "fp16_cast")]
+    assert cast["status"] == "ok" and (int(cast["bytes_read"]), int(cast["bytes_written"])) == (4 * n, 2 * n)
+    nf4 = rows[("compress", "bnb_nf4")]
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        assert nf4["status"].startswith("unavailable: ModuleNotFoundError")
+    else:
+        assert nf4["status"] == "ok" and int(nf4["bytes_written"]) == n // 2 + 4 * (n // 64)
+    assert "no verdict" in res.stdout  # no CUDA row ran, so no default-backend verdict
