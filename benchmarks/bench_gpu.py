@@ -196,8 +196,8 @@ def main(argv=None) -> int:
                         row.update(bits=b, bytes_read=r, bytes_written=w)
                         try:
                             s = time_of(fn)
-                            row.update(median_s=s, gbps=H.gbps(r + w, s), status="ok",
-                                       pct_copy=100.0 * H.gbps(r + w, s) / copy_gbps)
+                            g = H.gbps(r + w, s)
+                            row.update(median_s=s, gbps=g, pct_copy=100.0 * g / copy_gbps, status="ok")
                         except Exception as e:
                             row.update(median_s=math.nan, gbps=math.nan, pct_copy=math.nan, status=_unavailable(e))
                     rows.append(row)
