@@ -21,10 +21,6 @@
 namespace tnq {
 namespace {
 
-at::ScalarType scalar_type_of(int dtype_id) {
-  return dtype_id == kFloat32 ? at::kFloat : dtype_id == kFloat16 ? at::kHalf : at::kBFloat16;
-}
-
 void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), name, " must be a CPU tensor for the CPU kernel, got device ", t.device());
 }
