@@ -34,7 +34,7 @@ $(BUILD_STAMP): $(DEPS) $(BUILD_INPUTS)
 	touch $@
 
 demo: build
-	$(PY) -m tnq_kernels.experiments.mnist --quick
+	$(PY) -m experiments.mnist --quick
 
 test: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -42,7 +42,7 @@ test: build
 # The full MNIST sweep behind the README's table (none + 4 codebooks x bits 2..5 x 3 seeds x 2 epochs; about an hour on
 # 2 cores with the C++ backend, one thread per run).
 sweep: build
-	$(PY) -m tnq_kernels.experiments.mnist --sweep --resume
+	$(PY) -m experiments.mnist --sweep --resume
 
 gpu-check:
 	$(PY) benchmarks/gpu_check.py

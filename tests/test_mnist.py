@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import tnq_kernels as tnq
-from tnq_kernels.experiments import data as mdata
-from tnq_kernels.experiments import mnist, report
+from experiments import data as mdata
+from experiments import mnist, report
 
 try:
     MNIST_DATA = mdata.load_mnist()

@@ -2,14 +2,16 @@
 
 Plain, vectorised torch on whatever device the input lives on. Read top to bottom, it is the whole algorithm:
 
-    scale_truncate   per block: scale = mean|g| (fp64 sum, rounded once to fp32) or max|g|; z = clamp(g/scale)
+    scale_truncate   per block: scale = mean|g| (fp64 sum, rounded once to fp32) or max|g|; r = fp32(1/scale);
+                     z = clamp(g·r)
     quantize         k = the level cell holding z; p = (z − c_k)·(1/(c_{k+1} − c_k)); code = k + [U < p]
     pack / unpack    codes ↔ b-bit bit-plane uint32 words (bit j of word p = bit p of element 32g + j)
     compress         the three jobs above, written into one payload (format.py)
     decompress(_sum) unpack, decode ĝ = scale·c_code in fp32, (weighted) sum over payloads
 
 Numerics that every backend reproduces exactly: the scale's fp64 accumulation is rounded once to fp32 (so the
-summation order cannot change it except in ~1e-8 of blocks); z = g/scale is one IEEE fp32 division; the rounding
+summation order cannot change it except in ~1e-8 of blocks); z = g·r is one fp32 multiply by the block's
+reciprocal r = fp32(1/scale) (one IEEE division per block, none per element — format v1.1 of the encode); the rounding
 probability uses the fp32 table of inverse level gaps; U is the 24-bit hash of rng.py.
 Edge cases: scale = 0 (all-zero block) gives z = 0 and decodes to exact zeros; a block holding NaN/±Inf keeps a
 non-finite scale (so it decodes non-finite, as AMP's GradScaler needs), its z is set to c_0 and its codes are 0.
@@ -62,6 +64,17 @@ def block_scales(x: torch.Tensor, block_size: int, codebook: int) -> torch.Tenso
     return a.amax(dim=1).to(torch.float32)
 
 
+def inverse_scale(scales: torch.Tensor) -> torch.Tensor:
+    """r = fp32(1/scale), one correctly rounded fp32 division per block, capped at FLT_MAX.
+
+    The cap only matters for scales below 2^-128 (fp32 subnormals), where 1/scale overflows: with r = inf a zero
+    element would give 0·inf = NaN; with r = FLT_MAX it gives 0 and every other element clamps to c_0 or c_s.
+    Usable scales are finite and > 0, so r is finite and > 0 too.
+    """
+    r = 1.0 / scales.to(torch.float32)  # IEEE fp32 division (correctly rounded on every device)
+    return torch.clamp(r, max=torch.finfo(torch.float32).max)
+
+
 def scale_truncate(x: torch.Tensor, bits: int, block_size: int, codebook: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Job 1. x: any shape, fp32/fp16/bf16 → (scales fp32 [nblocks], z fp32 [n] clamped to [c_0, c_s])."""
     _check_float(x)
@@ -76,7 +89,7 @@ def scale_truncate(x: torch.Tensor, bits: int, block_size: int, codebook: int) -
     s = scales[_block_ids(g.numel(), block_size, x.device)]
     finite = torch.isfinite(s)
     usable = finite & (s > 0)
-    z = torch.where(usable, g / torch.where(usable, s, torch.ones_like(s)), torch.zeros_like(g))
+    z = torch.where(usable, g * inverse_scale(s), torch.zeros_like(g))
     z = torch.clamp(z, c[0], c[-1])
     z = torch.where(finite, z, c[0].expand_as(z))
     return scales, z

@@ -1,9 +1,9 @@
 """The paper's MNIST experiment: N = 8 clients, momentum SGD, gradients compressed to b bits and averaged.
 
-    python -m tnq_kernels.experiments.mnist --quick              # all compressors at 3 bits, 1 seed, < 2 min
-    python -m tnq_kernels.experiments.mnist --sweep              # none + 4 codebooks x bits 2..5 x 3 seeds, 2 epochs
-    python -m tnq_kernels.experiments.mnist --mode ddp ...       # the same runs over torch.distributed (gloo)
-    python -m tnq_kernels.experiments.mnist --error-feedback ... # clients re-inject their residuals (not the paper's)
+    python -m experiments.mnist --quick              # all compressors at 3 bits, 1 seed, < 2 min
+    python -m experiments.mnist --sweep              # none + 4 codebooks x bits 2..5 x 3 seeds, 2 epochs
+    python -m experiments.mnist --mode ddp ...       # the same runs over torch.distributed (gloo)
+    python -m experiments.mnist --error-feedback ... # clients re-inject their residuals (not the paper's)
 
 Each step every client computes the gradient of its own mini-batch, flattens it into the DDP bucket layout,
 compresses each bucket with seed derive_seed(seed, client, step, bucket); the server decodes and averages the
@@ -473,7 +473,7 @@ def _ints(s: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tnq_kernels.experiments.mnist", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m experiments.mnist", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="every compressor at 3 bits, one seed, 0.25 epoch (< 2 min on 2 CPU cores)")
@@ -495,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backend", default=None, help="tnq backend (default: C++ if built, else reference)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the simulation (default 2)")
     p.add_argument("--out", default=None,
-                   help="output folder (default benchmarks/results/mnist; --quick: out/mnist-quick)")
+                   help="output folder (default experiments/results/mnist; --quick: out/mnist-quick)")
     p.add_argument("--resume", action="store_true", help="skip runs already in OUT/runs.csv")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (smoke tests)")
@@ -509,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = _ints(a.seeds) if a.seeds else ([0, 1, 2] if a.sweep else [0])
     epochs = a.epochs if a.epochs is not None else (0.25 if a.quick else 2.0 if a.sweep else 1.0)
     eval_every = a.eval_every or (29 if a.quick else 78)
-    out = a.out or ("out/mnist-quick" if a.quick else "benchmarks/results/mnist")
+    out = a.out or ("out/mnist-quick" if a.quick else "experiments/results/mnist")
     try:
         base = RunConfig(epochs=epochs, clients=a.clients, batch_size=a.batch_size, lr=a.lr, momentum=a.momentum,
                          block_size=a.block_size, iid=not a.non_iid, eval_every=eval_every, backend=a.backend,
