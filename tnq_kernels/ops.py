@@ -25,6 +25,10 @@ SCHEMAS = {
     "decompress": "decompress(Tensor payload, SymInt[] shape, ScalarType dtype) -> Tensor",
     "decompress_sum": ("decompress_sum(Tensor[] payloads, float[]? weights, SymInt[] shape, ScalarType dtype)"
                        " -> Tensor"),
+    # decode into an existing contiguous tensor (e.g. a DDP bucket): out's numel must equal the payload's, its
+    # dtype sets the output dtype; nothing is allocated, so the page faults of a fresh output are avoided
+    "decompress_into": "decompress_into(Tensor payload, Tensor(a!) out) -> ()",
+    "decompress_sum_into": "decompress_sum_into(Tensor[] payloads, float[]? weights, Tensor(a!) out) -> ()",
     "scale_truncate": "scale_truncate(Tensor x, int bits, int block_size, int codebook) -> (Tensor, Tensor)",
     "quantize": "quantize(Tensor z, int bits, int codebook, int seed) -> Tensor",
     "pack": "pack(Tensor codes, int bits) -> Tensor",
@@ -57,6 +61,17 @@ def _decompress_fake(payload, shape, dtype):
 def _decompress_sum_fake(payloads, weights, shape, dtype):
     torch._check(len(payloads) > 0, lambda: "payloads must hold at least one payload")
     return payloads[0].new_empty(shape, dtype=dtype)
+
+
+@torch.library.register_fake("tnq::decompress_into")
+def _decompress_into_fake(payload, out):
+    return None
+
+
+@torch.library.register_fake("tnq::decompress_sum_into")
+def _decompress_sum_into_fake(payloads, weights, out):
+    torch._check(len(payloads) > 0, lambda: "payloads must hold at least one payload")
+    return None
 
 
 @torch.library.register_fake("tnq::scale_truncate")
