@@ -9,14 +9,15 @@
 
 The module-level functions have the reference's signatures (the public API's backend="triton" calls them);
 IMPLS maps each `tnq` op name to one of them for ops.py's CUDA forwarder (used when the C++ CUDA build is absent).
-Every result equals tnq_kernels.reference bit for bit at equal seed. Under TRITON_INTERPRET=1 (set before this
+Payloads equal tnq_kernels.reference's byte for byte at equal seed, within SPEC §1: a scale may differ in its
+last bit on crafted inputs (another fp64 summation order), and a non-finite block's scale is some NaN. Under TRITON_INTERPRET=1 (set before this
 package is imported) the same kernels run on CPU tensors.
 """
 from __future__ import annotations
 
 from .compress import compress
-from .decompress import decompress
-from .decompress_sum import decompress_sum
+from .decompress import decompress, decompress_into
+from .decompress_sum import decompress_sum, decompress_sum_into
 from .pack import pack, unpack
 from .quantize import quantize
 from .scale_truncate import scale_truncate
@@ -25,10 +26,12 @@ IMPLS = {
     "compress": compress,
     "decompress": decompress,
     "decompress_sum": decompress_sum,
+    "decompress_into": decompress_into,
+    "decompress_sum_into": decompress_sum_into,
     "scale_truncate": scale_truncate,
     "quantize": quantize,
     "pack": pack,
     "unpack": unpack,
 }
 
-__all__ = ["compress", "decompress", "decompress_sum", "scale_truncate", "quantize", "pack", "unpack", "IMPLS"]
+__all__ = ["compress", "decompress", "decompress_sum", "decompress_into", "decompress_sum_into", "scale_truncate", "quantize", "pack", "unpack", "IMPLS"]
