@@ -248,3 +248,79 @@ def test_cuda_graph_capture_compress_decompress_sum(backend):
     assert torch.equal(static[2].cpu(), R.decompress_sum([want_p] + [q.cpu() for q in peers], [0.25] * 4,
                                                          x.shape, dtype))
     assert not torch.equal(static[0], eager[0])  # the replay really recomputed
+
+
+# ---- finding 4 (CUDA): the large-block path is sized by min(B, n) ----
+
+def _cuda_host_function(name, restype, argtypes):
+    import ctypes
+    from tnq_kernels import ops
+    if ops._C is None or "compress" not in ops.NATIVE_CUDA_OPS:
+        pytest.skip("the extension was built without the CUDA kernels (no nvcc here, or TNQ_CUDA=0)")
+    fn = getattr(ctypes.CDLL(ops._C.__file__), name)
+    fn.restype, fn.argtypes = restype, argtypes
+    return fn
+
+
+def test_cuda_large_block_workspace_and_grid_follow_min_B_n():
+    import ctypes
+    # the tiled path launches workspace/8 tile CTAs (one fp64 partial each), so this pins the grid too
+    ws = _cuda_host_function("_ZN3tnq4cuda24compress_workspace_bytesEll", ctypes.c_int64,
+                             [ctypes.c_int64, ctypes.c_int64])
+    assert ws(100, 2**30) == 0  # B >= n, n small: the fused path, one CTA, no workspace (was 512 KiB)
+    assert ws(2**20, 2**30) == 8 * 64  # one block of 2^20 elements: 64 tiles of 2^14 (was 65,536)
+    assert ws(2**20, 0) == 8 * 64  # B = 0 is the same single block
+    assert ws(2**24, 2**20) == 8 * 16 * 64  # B < n: unchanged
+    assert ws(40000, 2048) == 0
+
+
+# ---- the GPU run: gpu_check writes one results folder, and says so when there is no GPU ----
+
+@pytest.mark.skipif(CUDA, reason="checks the no-GPU report; on a GPU gpu_check itself is the run")
+def test_gpu_check_without_a_gpu_writes_an_honest_summary(tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import gpu_check
+    rc = gpu_check.main(["--skip-build", "--skip-tests", "--out", str(tmp_path)])
+    assert rc == gpu_check.NO_CUDA_EXIT
+    text = (tmp_path / "SUMMARY.md").read_text()
+    for step in ("graph", "sanitizer", "bench"):
+        assert f"- {step}: skipped: no CUDA device" in text
+    assert "No CUDA device" in text and "torch:" in text and "date:" in text
+    assert (tmp_path / "gpu_check.log").exists()
+
+
+# ---- GPU only: the C++ CUDA kernels on the same findings ----
+
+@GPU_ONLY
+@pytest.mark.parametrize("block", [0, 32, 2048, 40000])
+def test_cuda_truncate_multiplies_by_the_capped_inverse(block):
+    from tnq_kernels import ops
+    if "compress" not in ops.NATIVE_CUDA_OPS:
+        pytest.skip("the C++ CUDA backend is not built")
+    n = 3 * max(block, 64)
+    x = laplace(n, seed=block + 1)
+    x[: max(block, 64)] = torch.tensor(1e-45) * torch.randint(0, 4, (max(block, 64),)).float()
+    s, z = torch.ops.tnq.scale_truncate(x.cuda(), 3, block, 0)
+    s_r, z_r = R.scale_truncate(x, 3, block, 0)
+    assert torch.equal(s.cpu(), s_r) and torch.equal(z.cpu(), z_r)
+    assert torch.equal(torch.ops.tnq.compress(x.cuda(), 3, block, 0, SEED).cpu(), R.compress(x, 3, block, 0, SEED))
+    assert torch.equal(torch.ops.tnq.compress(x.cuda(), 3, 2**30, 0, SEED).cpu(), R.compress(x, 3, 2**30, 0, SEED))
+
+
+@GPU_ONLY
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_decompress_into_and_sum_into(dtype):
+    from tnq_kernels import ops
+    if "decompress_into" not in ops.NATIVE_CUDA_OPS:
+        pytest.skip("the C++ CUDA backend is not built")
+    ps = [R.compress(laplace(3001, seed=i), b, blk, 0, i) for i, (b, blk) in enumerate([(3, 2048), (3, 96), (5, 0)])]
+    big = torch.empty(3002, dtype=dtype, device="cuda")
+    for out in (big[:3001], big[1:]):  # aligned, and an odd offset (decoded via a temporary)
+        torch.ops.tnq.decompress_into(ps[1].cuda(), out)
+        assert torch.equal(out.cpu(), R.decompress(ps[1], [3001], dtype))
+        torch.ops.tnq.decompress_sum_into([p.cuda() for p in ps], [0.5, -2.0, 0.25], out)
+        assert torch.equal(out.cpu(), R.decompress_sum(ps, [0.5, -2.0, 0.25], [3001], dtype))
+    with pytest.raises(ValueError, match="contiguous"):
+        torch.ops.tnq.decompress_into(ps[0].cuda(), torch.empty(6002, device="cuda")[::2])

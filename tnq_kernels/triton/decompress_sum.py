@@ -7,8 +7,9 @@ Each program decodes the same CHUNK elements of up to MAX_FUSED payloads (separa
 slots repeat the first) and accumulates in fp32 in payload order, acc = acc + (w·v), the first term initialising
 acc, exactly as the reference. Up to MAX_FUSED payloads of one layout (bits, block size, codebook) are one
 launch: one read of each payload, one write of the result. Longer lists or mixed layouts chain launches through
-an fp32 accumulator. Launched with enable_fp_fusion=False, so no FMA contraction changes the result: bit-exact
-with the reference (tests/test_triton_aot.py checks the PTX). While a CUDA graph is captured, each payload is one
+an fp32 accumulator. Launched with enable_fp_fusion=False, so no FMA contraction changes the result: decoding a
+given payload list is bit-exact with the reference (tests/test_triton_aot.py checks the PTX; decoding has no
+summation-order freedom, unlike the encoder's scale). While a CUDA graph is captured, each payload is one
 launch of decompress.checked_kernel (header read on the device, see decompress.py), chained the same way.
 """
 from __future__ import annotations
