@@ -324,3 +324,35 @@ def test_cuda_decompress_into_and_sum_into(dtype):
         assert torch.equal(out.cpu(), R.decompress_sum(ps, [0.5, -2.0, 0.25], [3001], dtype))
     with pytest.raises(ValueError, match="contiguous"):
         torch.ops.tnq.decompress_into(ps[0].cuda(), torch.empty(6002, device="cuda")[::2])
+
+
+# ---- item 8: the roofline's SASS walker (benchmarks/roofline.py) on a hand-made listing ----
+
+def test_roofline_walker_counts_loops_and_skips_the_tail_path():
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import roofline
+    sass = """
+        Function : k
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   IMAD R1, R0, 0x4, RZ ;
+        /*0020*/               @P0 BRA 0x60 ;
+        /*0030*/                   LDG.E R4, desc[UR4][R2.64] ;
+        /*0040*/                   LDG.E R5, desc[UR4][R2.64+0x4] ;
+        /*0050*/                   BRA 0x70 ;
+        /*0060*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+        /*0070*/                   FMUL R6, R4, R5 ;
+        /*0080*/                   LOP3.LUT R7, R6, 0xff, RZ, 0xc0, !PT ;
+        /*0090*/               @P1 BRA 0x20 ;
+        /*00a0*/                   STG.E desc[UR4][R8.64], R7 ;
+        /*00b0*/                   EXIT ;
+    """
+    code = roofline.parse_functions(sass)["k"]
+    # the loop 0x20..0x90 holds one 128-bit load: 4 elements per trip; 16 elements per thread -> 4 trips
+    counts = roofline.walk(code, roofline.element_trips(16, 4))
+    # per trip: BRA (taken: the fall-through holds the scalar tail loads), LDG.128, FMUL, LOP3, BRA = 5
+    assert counts["mem"] == 4 + 1  # 4 wide loads + the store; the scalar tail loads never run
+    assert counts["fp32"] == 4 and counts["int"] == 1 + 4 and counts["imad"] == 1  # S2R once, LOP3 per trip
+    assert counts["control"] == 2 * 4 + 1  # two branches per trip, EXIT
+    assert roofline.op_class("S2UR") == "uniform" and roofline.op_class("MUFU.EX2") == "sfu"
