@@ -356,3 +356,26 @@ def test_roofline_walker_counts_loops_and_skips_the_tail_path():
     assert counts["fp32"] == 4 and counts["int"] == 1 + 4 and counts["imad"] == 1  # S2R once, LOP3 per trip
     assert counts["control"] == 2 * 4 + 1  # two branches per trip, EXIT
     assert roofline.op_class("S2UR") == "uniform" and roofline.op_class("MUFU.EX2") == "sfu"
+
+
+def test_cuda_ptx_divides_once_per_block_and_never_contracts():
+    """SPEC v1.1 in the built CUDA kernels (compute_90 PTX embedded in the extension): r = 1/scale is a correctly
+    rounded div.rn.f32, z = g·r a mul.rn.f32, and no fp32 fma or flush-to-zero appears anywhere."""
+    import shutil
+    import subprocess
+    from tnq_kernels import ops
+    if ops._C is None or "compress" not in ops.NATIVE_CUDA_OPS:
+        pytest.skip("the extension was built without the CUDA kernels (no nvcc here, or TNQ_CUDA=0)")
+    import triton
+    tool = shutil.which("cuobjdump") or os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                                                     "cuobjdump")
+    if not os.path.isfile(tool):
+        pytest.skip("no cuobjdump (CUDA toolkit or the triton wheel)")
+    ptx = subprocess.run([tool, "--dump-ptx", ops._C.__file__], capture_output=True, text=True, check=True).stdout
+    assert "fused_blocks_kernel" in ptx and "checked_decode_kernel" in ptx
+    assert "fma.rn.f32" not in ptx and ".ftz" not in ptx
+    assert "div.rn.f32" in ptx and "mul.rn.f32" in ptx
+    # one division per block: the encode kernels' PTX holds a handful of div.rn.f32, not one per vector slot
+    for name in ("fused_blocks_kernel", "tiles_kernel"):
+        bodies = [b for b in ptx.split(".entry")[1:] if name in b.split("(")[0]]
+        assert bodies and all(b.count("div.rn.f32") <= 2 for b in bodies), name
