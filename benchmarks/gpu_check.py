@@ -273,7 +273,13 @@ def step_bench(log: Log, out: Path | None, quick: bool) -> tuple[str, Path | Non
     if quick:
         cmd += ["--log2n", "20", "24", "--bits", "3"]
     rc, _ = run(cmd, log, "bench", env=bnb_env(log, out))
-    return ("ok" if rc == 0 else f"FAILED (rc={rc}, see bench.log)"), (csv if csv.exists() else None)
+    # long blocks take the tiled path (B = 2^20 at n = 2^24: 1024 tiles); one short run shows it keeps up
+    csv_big = csv.with_name(csv.stem + "_B2e20.csv")
+    rc_big, _ = run([PY, "benchmarks/bench_gpu.py", "--csv", str(csv_big), "--block-size", str(1 << 20),
+                     "--log2n", "24", "--bits", "3", "--backends", "triton", "cuda", "--peers",
+                     "--ops", "compress"], log, "bench")
+    status = "ok" if rc == 0 and rc_big == 0 else f"FAILED (rc={rc}/{rc_big}, see bench.log)"
+    return status, (csv if csv.exists() else None)
 
 
 def default_out(cuda: bool) -> Path:
@@ -368,6 +374,12 @@ def main(argv=None) -> int:
             rows = [r for r in rows if r.get("run") == run_id]  # this session's rows only
         report += ["", "## Triton | CUDA (GB/s = bytes read + written per second; %copy of a device copy)", "",
                    bench_gpu.side_by_side(rows)]
+        big = csv.with_name(csv.stem + "_B2e20.csv")
+        if big.exists():
+            rows = H.read_csv(big)
+            rows = [r for r in rows if r.get("run") == rows[-1].get("run")] if rows else rows
+            report += ["", "## Long blocks: B = 2^20, n = 2^24, b = 3 (the tiled paths)", "",
+                       bench_gpu.side_by_side(rows)]
     report += ["", "Compare with the prediction in docs/gpu-roofline.md (benchmarks/roofline.py)."]
     log("")
     for ln in report:
