@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from conftest import laplace
-from tnq_kernels import codebooks as cb
 from tnq_kernels import format as fmt
 from tnq_kernels import reference as R
 

@@ -22,7 +22,6 @@ import triton.language as tl
 from torch.library import custom_op
 
 from .. import format as fmt
-from .. import reference
 from . import _common as C
 from .decompress import (CHUNK, check_dtype, check_out, check_shape, checked_term, decode_tile, scale_mode,
                          words_of)
