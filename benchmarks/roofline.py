@@ -6,7 +6,8 @@ For each fused kernel (CUDA: fused_blocks_kernel = compress, decode_sum_kernel =
 compress_blocks_kernel, decompress_kernel), b = 2..5, fp32 and bf16 input/output, B = 2048 (the default):
 
 1. SASS for sm_90: the CUDA kernels from the built extension (cuobjdump -sass of tnq_kernels/_C*.so); the Triton
-   kernels compiled ahead of time (triton.compile for sm_90, no GPU) and disassembled from their cubin. cuobjdump
+   kernels compiled ahead of time (triton.compile for sm_90, no GPU, with the 16-byte alignment and divisible-by-16
+   size specialisations a launch at n = 2^24 gets) and disassembled from their cubin. cuobjdump
    is the toolkit's or the copy the triton wheel ships.
 2. Dynamic instructions per element, per thread: a walk of the SASS along the common path of an interior block
    (a conditional forward branch falls through, unless the skipped code holds the scalar tail loads or EXIT;
@@ -236,7 +237,10 @@ def triton_sass(kernel: str, dtype: str, bits: int) -> list:
         types = dict(in_ptr="*i32", out_ptr=ptr, table_ptr="*fp32", n="i64", block_size="i32", codes_w0="i64")
         consts = dict(BITS=bits, CHUNK=2048, SCALE_MODE=1, EXACT=True)
     sig = {a: types.get(a, "constexpr") for a in fn.arg_names}
-    cc = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32),
+    # what a launch at n = 2^24, B = 2048 specialises on: 16-byte aligned pointers, sizes divisible by 16
+    aligned = [a for a in fn.arg_names if sig[a].startswith("*") or a in ("n", "block_size", "nblocks")]
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in aligned}
+    cc = triton.compile(ASTSource(fn, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
                         options=dict(num_warps=4, enable_fp_fusion=kernel == "compress"))
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
