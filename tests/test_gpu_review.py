@@ -169,6 +169,8 @@ def test_decompress_into_and_sum_into(dtype):
 # ---- finding 6: while a CUDA graph is captured, decoding never reads the header on the host ----
 
 def _no_host_reads(monkeypatch):
+    T.decompress(on(R.compress(torch.ones(64), 3, 32, 0, 1)), [64], torch.float32)  # the warm-up before a capture
+
     def refuse(*args, **kwargs):
         raise AssertionError("the header was read on the host")
     monkeypatch.setattr(TC, "capturing", lambda device: True)
@@ -378,3 +380,13 @@ def test_cuda_ptx_divides_once_per_block_and_never_contracts():
     for name in ("fused_blocks_kernel", "tiles_kernel"):
         bodies = [b for b in ptx.split(".entry")[1:] if name in b.split("(")[0]]
         assert bodies and all(b.count("div.rn.f32") <= 2 for b in bodies), name
+
+
+def test_capture_before_warm_up_says_what_to_do(monkeypatch):
+    monkeypatch.setattr(TC, "capturing", lambda device: True)
+    monkeypatch.setattr(TC, "_TABLES", {})
+    p = R.compress(laplace(100, seed=1), 3, 32, 0, 1)
+    with pytest.raises(RuntimeError, match="once before capturing"):
+        T.decompress(on(p), [100], torch.float32)
+    with pytest.raises(RuntimeError, match="once before capturing"):
+        T.compress(on(laplace(100, seed=1)), 3, 32, 0, 1)

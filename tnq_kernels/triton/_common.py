@@ -125,6 +125,13 @@ def seed_args(seed: int) -> tuple[int, int]:
 _TABLES: dict = {}
 
 
+def _not_while_capturing(device) -> None:
+    # building a table copies from the host, which a CUDA graph capture forbids (with an obscure error)
+    if capturing(torch.device(device)):
+        raise RuntimeError(f"tnq (Triton): the level tables for {device} are built by the first eager call; run "
+                           f"the op once before capturing a CUDA graph (that also compiles the kernels)")
+
+
 def table(codebook: int, bits: int, device) -> torch.Tensor:
     """fp32 [2^(bits+1)]: the 2^b levels c_0..c_s, then the s inverse gaps 1/(c_{k+1} − c_k), then one pad.
 
@@ -133,6 +140,7 @@ def table(codebook: int, bits: int, device) -> torch.Tensor:
     key = (codebook, bits, str(device))
     t = _TABLES.get(key)
     if t is None:
+        _not_while_capturing(device)
         vals = list(cb.levels(codebook, bits)) + list(cb.inv_gaps(codebook, bits)) + [0.0]
         t = torch.tensor(vals, dtype=torch.float32, device=device)
         _TABLES[key] = t
@@ -150,6 +158,7 @@ def all_levels(device) -> torch.Tensor:
     key = ("all", str(device))
     t = _TABLES.get(key)
     if t is None:
+        _not_while_capturing(device)
         vals = []
         for codebook in range(len(cb.CODEBOOK_IDS)):
             for bits in range(1, cb.MAX_BITS + 1):
