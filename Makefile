@@ -44,7 +44,7 @@ test: build
 sweep: build
 	$(PY) -m experiments.mnist --sweep --resume
 
-gpu-check:
+gpu-check:  # on the GPU machine: make gpu-check NO_VENV=1 (results folder in benchmarks/results/gpu/)
 	$(PY) benchmarks/gpu_check.py
 
 # CPU kernel throughput (2 threads, then 1), end-to-end DDP over a tc-shaped veth link (needs root for network

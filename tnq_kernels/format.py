@@ -20,6 +20,8 @@ VERSION = 1
 HEADER_BYTES = 32
 CODES_ALIGN = 16
 FLAG_NONFINITE = 1
+#: byte offset of the flags word (bytes 12-15 of _HEADER below)
+FLAGS_OFFSET = 12
 KNOWN_FLAGS = FLAG_NONFINITE
 #: source dtype ids (byte 7); names are torch dtype names without the "torch." prefix.
 DTYPE_IDS = {"float32": 0, "float16": 1, "bfloat16": 2}

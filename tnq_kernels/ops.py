@@ -113,8 +113,11 @@ TRITON_OPS = {
     # these two are opaque custom ops with the fakes below: still no graph break.
     "triton_decompress": ("decompress", "triton_decompress"),
     "triton_decompress_sum": ("decompress_sum", "triton_decompress_sum"),
+    "triton_decompress_into": ("decompress", "triton_decompress_into"),
+    "triton_decompress_sum_into": ("decompress_sum", "triton_decompress_sum_into"),
 }
-_OPAQUE = {"triton_decompress": _decompress_fake, "triton_decompress_sum": _decompress_sum_fake}
+_OPAQUE = {"triton_decompress": _decompress_fake, "triton_decompress_sum": _decompress_sum_fake,
+           "triton_decompress_into": _decompress_into_fake, "triton_decompress_sum_into": _decompress_sum_into_fake}
 
 
 def register_triton(interpret: bool) -> None:
@@ -129,7 +132,7 @@ def register_triton(interpret: bool) -> None:
         fn = getattr(mods[mod], fn_name)
         qualname = f"{NAMESPACE}::{name}"
         if name in _OPAQUE:
-            op = torch.library.custom_op(qualname, fn, mutates_args=())
+            op = torch.library.custom_op(qualname, fn, mutates_args=("out",) if name.endswith("_into") else ())
             op.register_fake(_OPAQUE[name])
         elif not interpret:
             torch.library.triton_op(qualname, fn, mutates_args=())

@@ -1,5 +1,6 @@
-// Boundary of the CUDA backend: validates arguments and payload headers (ValueError naming the argument), allocates
-// outputs with torch, and launches the kernels of csrc/cuda on the current stream of the tensor's device, under a
+// Boundary of the CUDA backend: validates arguments and payload headers (ValueError naming the argument; while a
+// CUDA graph is captured the decoders validate the header on the device instead, see launch_sum_captured),
+// allocates outputs with torch, and launches the kernels of csrc/cuda on the current stream of the tensor's device, under a
 // device guard. Compiled by the host C++ compiler as part of the CppExtension, with no CUDA headers and no
 // torch CUDA libraries: the stream and the guard come through c10's generic device-guard interface, which the
 // CUDA build of torch implements, so the same object works with a CPU-only torch (where no CUDA tensor can
@@ -10,6 +11,8 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <functional>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -63,7 +66,7 @@ HeaderWords header_words(const Header& h) {
   return w;
 }
 
-// ---- the seven ops ----
+// ---- the ops ----
 
 at::Tensor compress_cuda(const at::Tensor& x_in, int64_t bits, int64_t block_size, int64_t codebook, int64_t seed) {
   const int dt = check_compress_args(x_in, bits, block_size, codebook);
@@ -83,13 +86,10 @@ at::Tensor compress_cuda(const at::Tensor& x_in, int64_t bits, int64_t block_siz
   return out;
 }
 
-at::Tensor decode_sum(at::TensorList payloads, std::optional<at::ArrayRef<double>> weights,
-                      c10::SymIntArrayRef shape_sym, at::ScalarType dtype, bool single) {
-  check_sum_args(payloads, weights);
-  const int out_dt = dtype_id_of(dtype, "dtype");
-  const c10::IntArrayRef shape = C10_AS_INTARRAYREF_SLOW(shape_sym);
+// Validates every payload tensor (device, dtype, shape) and reads all headers with one device-to-host copy, before
+// any kernel reads a payload.
+std::vector<Header> read_headers(at::TensorList payloads, const std::function<std::string(size_t)>& name_of) {
   const size_t W = payloads.size();
-  auto name_of = [&](size_t w) { return single ? std::string("payload") : "payloads[" + std::to_string(w) + "]"; };
   const at::Device device = payloads[0].device();
   for (size_t w = 0; w < W; ++w) {
     const at::Tensor& p = payloads[w];
@@ -98,24 +98,26 @@ at::Tensor decode_sum(at::TensorList payloads, std::optional<at::ArrayRef<double
     check_cuda(p, name.c_str());
     TORCH_CHECK_VALUE(p.device() == device, name, " is on ", p.device(), " but payloads[0] is on ", device);
   }
-  const c10::DeviceGuard guard(device);
-  // every header in one device-to-host copy, validated before any kernel reads a payload
   std::vector<at::Tensor> heads;
   heads.reserve(W);
   for (const at::Tensor& p : payloads) heads.push_back(p.slice(0, 0, kHeaderBytes));
   const at::Tensor host = (W == 1 ? heads[0] : at::cat(heads)).contiguous().to(at::kCPU);
   const uint8_t* hp = host.const_data_ptr<uint8_t>();
   std::vector<Header> hs;
-  std::vector<at::Tensor> keep;  // aligned copies must outlive the launches
-  for (size_t w = 0; w < W; ++w) {
-    hs.push_back(parse_header(hp + w * kHeaderBytes, payloads[w].numel(), name_of(w)));
-    check_shape(hs.back(), shape, name_of(w));
-    keep.push_back(aligned(payloads[w], 4));
-  }
+  for (size_t w = 0; w < W; ++w) hs.push_back(parse_header(hp + w * kHeaderBytes, payloads[w].numel(), name_of(w)));
+  return hs;
+}
+
+// The decode launches of decompress / decompress_sum and their _into forms: out (contiguous, 16-byte aligned, n
+// elements, dtype out_dt) = sum over w of weight[w] * decode(payloads[w]), headers already validated.
+void launch_sum(at::TensorList payloads, const std::vector<Header>& hs, std::optional<at::ArrayRef<double>> weights,
+                const at::Tensor& out, int out_dt, bool single) {
+  const size_t W = payloads.size();
   const int64_t n = hs[0].numel;
-  at::Tensor out = at::empty(shape, payloads[0].options().dtype(dtype));
-  if (n == 0) return out;
-  void* stream = current_stream(device);
+  if (n == 0) return;
+  std::vector<at::Tensor> keep;  // aligned copies must outlive the launches
+  for (size_t w = 0; w < W; ++w) keep.push_back(aligned(payloads[w], 4));
+  void* stream = current_stream(out.device());
   // runs of consecutive payloads with one (bits, codebook), at most kMaxSum each; later runs continue from the
   // fp32 accumulator (out itself when it is fp32), so the order w = 0, 1, ... and every rounding stay as defined
   at::Tensor acc;
@@ -153,7 +155,109 @@ at::Tensor decode_sum(at::TensorList payloads, std::optional<at::ArrayRef<double
                  single ? "decompress" : "decompress_sum");
     start = end;
   }
+}
+
+// The levels of every (codebook, bits) on `device` for the capture path (kNumCodebooks x 8 x 256 fp32), built by
+// the first eager decode on that device: a graph capture cannot copy from the host.
+at::Tensor all_levels(const at::Device& device, bool build) {
+  static std::mutex mu;
+  static std::vector<at::Tensor> cache;
+  const std::lock_guard<std::mutex> lock(mu);
+  const size_t d = size_t(device.index());
+  if (cache.size() <= d) cache.resize(d + 1);
+  if (!cache[d].defined() && build) {
+    at::Tensor host = at::zeros({kNumCodebooks * kMaxBits * 256}, at::kFloat);
+    float* h = host.mutable_data_ptr<float>();
+    for (int c = 0; c < kNumCodebooks; ++c)
+      for (int b = kMinBits; b <= kMaxBits; ++b)
+        std::memcpy(h + (c * kMaxBits + b - 1) * 256, cpu::tables(c, b).c, sizeof(float) << b);
+    cache[d] = host.to(device);
+  }
+  TORCH_CHECK(cache[d].defined(), "tnq CUDA: decompress under CUDA graph capture needs one eager decompress on ",
+              device, " first (it builds the device-side level tables); warm up before capturing");
+  return cache[d];
+}
+
+// While the stream is captured: no header read on the host. Each payload is one launch that parses and validates
+// its header on the device, chained in order through an fp32 accumulator as launch_sum does.
+void launch_sum_captured(at::TensorList payloads, std::optional<at::ArrayRef<double>> weights, const at::Tensor& out,
+                         int out_dt, bool single, const std::function<std::string(size_t)>& name_of) {
+  const size_t W = payloads.size();
+  for (size_t w = 0; w < W; ++w) {
+    check_payload_tensor(payloads[w], name_of(w));
+    check_cuda(payloads[w], name_of(w).c_str());
+  }
+  const int64_t n = out.numel();
+  if (n == 0) return;
+  const at::Tensor levels = all_levels(out.device(), false);
+  void* stream = current_stream(out.device());
+  const at::Tensor acc = (W == 1 || out_dt == kFloat32) ? out : at::empty({n}, out.options().dtype(at::kFloat));
+  for (size_t w = 0; w < W; ++w) {
+    const at::Tensor p = aligned(payloads[w], 4);
+    const bool last = w + 1 == W;
+    check_launch(decompress_checked(p.const_data_ptr<uint8_t>(), p.numel(), n, levels.const_data_ptr<float>(),
+                                    weights.has_value() ? static_cast<float>((*weights)[w]) : 1.0f,
+                                    weights.has_value() ? 1 : 0, w == 0 ? nullptr : acc.const_data_ptr<float>(),
+                                    last ? out.mutable_data_ptr() : acc.mutable_data_ptr(), last ? out_dt : kFloat32,
+                                    stream),
+                 single ? "decompress" : "decompress_sum");
+  }
+}
+
+std::function<std::string(size_t)> payload_names(bool single) {
+  return [single](size_t w) { return single ? std::string("payload") : "payloads[" + std::to_string(w) + "]"; };
+}
+
+at::Tensor decode_sum(at::TensorList payloads, std::optional<at::ArrayRef<double>> weights,
+                      c10::SymIntArrayRef shape_sym, at::ScalarType dtype, bool single) {
+  check_sum_args(payloads, weights);
+  const int out_dt = dtype_id_of(dtype, "dtype");
+  const c10::IntArrayRef shape = C10_AS_INTARRAYREF_SLOW(shape_sym);
+  const auto name_of = payload_names(single);
+  const c10::DeviceGuard guard(payloads[0].device());
+  if (stream_is_capturing(current_stream(payloads[0].device()))) {
+    for (int64_t d : shape) TORCH_CHECK_VALUE(d >= 0, "shape ", shape, " has a negative dimension");
+    at::Tensor out = at::empty(shape, payloads[0].options().dtype(dtype));
+    launch_sum_captured(payloads, weights, out, out_dt, single, name_of);
+    return out;
+  }
+  const std::vector<Header> hs = read_headers(payloads, name_of);
+  for (size_t w = 0; w < hs.size(); ++w) check_shape(hs[w], shape, name_of(w));
+  all_levels(payloads[0].device(), true);  // an eager decode prepares a later capture
+  at::Tensor out = at::empty(shape, payloads[0].options().dtype(dtype));
+  launch_sum(payloads, hs, weights, out, out_dt, single);
   return out;
+}
+
+// decompress_into / decompress_sum_into: the same decode into the caller's tensor (e.g. a DDP bucket), whose dtype
+// is the output dtype. A view the 16-byte vector stores cannot write directly (odd offset) is decoded into an
+// aligned temporary and copied in.
+void decode_sum_into(at::TensorList payloads, std::optional<at::ArrayRef<double>> weights, const at::Tensor& out,
+                     bool single) {
+  check_sum_args(payloads, weights);
+  const int out_dt = dtype_id_of(out.scalar_type(), "out.dtype");
+  TORCH_CHECK_VALUE(out.is_contiguous(), "out must be contiguous, got strides ", out.strides(), " for shape ",
+                    out.sizes());
+  check_cuda(out, "out");
+  TORCH_CHECK_VALUE(out.device() == payloads[0].device(), "out is on ", out.device(), " but the payload is on ",
+                    payloads[0].device());
+  const auto name_of = payload_names(single);
+  const c10::DeviceGuard guard(out.device());
+  if (stream_is_capturing(current_stream(out.device()))) {  // element stores: any alignment of out is fine
+    launch_sum_captured(payloads, weights, out, out_dt, single, name_of);
+    return;
+  }
+  const std::vector<Header> hs = read_headers(payloads, name_of);
+  const int64_t numel = out.numel();
+  for (size_t w = 0; w < hs.size(); ++w) check_shape(hs[w], c10::IntArrayRef(&numel, 1), name_of(w));
+  all_levels(out.device(), true);
+  if (reinterpret_cast<uintptr_t>(out.const_data_ptr()) % 16 == 0) {
+    launch_sum(payloads, hs, weights, out, out_dt, single);
+  } else {
+    const at::Tensor tmp = at::empty_like(out);
+    launch_sum(payloads, hs, weights, tmp, out_dt, single);
+    out.copy_(tmp);
+  }
 }
 
 at::Tensor decompress_sum_cuda(at::TensorList payloads, std::optional<at::ArrayRef<double>> weights,
@@ -163,6 +267,15 @@ at::Tensor decompress_sum_cuda(at::TensorList payloads, std::optional<at::ArrayR
 
 at::Tensor decompress_cuda(const at::Tensor& payload, c10::SymIntArrayRef shape, at::ScalarType dtype) {
   return decode_sum(at::TensorList(&payload, 1), std::nullopt, shape, dtype, true);
+}
+
+void decompress_sum_into_cuda(at::TensorList payloads, std::optional<at::ArrayRef<double>> weights,
+                              const at::Tensor& out) {
+  decode_sum_into(payloads, weights, out, false);
+}
+
+void decompress_into_cuda(const at::Tensor& payload, const at::Tensor& out) {
+  decode_sum_into(at::TensorList(&payload, 1), std::nullopt, out, true);
 }
 
 std::tuple<at::Tensor, at::Tensor> scale_truncate_cuda(const at::Tensor& x_in, int64_t bits, int64_t block_size,
@@ -236,6 +349,8 @@ TORCH_LIBRARY_IMPL(tnq, CUDA, m) {
   m.impl("compress", &tnq::cuda::compress_cuda);
   m.impl("decompress", &tnq::cuda::decompress_cuda);
   m.impl("decompress_sum", &tnq::cuda::decompress_sum_cuda);
+  m.impl("decompress_into", &tnq::cuda::decompress_into_cuda);
+  m.impl("decompress_sum_into", &tnq::cuda::decompress_sum_into_cuda);
   m.impl("scale_truncate", &tnq::cuda::scale_truncate_cuda);
   m.impl("quantize", &tnq::cuda::quantize_cuda);
   m.impl("pack", &tnq::cuda::pack_cuda);

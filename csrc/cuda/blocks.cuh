@@ -109,7 +109,7 @@ const char* run_blocks(const void* x, int dtype_id, int64_t n, int bits, int64_t
                        SeedKeys keys, const LevelTable& tab, float* scales, uint32_t* flags, uint32_t* words,
                        float* z, void* workspace, cudaStream_t s) {
   if (n == 0) return launch_status();
-  const int64_t block_len = block_size == 0 ? n : block_size;
+  const int64_t block_len = effective_block_len(n, block_size);
   const int64_t nblocks = num_blocks(n, block_size);
   if (nblocks > 0x7fffffff) return kGridTooLarge;
   // z output needs no specialisation on the bit width

@@ -1,8 +1,10 @@
 // Device building blocks shared by the kernels of csrc/cuda: element loads, the level table in shared memory,
 // the three jobs of SPEC §2 as per-element / per-warp functions, and block reductions.
-// Numerics are those of tnq_kernels/reference.py bit for bit: every fp32 expression of the reference is written
-// with an explicit round-to-nearest intrinsic (__fdiv_rn, __fsub_rn, __fmul_rn, __fadd_rn) so nothing can be
-// contracted into an FMA, and the build adds --fmad=false on top. No fast-math, no flush-to-zero.
+// Numerics are those of tnq_kernels/reference.py: every fp32 expression of the reference is written with an
+// explicit round-to-nearest intrinsic (__fdiv_rn, __fsub_rn, __fmul_rn, __fadd_rn) so nothing can be contracted
+// into an FMA, and the build adds --fmad=false on top. No fast-math, no flush-to-zero. Codes equal the
+// reference's at equal seed; a scale may differ in its last bit on crafted inputs (the fp64 sum runs in another
+// order, SPEC §1), and a non-finite block's scale is some NaN or Inf (its bits are not fixed).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -101,12 +103,19 @@ __device__ __forceinline__ void load_table(SharedTable& st, const LevelTable& ta
 
 // ---- job 1: truncate ----
 
-// z = clamp(g / scale, c_0, c_s) as the reference computes it: one IEEE division, z = 0 when the scale is 0 or
-// non-finite, and z = c_0 for a non-finite block (so its codes are 0).
-__device__ __forceinline__ float truncate(float g, float scale, float c0, float cs) {
+// r = fp32(1/scale) as reference.inverse_scale: one correctly rounded division per block (SPEC v1.1), capped at
+// FLT_MAX (1/scale overflows for subnormal scales, and inf would turn a zero element into 0·inf = NaN); 0 when the
+// scale is 0 or non-finite, where truncate ignores r.
+__device__ __forceinline__ float inverse_scale(float scale) {
+  return (isfinite(scale) && scale > 0.0f) ? fminf(__fdiv_rn(1.0f, scale), 3.40282347e+38f) : 0.0f;
+}
+
+// z = clamp(g · r, c_0, c_s) with r = inverse_scale(scale), as the reference computes it: one round-to-nearest
+// multiply, z = 0 when the scale is 0, and z = c_0 for a non-finite block (so its codes are 0).
+__device__ __forceinline__ float truncate(float g, float r, float scale, float c0, float cs) {
   const bool finite = isfinite(scale);
   const bool usable = finite && scale > 0.0f;
-  float z = usable ? __fdiv_rn(g, scale) : 0.0f;
+  float z = usable ? __fmul_rn(g, r) : 0.0f;
   z = fminf(fmaxf(z, c0), cs);  // z is never NaN here: a finite block holds only finite g
   return finite ? z : c0;
 }
@@ -267,6 +276,7 @@ __device__ __forceinline__ void encode_range(const typename Elem<DT>::T* __restr
   using CW = ChunkWords<V, BITS>;
   const int nb = BITS ? BITS : bits_rt;
   const float c0 = st.c[0], cs = st.c[(1 << nb) - 1];
+  const float r = inverse_scale(scale);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const int64_t group_end = (end + 31) >> 5;
   for (int64_t base = start + int64_t(warp) * CH; base < end; base += int64_t(nwarps) * CH) {
@@ -276,7 +286,7 @@ __device__ __forceinline__ void encode_range(const typename Elem<DT>::T* __restr
     uint32_t code[V];
 #pragma unroll
     for (int t = 0; t < V; ++t) {
-      const float z = truncate(f[t], scale, c0, cs);
+      const float z = truncate(f[t], r, scale, c0, cs);
       code[t] = (i + t < end) ? round_code<BITS>(z, uint64_t(i + t), keys, st, nb) : 0u;
     }
     CW cw;
@@ -296,12 +306,13 @@ __device__ __forceinline__ void truncate_range(const typename Elem<DT>::T* __res
                                                int64_t end, float scale, float c0, float cs, float* __restrict__ z) {
   constexpr int V = Elem<DT>::V;
   const int64_t stride = int64_t(blockDim.x) * V;
+  const float r = inverse_scale(scale);
   for (int64_t i = start + int64_t(threadIdx.x) * V; i < end; i += stride) {
     float f[V];
     load_vec<DT>(x, i, end, f);
 #pragma unroll
     for (int t = 0; t < V; ++t)
-      if (i + t < end) z[i + t] = truncate(f[t], scale, c0, cs);
+      if (i + t < end) z[i + t] = truncate(f[t], r, scale, c0, cs);
   }
 }
 

@@ -18,7 +18,7 @@ __global__ void header_kernel(uint32_t* __restrict__ out, HeaderWords h, int64_t
 }  // namespace dev
 
 int64_t compress_workspace_bytes(int64_t n, int64_t block_size) {
-  const int64_t block_len = block_size == 0 ? n : block_size;
+  const int64_t block_len = effective_block_len(n, block_size);
   if (n == 0 || block_len <= kFusedMaxBlock) return 0;
   return int64_t(sizeof(double)) * num_blocks(n, block_size) * ((block_len + kTile - 1) / kTile);
 }

@@ -30,6 +30,13 @@ struct HeaderWords {
 constexpr int64_t kFusedMaxBlock = 16384;
 constexpr int64_t kTile = 16384;
 
+// Elements one scale block really spans: B = 0 (one scale) and B >= n are one block of n elements. Sizing the
+// tiled path by B instead would launch B/kTile tiles per block however small n is (n = 100, B = 2^30: 65,536 CTAs
+// and a 512 KiB workspace for 100 elements). The scale is the same: the block holds the same elements.
+inline int64_t effective_block_len(int64_t n, int64_t block_size) {
+  return (block_size == 0 || block_size > n) ? n : block_size;
+}
+
 // Device workspace (bytes) the compress / scale_truncate launchers need for (n, block_size): fp64 partials of
 // the tiled path, 0 on the fused path.
 int64_t compress_workspace_bytes(int64_t n, int64_t block_size);
@@ -69,6 +76,16 @@ struct SumRun {
 // weight[w] * scale * c[code], in fp32, in order; acc_in may alias out. out 16-byte aligned.
 const char* decompress_sum(const SumRun& run, int64_t n, int bits, const LevelTable& table, const float* acc_in,
                            void* out, int out_dtype_id, void* stream);
+
+// True while `stream` is being captured into a CUDA graph (then nothing may synchronise with the host).
+bool stream_is_capturing(void* stream);
+
+// The capture path of decompress / decompress_sum: one payload term, its header parsed and validated on the device
+// against n and nbytes (an invalid one decodes to NaN without reading past it). out[n] (out_dtype_id) =
+// [acc_in +] [weight *] decode(payload); levels: kNumCodebooks x 8 x 256 fp32 on the device (slot
+// (codebook * 8 + bits - 1) * 256); payload 4-byte aligned; acc_in may alias out.
+const char* decompress_checked(const uint8_t* payload, int64_t nbytes, int64_t n, const float* levels, float weight,
+                               int weighted, const float* acc_in, void* out, int out_dtype_id, void* stream);
 
 }  // namespace cuda
 }  // namespace tnq

@@ -9,6 +9,7 @@ libdevice with FTZ on, which flushes subnormal products). The interpreter evalua
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -17,6 +18,7 @@ import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 
 from .. import codebooks as cb
+from .. import format as fmt
 from .. import rng
 
 #: True when @triton.jit kernels run on CPU tensors through the numpy interpreter (read at kernel definition).
@@ -26,8 +28,11 @@ EXACT = not INTERPRET
 #: launch option for kernels whose fp32 mul + add must stay two roundings (ignored by the interpreter).
 NO_FMA = {} if INTERPRET else {"enable_fp_fusion": False}
 
-#: TNQK as a little-endian uint32 (payload bytes 0-3).
-MAGIC_WORD = int.from_bytes(b"TNQK", "little")
+#: the magic bytes as a little-endian uint32 (payload word 0).
+MAGIC_WORD = int.from_bytes(fmt.MAGIC, "little")
+#: int32 word offsets in a payload, as constexprs the kernels can read: the first scale and the flags word.
+SCALE_WORD0 = tl.constexpr(fmt.HEADER_BYTES // 4)
+FLAGS_WORD = tl.constexpr(fmt.FLAGS_OFFSET // 4)
 
 # Elements one program keeps in registers: a whole default-size block (2048) is read once and reused for the
 # scale, the rounding and the packing. Larger blocks loop over chunks of this size (a second, L2-warm read).
@@ -38,6 +43,8 @@ ROWS_TARGET = 2048
 # (each quantize program re-reduces all partials from L2, so fewer partials keep that overhead small).
 SEGMENT_B0 = 16384
 MAX_PARTIALS = 1024
+#: elements per program for blocks longer than MAX_CHUNK (the tiled path, like the CUDA kernels' kTile)
+TILE = 16384
 
 
 @triton.jit
@@ -70,6 +77,21 @@ def to_output(v, DTYPE: tl.constexpr, EXACT: tl.constexpr):
     return v.to(DTYPE)
 
 
+def device_guard(device: torch.device):
+    """The context every launcher enqueues its kernels in: Triton launches on the *current* CUDA device and its
+    current stream, so the tensor's device is made current (as the C++ binding's DeviceGuard does). Without it,
+    x on cuda:1 while cuda:0 is current would fault, or run unordered with cuda:1's stream."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
+def capturing(device: torch.device) -> bool:
+    """True while `device`'s current stream is being captured into a CUDA graph: then nothing may synchronise
+    with the host, so the decoders take the header from device memory instead of reading it on the host."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def launches(t: torch.Tensor) -> bool:
     """False only while tracing under the interpreter (fake tensors): then a launcher computes shapes only."""
     return not (INTERPRET and is_fake(t))
@@ -90,6 +112,13 @@ def seed_args(seed: int) -> tuple[int, int]:
 _TABLES: dict = {}
 
 
+def _not_while_capturing(device) -> None:
+    # building a table copies from the host, which a CUDA graph capture forbids (with an obscure error)
+    if capturing(torch.device(device)):
+        raise RuntimeError(f"tnq (Triton): the level tables for {device} are built by the first eager call; run "
+                           f"the op once before capturing a CUDA graph (that also compiles the kernels)")
+
+
 def table(codebook: int, bits: int, device) -> torch.Tensor:
     """fp32 [2^(bits+1)]: the 2^b levels c_0..c_s, then the s inverse gaps 1/(c_{k+1} − c_k), then one pad.
 
@@ -98,7 +127,30 @@ def table(codebook: int, bits: int, device) -> torch.Tensor:
     key = (codebook, bits, str(device))
     t = _TABLES.get(key)
     if t is None:
+        _not_while_capturing(device)
         vals = list(cb.levels(codebook, bits)) + list(cb.inv_gaps(codebook, bits)) + [0.0]
+        t = torch.tensor(vals, dtype=torch.float32, device=device)
+        _TABLES[key] = t
+    return t
+
+
+#: levels per (codebook, bits) slot of all_levels: 2^8, the most a payload can have.
+LEVELS_STRIDE = 256
+
+
+def all_levels(device) -> torch.Tensor:
+    """fp32 [ncodebooks · 8 · 256]: the levels of every (codebook, bits), slot (codebook·8 + bits − 1)·256, for
+    the decoder that reads bits and codebook from the payload on the device (graph capture). Cached per device;
+    the first eager decode builds it, so a capture after one warm-up call copies nothing from the host."""
+    key = ("all", str(device))
+    t = _TABLES.get(key)
+    if t is None:
+        _not_while_capturing(device)
+        vals = []
+        for codebook in range(len(cb.CODEBOOK_IDS)):
+            for bits in range(1, cb.MAX_BITS + 1):
+                lv = list(cb.levels(codebook, bits))
+                vals += lv + [0.0] * (LEVELS_STRIDE - len(lv))
         t = torch.tensor(vals, dtype=torch.float32, device=device)
         _TABLES[key] = t
     return t
