@@ -35,13 +35,18 @@ def _worker(rank, world, port, out_dir, module_name, names, env):
                 results[name] = None
             except Exception:  # noqa: BLE001  (reported per check by the tests)
                 results[name] = traceback.format_exc()
-            if dist.is_initialized():
+            try:
                 dist.barrier()
+            except Exception:  # noqa: BLE001  (the group is unusable: report it and stop)
+                results["__group__"] = traceback.format_exc()
+                break
     finally:
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        if dist.is_initialized():
+        try:
             dist.barrier()
             dist.destroy_process_group()
+        except Exception:  # noqa: BLE001  (results are saved; a broken group must not hide them)
+            pass
     # results are on disk; skip the interpreter's teardown (gloo threads once aborted a rank at exit under load)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -66,4 +71,5 @@ def run_group(world: int, module_name: str, names: list[str], env: dict | None =
 
 def assert_ok(results: list[dict], name: str) -> None:
     errors = [f"rank {r}:\n{res[name]}" for r, res in enumerate(results) if res.get(name, "not run") is not None]
+    errors += [f"rank {r} (group):\n{res['__group__']}" for r, res in enumerate(results) if "__group__" in res]
     assert not errors, "\n".join(errors)

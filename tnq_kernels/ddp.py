@@ -378,8 +378,11 @@ class TNQState:
 
 
 def _unwrap(module):
-    # names are taken from the wrapped model, so a state saved through DDP loads into the bare model and back
-    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+    # names are taken from the innermost model, so a state saved through DDP or torch.compile loads into the bare
+    # model and back (a compiled module's names carry an "_orig_mod." prefix)
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        module = module.module
+    return getattr(module, "_orig_mod", module)
 
 
 def _named_params(module):
