@@ -56,8 +56,8 @@ bench: build
 	$(PY) benchmarks/cost_model.py
 	$(PY) benchmarks/plot.py
 
-# Opt-in: build Horovod 0.28.1 from the PyPI sdist (one-line patch: its torch plugin as C++17, which torch 2.13 needs;
-# gloo, no MPI) into build/horovod-site, then run tests/test_horovod.py under horovodrun with 2 and 4 processes.
+# Opt-in: build Horovod 0.28.1 from the PyPI sdist (two-line patch: its torch plugin and bundled gloo as C++17, which
+# torch 2.13 needs; gloo, no MPI) into build/horovod-site, then run tests/test_horovod.py under horovodrun -np 2 and 4.
 horovod: build
 	PY="$(PY)" bash scripts/build_horovod.sh
 

@@ -3,8 +3,11 @@
 # MPI/TensorFlow/MXNet — into build/horovod-site (the project's venv is left alone), then run tests/test_horovod.py
 # under horovodrun with 2 and 4 processes.
 #
-# The only source change is scripts/horovod-0.28.1-torch-cxx17.patch: 0.28.1 compiles its PyTorch plugin as C++14,
-# and torch >= 2.1 headers need C++17.
+# The only source change is scripts/horovod-0.28.1-torch-cxx17.patch, two lines: 0.28.1 compiles its PyTorch plugin
+# as C++14 and torch >= 2.1 headers need C++17. Raising only the plugin's standard is not enough: the bundled gloo,
+# still C++14, defines gloo::rendezvous::Store::kDefaultTimeout out of line, and C++17 makes that static constexpr
+# member an inline definition in the plugin's objects, so the link fails with "multiple definition". The project-wide
+# standard is raised too, which compiles gloo as C++17 with the plugin.
 #
 # Environment: PY (python with torch; default .venv/bin/python), JOBS (parallel compile jobs; default 2),
 # HOROVOD_NP (process counts to test; default "2 4").

@@ -248,7 +248,9 @@ def test_with_horovod_matches_simulation(dtype):
         local = [p.grad.clone() for p in model.parameters()]
         opt.step()
         for i, (p, g) in enumerate(zip(model.parameters(), local)):
-            every = hvd.allgather(g.reshape(1, -1).contiguous(), name=f"tnq.test.grad.{t}.{i}")
+            # gathered as integers: Horovod's CPU ops have no bfloat16
+            every = hvd.allgather(_view_bits(g).reshape(1, -1).contiguous(), name=f"tnq.test.grad.{t}.{i}")
+            every = every.view(dtype)
             payloads = [tnq.compress(every[k].view(g.shape), bits, 256, "tnq", tnq.derive_seed(3, k, t, i),
                                      backend=BACKEND) for k in range(W)]
             want = tnq.decompress_sum(payloads, [1.0 / W] * W, g.shape, dtype, backend=BACKEND)

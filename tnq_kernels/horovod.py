@@ -20,7 +20,7 @@ the ``horovod`` package, with an error saying why, before anything is sent.
 
 Horovod is optional: this module imports without it, and :func:`DistributedOptimizer` raises ImportError when it is
 missing. Horovod 0.28.1 as released does not build against torch 2.13 (its PyTorch plugin compiles with C++14);
-``make horovod`` builds it with a one-line C++17 patch (scripts/build_horovod.sh).
+``make horovod`` builds it with a two-line C++17 patch (scripts/build_horovod.sh).
 ``hvd=`` accepts any module-like object with Horovod's ``size``, ``rank``, ``allgather_async``, ``synchronize``.
 """
 from __future__ import annotations
