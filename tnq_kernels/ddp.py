@@ -347,7 +347,9 @@ class TNQState:
         self._layout, self._layout_params, self._step_sent, self._step_fp32 = [], [], 0, 0
         self._names = {id(p): n for n, p in params.items()}
         layout = state_dict.get("bucket_names")
-        self._expect = {i: tuple(ns) for i, ns in layout} if layout and module is not None else None
+        # a state saved after DDP's first step holds its initial one-bucket layout, which no later step repeats
+        self._expect = ({i: tuple(ns) for i, ns in layout} if layout and module is not None and self.step >= 2
+                        else None)
 
     @classmethod
     def from_state_dict(cls, state_dict: dict, module: torch.nn.Module | None = None, process_group=None,
@@ -495,6 +497,7 @@ def tnq_hook(state: TNQState, bucket: dist.GradBucket) -> torch.futures.Future[t
         fut, sent = _allreduce(state, buf, W, corrected)
         if state.error_feedback:  # the exact all-reduce transmitted the whole residual
             state._residuals[index] = _Residual(params, torch.zeros(n, dtype=torch.float32, device=buf.device))
+            state._fresh.add(index)
         state._account(index, n, sent, W, is_last)
         return fut
 
