@@ -39,7 +39,7 @@ if [ ! -f "$SITE/.built-$VERSION" ]; then
 fi
 
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -c "import horovod.torch as hvd; print('horovod', hvd.__version__ if hasattr(hvd, '__version__') else '?',
+"$PY" -c "import horovod, horovod.torch as hvd; print('horovod', horovod.__version__,
       'gloo built:', hvd.gloo_built(), 'mpi built:', hvd.mpi_built())"
 for np in $NPS; do
     echo "== tests/test_horovod.py under horovodrun -np $np --gloo"
