@@ -288,8 +288,9 @@ def test_with_horovod_refuses_payload_in_allreduce():
     wrong = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
                                      named_parameters=model.named_parameters(),
                                      compression=tnq_hvd.TNQCompressor(backend=BACKEND))
-    with pytest.raises(RuntimeError, match="tnq_kernels.horovod.DistributedOptimizer"):
-        _backward(model, hvd.rank(), torch.float32)
+    if hvd.size() > 1:  # in a 1-process job hvd.DistributedOptimizer registers no hooks and reduces nothing
+        with pytest.raises(RuntimeError, match="tnq_kernels.horovod.DistributedOptimizer"):
+            _backward(model, hvd.rank(), torch.float32)
     with pytest.raises(RuntimeError, match="allreduce"):
         hvd.allreduce(laplace(1024), compression=tnq_hvd.TNQCompressor(backend=BACKEND), name="tnq.test.wrong")
     del wrong
