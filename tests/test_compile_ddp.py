@@ -115,9 +115,9 @@ CHECKS = {
     "outer_compiles_nothing": check_compiling_the_ddp_wrapper_compiles_nothing,
     "inductor": lambda: check_compiled("inductor"),
 }
-#: inductor generates and builds C++ for every subgraph: ~100 s for this model on a loaded 2-core box
+#: inductor generates and builds C++ for every subgraph: 30-100 s for this model on a loaded 2-core box
 INDUCTOR = os.environ.get("TNQ_TEST_INDUCTOR") == "1"
-NO_INDUCTOR = "inductor compiles C++ per subgraph (~100 s here); set TNQ_TEST_INDUCTOR=1 to run it"
+NO_INDUCTOR = "inductor builds C++ per subgraph (30-100 s more on a loaded 2-core box); TNQ_TEST_INDUCTOR=1 runs it"
 
 
 @pytest.fixture(scope="module")
