@@ -13,7 +13,7 @@ DEPS := $(VENV)/.deps-stamp
 endif
 PYTEST_ARGS ?=
 
-.PHONY: demo test build sweep gpu-check bench clean
+.PHONY: demo test build sweep gpu-check bench clean horovod
 
 $(VENV)/.deps-stamp: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench: build
 	$(PY) benchmarks/e2e_ddp.py --steps 12
 	$(PY) benchmarks/cost_model.py
 	$(PY) benchmarks/plot.py
+
+# Opt-in: build Horovod 0.28.1 from the PyPI sdist (two-line patch: its torch plugin and bundled gloo as C++17, which
+# torch 2.13 needs; gloo, no MPI) into build/horovod-site, then run tests/test_horovod.py under horovodrun -np 2 and 4.
+horovod: build
+	PY="$(PY)" bash scripts/build_horovod.sh
 
 clean:
 	rm -rf build *.egg-info tnq_kernels/_C*.so $(BUILD_STAMP)

@@ -1,5 +1,9 @@
 """tnq_kernels.horovod: the Compressor codec, and the DistributedOptimizer wrapper against a stand-in for Horovod
-(two simulated ranks sharing one all-gather hub) and, where Horovod is installed, against Horovod itself."""
+(two simulated ranks sharing one all-gather hub) and, where Horovod is installed, against Horovod itself.
+
+The ``with_horovod`` tests run in every process of a Horovod job: ``make horovod`` builds Horovod 0.28.1 (patched to
+C++17) and runs them with ``horovodrun -np 2`` and ``-np 4`` over gloo; under plain pytest they run as a 1-process job.
+"""
 import importlib.util
 
 import pytest
@@ -13,8 +17,8 @@ from conftest import DTYPES, SIZES, laplace
 
 BACKEND = "reference" if ops.native_error is not None else None
 HAVE_HOROVOD = importlib.util.find_spec("horovod") is not None
-NO_HOROVOD = ("Horovod is not installed (0.28.1 does not build against torch 2.13: its PyTorch plugin compiles "
-              "with C++14)")
+NO_HOROVOD = ("Horovod is not installed (0.28.1 as released does not build against torch 2.13: its PyTorch plugin "
+              "compiles with C++14); `make horovod` builds it patched and runs these tests with 2 and 4 processes")
 
 
 def _view_bits(t):
@@ -182,8 +186,17 @@ def test_optimizer_needs_every_parameter_named():
 @pytest.mark.skipif(HAVE_HOROVOD, reason="Horovod is installed: the missing-Horovod error cannot be observed")
 def test_missing_horovod_raises_at_call_not_import():
     model = _net(torch.float32)
-    with pytest.raises(ImportError, match="C\\+\\+14"):
+    with pytest.raises(ImportError, match="make horovod"):
         tnq_hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_compress_refuses_horovods_allreduce_paths():
+    """Horovod calls compression.compress only on its way to an allreduce; the call site's module is horovod.*."""
+    c = tnq_hvd.TNQCompressor(backend=BACKEND)
+    scope = {"__name__": "horovod.torch.optimizer", "c": c, "x": laplace(4096)}
+    with pytest.raises(RuntimeError, match="allreduce.*DistributedOptimizer"):
+        exec("c.compress(x)", scope)  # noqa: S102  (a call made from a module of that name)
+    c.compress(laplace(4096))  # a user's own call is fine
 
 
 # ---- against Horovod itself ----
@@ -206,3 +219,78 @@ def test_with_horovod_single_process():
                                   g.dtype, backend=BACKEND)
             assert torch.equal(p.grad, want)
         assert torch.isfinite(p.grad).all()
+
+
+def _hvd():
+    hvd = pytest.importorskip("horovod.torch", reason=NO_HOROVOD)
+    hvd.init()
+    return hvd
+
+
+def _identical_across_ranks(hvd, t):
+    rows = hvd.allgather(t.detach().reshape(1, -1).contiguous(), name="tnq.test.replicas")
+    return all(torch.equal(rows[r], rows[0]) for r in range(hvd.size()))
+
+
+@pytest.mark.skipif(not HAVE_HOROVOD, reason=NO_HOROVOD)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_with_horovod_matches_simulation(dtype):
+    """Every rank's averaged gradient is, bit for bit, decompress_sum of all ranks' payloads at the derived seeds."""
+    hvd = _hvd()
+    r, W, bits, steps = hvd.rank(), hvd.size(), 3, 3
+    model = _net(dtype)
+    opt = tnq_hvd.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), named_parameters=model.named_parameters(),
+        compression=tnq_hvd.TNQCompressor(bits=bits, block_size=256, seed=3, backend=BACKEND))
+    for t in range(steps):
+        opt.zero_grad()
+        _backward(model, r, dtype)
+        local = [p.grad.clone() for p in model.parameters()]
+        opt.step()
+        for i, (p, g) in enumerate(zip(model.parameters(), local)):
+            # gathered as integers: Horovod's CPU ops have no bfloat16
+            every = hvd.allgather(_view_bits(g).reshape(1, -1).contiguous(), name=f"tnq.test.grad.{t}.{i}")
+            every = every.view(dtype)
+            payloads = [tnq.compress(every[k].view(g.shape), bits, 256, "tnq", tnq.derive_seed(3, k, t, i),
+                                     backend=BACKEND) for k in range(W)]
+            want = tnq.decompress_sum(payloads, [1.0 / W] * W, g.shape, dtype, backend=BACKEND)
+            assert torch.equal(_view_bits(p.grad), _view_bits(want)), f"rank {r} step {t} param {i}"
+        flat = torch.cat([p.detach().float().reshape(-1) for p in model.parameters()])
+        assert _identical_across_ranks(hvd, flat), f"replicas diverged at step {t}"
+
+
+@pytest.mark.skipif(not HAVE_HOROVOD, reason=NO_HOROVOD)
+def test_with_horovod_trains():
+    hvd = _hvd()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    opt = tnq_hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.2),
+                                       named_parameters=model.named_parameters(),
+                                       compression=tnq_hvd.TNQCompressor(bits=3, block_size=256, backend=BACKEND))
+    g = torch.Generator().manual_seed(100 + hvd.rank())
+    x = torch.randn(64, 16, generator=g)
+    y = x @ (torch.randn(16, 4, generator=torch.Generator().manual_seed(7)) / 4)
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(hvd.allreduce(loss.detach(), name="tnq.test.loss")))
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert _identical_across_ranks(hvd, torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+
+
+@pytest.mark.skipif(not HAVE_HOROVOD, reason=NO_HOROVOD)
+def test_with_horovod_refuses_payload_in_allreduce():
+    hvd = _hvd()
+    model = _net(torch.float32)
+    wrong = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                     named_parameters=model.named_parameters(),
+                                     compression=tnq_hvd.TNQCompressor(backend=BACKEND))
+    if hvd.size() > 1:  # in a 1-process job hvd.DistributedOptimizer registers no hooks and reduces nothing
+        with pytest.raises(RuntimeError, match="tnq_kernels.horovod.DistributedOptimizer"):
+            _backward(model, hvd.rank(), torch.float32)
+    with pytest.raises(RuntimeError, match="allreduce"):
+        hvd.allreduce(laplace(1024), compression=tnq_hvd.TNQCompressor(backend=BACKEND), name="tnq.test.wrong")
+    del wrong

@@ -45,12 +45,24 @@ bucket held; when DDP rebuilds its buckets after the first iteration (different 
 stored residuals are split per parameter and regathered in the new layout, so no residual is lost. In two_phase,
 only the phase-1 error is fed back (the phase-2 error belongs to the shard owner's re-quantization of a sum).
 
+Checkpoints (``state_dict`` / ``load_state_dict``): the step counter, seed, byte statistics and each parameter's
+error-feedback residual (keyed by the parameter's name in the model, so the saved form does not depend on DDP's bucket
+layout), plus the configuration, which a restoring state must share: a state saved with another world size, bits,
+block size, codebook, scheme, error feedback, warm-up or bucket threshold is refused, naming the field. With error
+feedback every rank saves its own state (residuals differ per rank). A fresh DDP starts with one bucket and rebuilds
+its buckets after its first backward pass; bucket indices pick the seeds and buckets are compressed as a whole, so a
+resumed run reproduces the uninterrupted one bit for bit only once its buckets are rebuilt the same way: run one
+backward pass under ``state.passthrough()`` (no communication, no state change; zero the gradients after it) before
+the first resumed step. A resumed step whose buckets differ from the saved layout warns.
+
 Bytes statistics (per rank, ring-algorithm model of what this rank transmits; W = 1 sends nothing):
 ``bytes_sent`` / ``bytes_fp32`` cumulative over all steps, ``last_bytes_sent`` / ``last_bytes_fp32`` of the last
 completed step, where ``bytes_fp32`` is what a ring all-reduce of the same buckets in fp32 sends: 2·(W-1)/W·4n.
 """
 # No `from __future__ import annotations`: DDP.register_comm_hook compares the hook's annotations with the
 # GradBucket class itself, and string annotations fail that check.
+import contextlib
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +143,13 @@ class TNQState:
         self._step_fp32 = 0
         self._residuals: dict[int, _Residual] = {}
         self._pool: dict[int, torch.Tensor] = {}  # per-parameter residuals left over from a rebuilt layout
+        self._fresh: set[int] = set()  # bucket indices whose residual was written in the current step
+        self._layout_params: list[tuple] = []
+        #: the parameters of each bucket of the last completed step, in the order of last_bucket_layout
+        self.last_bucket_params: list[tuple] = []
+        self._passthrough = False
+        self._expect: dict[int, tuple] | None = None  # bucket index -> parameter names saved in a checkpoint
+        self._names: dict[int, str] = {}  # id(parameter) -> name, known after load_state_dict(module=...)
 
     # ---- introspection ----
 
@@ -165,6 +184,9 @@ class TNQState:
         self._step_fp32 += _ring_allreduce_bytes(4 * numel, world_size)
         if is_last:
             self.last_bucket_layout, self._layout = self._layout, []
+            self.last_bucket_params, self._layout_params = self._layout_params, []
+            self._fresh.clear()
+            self._expect = None
             self.last_bytes_sent, self.last_bytes_fp32 = self._step_sent, self._step_fp32
             self.bytes_sent += self._step_sent
             self.bytes_fp32 += self._step_fp32
@@ -191,20 +213,186 @@ class TNQState:
     def _dissolve(self) -> None:
         # DDP changed which parameters sit under some bucket index: split every stored residual per parameter so
         # each new bucket regathers its own parameters' residuals, whichever index held them before.
-        for r in self._residuals.values():
+        # Residuals written earlier in this step belong to buckets already done: leaving them in place keeps a rebuilt
+        # (or restored) layout from re-dissolving every step.
+        for i in [i for i in self._residuals if i not in self._fresh]:
+            r = self._residuals.pop(i)
             if sum(p.numel() for p in r.params) != r.value.numel():
                 continue  # layout unknown (buffer with padding): the residual cannot be attributed, drop it
             off = 0
             for p in r.params:
                 self._pool[id(p)] = r.value[off: off + p.numel()]
                 off += p.numel()
-        self._residuals.clear()
 
     def _keep_residual(self, index: int, params: tuple, corrected: torch.Tensor, decoded: torch.Tensor) -> None:
         res = corrected - decoded
         # a non-finite block (skipped step under GradScaler) must not poison every later step
         res = torch.where(torch.isfinite(res), res, torch.zeros((), dtype=res.dtype, device=res.device))
         self._residuals[index] = _Residual(params, res)
+        self._fresh.add(index)
+
+    def _observe(self, index: int, params: tuple) -> None:
+        self._layout_params.append(params)
+        if self._expect is None:
+            return
+        names = tuple(self._names.get(id(p), "?") for p in params)
+        if self._expect.get(index) != names:
+            warnings.warn(
+                f"TNQState: bucket {index} of the first resumed step holds {len(names)} parameters "
+                f"({', '.join(names[:3])}{', …' if len(names) > 3 else ''}), not the saved layout's; seeds and "
+                "compression blocks differ from the uninterrupted run. Run one backward pass under "
+                "state.passthrough() after load_state_dict so DDP rebuilds its buckets first.", stacklevel=3)
+            self._expect = None
+
+    # ---- checkpoints ----
+
+    #: configuration that must match between a saved and a restoring state (the hook's bits depend on each)
+    CONFIG_FIELDS = ("world_size", "bits", "block_size", "codebook", "scheme", "error_feedback", "warmup_steps",
+                     "min_bucket_numel")
+    STATE_DICT_VERSION = 1
+
+    def _config(self) -> dict:
+        _, world_size = self.world()
+        return {"world_size": world_size, "bits": self.bits, "block_size": self.block_size,
+                "codebook": self.codebook, "scheme": self.scheme_for(world_size),
+                "error_feedback": self.error_feedback, "warmup_steps": self.warmup_steps,
+                "min_bucket_numel": self.min_bucket_numel}
+
+    def state_dict(self, module: torch.nn.Module | None = None) -> dict:
+        """Everything the hook's future output depends on, in a layout-independent form (module docstring).
+
+        ``module``: the model (or its DDP wrapper) whose parameter names key the residuals; needed when error
+        feedback holds residuals, and to record the bucket layout that a resumed run is checked against.
+        Call it between steps (after ``optimizer.step()``), on every rank when error feedback is on.
+        """
+        if not dist.is_initialized():
+            raise RuntimeError("TNQState.state_dict: torch.distributed is not initialized (the world size is part "
+                               "of the state)")
+        if self._layout:
+            raise RuntimeError(f"TNQState.state_dict: called in the middle of a step ({len(self._layout)} buckets "
+                               "of the current step done); call it between steps")
+        rank, _ = self.world()
+        names = _param_names(module) if module is not None else {}
+        residuals = {}
+        pieces = dict(self._pool)
+        for r in self._residuals.values():
+            if sum(p.numel() for p in r.params) != r.value.numel():
+                raise RuntimeError(f"TNQState.state_dict: a residual of {r.value.numel()} elements does not match "
+                                   f"its bucket's {len(r.params)} parameters; it cannot be saved per parameter")
+            off = 0
+            for p in r.params:
+                pieces[id(p)] = r.value[off: off + p.numel()]
+                off += p.numel()
+        if pieces and module is None:
+            raise ValueError("TNQState.state_dict: module=None, but error feedback holds residuals for "
+                             f"{len(pieces)} parameters; pass the model so they can be saved by parameter name")
+        for pid, value in pieces.items():
+            if pid not in names:
+                raise ValueError(f"TNQState.state_dict: module has no parameter holding a residual of "
+                                 f"{value.numel()} elements; pass the model that DDP wraps")
+            residuals[names[pid]] = value.detach().clone()
+        layout = None
+        if module is not None and self.last_bucket_params:
+            layout = [(i, tuple(names.get(id(p), "?") for p in ps))
+                      for (i, _), ps in zip(self.last_bucket_layout, self.last_bucket_params)]
+        return {"version": self.STATE_DICT_VERSION, **self._config(), "rank": rank, "seed": self.seed,
+                "step": self.step, "bytes_sent": self.bytes_sent, "bytes_fp32": self.bytes_fp32,
+                "last_bytes_sent": self.last_bytes_sent, "last_bytes_fp32": self.last_bytes_fp32,
+                "last_bucket_layout": list(self.last_bucket_layout), "bucket_names": layout,
+                "residuals": residuals}
+
+    def load_state_dict(self, state_dict: dict, module: torch.nn.Module | None = None) -> None:
+        """Restore a :meth:`state_dict` taken on this rank with the same configuration (else ValueError naming
+        the field). ``module``: the model whose parameter names key the residuals (required if any are saved)."""
+        if not isinstance(state_dict, dict) or state_dict.get("version") != self.STATE_DICT_VERSION:
+            got = state_dict.get("version") if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"TNQState.load_state_dict: version must be {self.STATE_DICT_VERSION}, got {got!r}")
+        if not dist.is_initialized():
+            raise RuntimeError("TNQState.load_state_dict: torch.distributed is not initialized (the saved world "
+                               "size must be checked against the process group)")
+        mine = self._config()
+        for field in self.CONFIG_FIELDS:
+            if state_dict.get(field) != mine[field]:
+                raise ValueError(f"TNQState.load_state_dict: {field} of the saved state is "
+                                 f"{state_dict.get(field)!r}, this state has {mine[field]!r}; construct the state "
+                                 f"with the saved configuration (TNQState.from_state_dict does)")
+        rank, _ = self.world()
+        residuals = state_dict.get("residuals") or {}
+        if residuals and state_dict.get("rank") != rank:
+            raise ValueError(f"TNQState.load_state_dict: rank of the saved state is {state_dict.get('rank')!r}, "
+                             f"this process is rank {rank}; error-feedback residuals are per rank")
+        seed = state_dict.get("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"TNQState.load_state_dict: seed must be an int, got {seed!r}")
+        params = dict(_named_params(module)) if module is not None else {}
+        if residuals and module is None:
+            raise ValueError(f"TNQState.load_state_dict: the state holds residuals for {len(residuals)} "
+                             "parameters; pass module= (the model they were saved from) to place them")
+        pool = {}
+        for name, value in residuals.items():
+            p = params.get(name)
+            if p is None:
+                raise ValueError(f"TNQState.load_state_dict: residual for parameter {name!r}, which module has not")
+            if value.numel() != p.numel():
+                raise ValueError(f"TNQState.load_state_dict: residual for {name!r} has {value.numel()} elements, "
+                                 f"the parameter has {p.numel()}")
+            pool[id(p)] = value.detach().to(device=p.device, dtype=torch.float32).reshape(-1).clone()
+        self.seed = seed
+        self.step = _check_int("step", state_dict.get("step"))
+        for k in ("bytes_sent", "bytes_fp32", "last_bytes_sent", "last_bytes_fp32"):
+            setattr(self, k, _check_int(k, state_dict.get(k)))
+        self.last_bucket_layout = [tuple(x) for x in state_dict.get("last_bucket_layout") or []]
+        self.last_bucket_params = []
+        self._residuals, self._pool, self._fresh = {}, pool, set()
+        self._layout, self._layout_params, self._step_sent, self._step_fp32 = [], [], 0, 0
+        self._names = {id(p): n for n, p in params.items()}
+        layout = state_dict.get("bucket_names")
+        # a state saved after DDP's first step holds its initial one-bucket layout, which no later step repeats
+        self._expect = ({i: tuple(ns) for i, ns in layout} if layout and module is not None and self.step >= 2
+                        else None)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict, module: torch.nn.Module | None = None, process_group=None,
+                        backend: str | None = None) -> "TNQState":
+        """A state built with the saved configuration, then restored (the seed comes from ``state_dict``)."""
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        state = cls(process_group, bits=state_dict.get("bits"), block_size=state_dict.get("block_size"),
+                    codebook=state_dict.get("codebook"), scheme=state_dict.get("scheme"),
+                    seed=state_dict.get("seed"), error_feedback=state_dict.get("error_feedback"),
+                    warmup_steps=state_dict.get("warmup_steps"),
+                    min_bucket_numel=state_dict.get("min_bucket_numel"), backend=backend)
+        state.load_state_dict(state_dict, module)
+        return state
+
+    @contextlib.contextmanager
+    def passthrough(self):
+        """Inside: the hook returns each bucket unchanged, communicates nothing and leaves the state alone.
+
+        For the one backward pass that makes a fresh DDP rebuild its buckets after a restore (module docstring);
+        every rank must run it, and the gradients it leaves are local: zero them before training.
+        """
+        prev, self._passthrough = self._passthrough, True
+        try:
+            yield self
+        finally:
+            self._passthrough = prev
+
+
+def _unwrap(module):
+    # names are taken from the innermost model, so a state saved through DDP or torch.compile loads into the bare
+    # model and back (a compiled module's names carry an "_orig_mod." prefix)
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        module = module.module
+    return getattr(module, "_orig_mod", module)
+
+
+def _named_params(module):
+    return list(_unwrap(module).named_parameters())
+
+
+def _param_names(module) -> dict:
+    return {id(p): n for n, p in _named_params(module)}
 
 
 def _same(a: tuple, b: tuple) -> bool:
@@ -295,7 +483,12 @@ def tnq_hook(state: TNQState, bucket: dist.GradBucket) -> torch.futures.Future[t
     if buf.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"tnq_hook: bucket dtype must be float32, float16 or bfloat16, got {buf.dtype}")
 
-    params = tuple(bucket.parameters()) if state.error_feedback else ()
+    if state._passthrough:
+        fut = torch.futures.Future()
+        fut.set_result(buf)
+        return fut
+    params = tuple(bucket.parameters())
+    state._observe(index, params)
     corrected = None
     if state.error_feedback:
         corrected = buf.float() + state._take_residual(index, params, n, buf.device)
@@ -304,6 +497,7 @@ def tnq_hook(state: TNQState, bucket: dist.GradBucket) -> torch.futures.Future[t
         fut, sent = _allreduce(state, buf, W, corrected)
         if state.error_feedback:  # the exact all-reduce transmitted the whole residual
             state._residuals[index] = _Residual(params, torch.zeros(n, dtype=torch.float32, device=buf.device))
+            state._fresh.add(index)
         state._account(index, n, sent, W, is_last)
         return fut
 

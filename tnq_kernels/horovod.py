@@ -14,11 +14,18 @@ are summed, so this wrapper sends each gradient's payload with ``hvd.allgather``
 Seeds: the payload of rank r for parameter index i (in ``named_parameters``/param_groups order) at optimizer step t
 uses ``derive_seed(seed, r, t, i)``.
 
+Every Horovod code path that takes a ``compression=`` (``hvd.DistributedOptimizer``, ``hvd.allreduce``, grouped and
+async variants) all-reduces the compressed tensor, so :meth:`TNQCompressor.compress` refuses to be called from inside
+the ``horovod`` package, with an error saying why, before anything is sent.
+
 Horovod is optional: this module imports without it, and :func:`DistributedOptimizer` raises ImportError when it is
-missing. (Horovod 0.28.1 does not build against torch 2.13 as released: its PyTorch plugin compiles with C++14.)
+missing. Horovod 0.28.1 as released does not build against torch 2.13 (its PyTorch plugin compiles with C++14);
+``make horovod`` builds it with a two-line C++17 patch (scripts/build_horovod.sh).
 ``hvd=`` accepts any module-like object with Horovod's ``size``, ``rank``, ``allgather_async``, ``synchronize``.
 """
 from __future__ import annotations
+
+import sys
 
 import torch
 
@@ -33,8 +40,9 @@ def _import_horovod():
         import horovod.torch as hvd
     except ImportError as e:
         raise ImportError(f"tnq_kernels.horovod needs Horovod (`pip install horovod` built with PyTorch support): {e}."
-                          " Horovod 0.28.1 does not build against torch 2.13 (its plugin compiles with C++14); "
-                          "tnq_kernels.ddp is the torch.distributed alternative") from e
+                          " Horovod 0.28.1 does not build against torch 2.13 as released (its plugin compiles with "
+                          "C++14): `make horovod` builds it patched; tnq_kernels.ddp is the torch.distributed "
+                          "alternative") from e
     return hvd
 
 
@@ -57,6 +65,13 @@ class TNQCompressor:
         self._calls = 0
 
     def compress(self, tensor: torch.Tensor, seed: int | None = None):
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller == "horovod" or caller.startswith("horovod."):
+            raise RuntimeError(
+                f"TNQCompressor.compress called from {caller}: Horovod passes compressed tensors to allreduce, which "
+                "would add the packed payload bytes of all ranks (headers, scales and bit-planes as small integers) "
+                "into garbage. Use tnq_kernels.horovod.DistributedOptimizer (it all-gathers the payloads and "
+                "decodes before averaging) instead of hvd.DistributedOptimizer/hvd.allreduce(compression=...)")
         if seed is None:
             seed = derive_seed(self.seed, self.rank, self._calls)
             self._calls += 1
