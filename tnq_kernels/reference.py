@@ -23,22 +23,16 @@ from typing import Sequence
 
 import torch
 
+from . import checks
 from . import codebooks as cb
 from . import format as fmt
 from . import rng
-
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _tables(codebook: int, bits: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     c = torch.tensor(cb.levels(codebook, bits), dtype=torch.float32, device=device)
     r = torch.tensor(cb.inv_gaps(codebook, bits), dtype=torch.float32, device=device)
     return c, r
-
-
-def _check_float(x: torch.Tensor, name: str = "x") -> None:
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
 
 
 def _block_ids(n: int, block_size: int, device) -> torch.Tensor:
@@ -78,10 +72,7 @@ def inverse_scale(scales: torch.Tensor) -> torch.Tensor:
 
 def scale_truncate(x: torch.Tensor, bits: int, block_size: int, codebook: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Job 1. x: any shape, fp32/fp16/bf16 → (scales fp32 [nblocks], z fp32 [n] clamped to [c_0, c_s])."""
-    _check_float(x)
-    cb.check_bits(bits)
-    fmt.check_block_size(block_size)
-    codebook = cb.codebook_id(codebook)
+    codebook = checks.check_compress(x, bits, block_size, codebook)
     c, _ = _tables(codebook, bits, x.device)
     g = x.reshape(-1).to(torch.float32)
     scales = block_scales(x, block_size, codebook)
@@ -98,9 +89,8 @@ def scale_truncate(x: torch.Tensor, bits: int, block_size: int, codebook: int) -
 
 def quantize(z: torch.Tensor, bits: int, codebook: int, seed: int) -> torch.Tensor:
     """Job 2. z: fp32 [n] in [c_0, c_s] → uint8 codes [n] by codebook lookup and unbiased stochastic rounding."""
-    if z.dtype != torch.float32:
-        raise ValueError(f"z must be float32 (the output of scale_truncate), got {z.dtype}")
-    cb.check_bits(bits)
+    checks.check_z(z)
+    checks.check_bits(bits)
     c, r = _tables(cb.codebook_id(codebook), bits, z.device)
     z = z.reshape(-1)
     k = torch.searchsorted(c[1:-1].contiguous(), z, right=True)  # number of interior levels <= z, in [0, s-1]
@@ -111,7 +101,8 @@ def quantize(z: torch.Tensor, bits: int, codebook: int, seed: int) -> torch.Tens
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Job 3. uint8 codes [n] → int32 words [b·ceil(n/32)] (group g holds b bit-planes of 32 elements)."""
-    cb.check_bits(bits)
+    checks.check_codes(codes)
+    checks.check_bits(bits)
     codes = codes.reshape(-1)
     n = codes.numel()
     groups = (n + 31) // 32
@@ -124,10 +115,8 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """Inverse of pack: int32 words [b·ceil(n/32)] → uint8 codes [n]."""
-    cb.check_bits(bits)
+    checks.check_words(words, bits, n)
     groups = (n + 31) // 32
-    if words.numel() != bits * groups:
-        raise ValueError(f"words must hold bits*ceil(n/32) = {bits * groups} int32 values, got {words.numel()}")
     w = words.reshape(groups, bits, 1).to(torch.int64) & rng.M32
     b = (w >> torch.arange(32, device=words.device)) & 1  # [groups, bits, 32]
     codes = (b << torch.arange(bits, device=words.device).view(1, bits, 1)).sum(dim=1)
@@ -149,15 +138,6 @@ def compress(x: torch.Tensor, bits: int, block_size: int, codebook: int, seed: i
     return out
 
 
-def read_header(payload: torch.Tensor, name: str = "payload") -> fmt.Header:
-    """Validate dtype/shape and the v1 header of a payload tensor (copies 32 bytes to the host)."""
-    if payload.dtype != torch.uint8 or payload.dim() != 1:
-        raise ValueError(f"{name} must be a 1-D uint8 tensor (a tnq payload), got {payload.dtype} "
-                         f"with shape {tuple(payload.shape)}")
-    head = payload[: fmt.HEADER_BYTES].cpu().numpy().tobytes()
-    return fmt.parse_header(head, payload.numel())
-
-
 def _decode(payload: torch.Tensor, h: fmt.Header) -> torch.Tensor:
     payload = payload.contiguous()
     scales = payload[fmt.HEADER_BYTES: fmt.HEADER_BYTES + 4 * h.nblocks].view(torch.float32)
@@ -167,32 +147,20 @@ def _decode(payload: torch.Tensor, h: fmt.Header) -> torch.Tensor:
     return scales[_block_ids(h.numel, h.block_size, payload.device)] * c[codes]
 
 
-def _check_shape(h: fmt.Header, shape: Sequence[int], name: str) -> None:
-    numel = 1
-    for d in shape:
-        numel *= int(d)
-    if numel != h.numel:
-        raise ValueError(f"shape {tuple(shape)} holds {numel} elements but {name} encodes {h.numel}")
-
-
 def decompress(payload: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     """uint8 payload → tensor of ``shape`` and ``dtype``: ĝ = scale·c_code, computed in fp32."""
-    h = read_header(payload)
-    _check_shape(h, shape, "payload")
+    h = checks.read_header(payload)
+    checks.check_shape(h, shape, "payload")
+    checks.check_dtype(dtype)
     return _decode(payload, h).to(dtype).reshape(tuple(shape))
 
 
 def decompress_sum(payloads: Sequence[torch.Tensor], weights: Sequence[float] | None,
                    shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     """Σ_w weights[w]·decode(payloads[w]) accumulated in fp32 in order w = 0, 1, …, then cast to ``dtype``."""
-    if len(payloads) == 0:
-        raise ValueError("payloads must hold at least one payload, got an empty list")
-    if weights is not None and len(weights) != len(payloads):
-        raise ValueError(f"weights must have one entry per payload ({len(payloads)}), got {len(weights)}")
+    headers = checks.check_sum(payloads, weights, shape, dtype)
     acc = None
-    for w, p in enumerate(payloads):
-        h = read_header(p, f"payloads[{w}]")
-        _check_shape(h, shape, f"payloads[{w}]")
+    for w, (p, h) in enumerate(zip(payloads, headers)):
         v = _decode(p, h)
         if weights is not None:
             v = v * torch.tensor(weights[w], dtype=torch.float32)
