@@ -159,21 +159,21 @@ inline std::pair<uintptr_t, uintptr_t> byte_span(const at::Tensor& t) {
 
 // The `out` of decompress_into / decompress_sum_into: a contiguous fp32/fp16/bf16 tensor of the payloads' numel,
 // on their device, sharing no byte with any payload (the kernels read payloads while writing out). Returns its
-// dtype id. `numel` is the payloads' element count (their headers are validated first).
+// dtype id. `numel` is the payloads' element count (their headers are validated first). Same checks, order and
+// wording as tnq_kernels/checks.py check_out.
 inline int check_out(const at::Tensor& out, int64_t numel, at::TensorList payloads) {
   const int dt = dtype_id_of(out.scalar_type(), "out");
-  TORCH_CHECK_VALUE(out.device() == payloads[0].device(), "out must be on the payload's device ",
-                    payloads[0].device(), ", got ", out.device());
-  TORCH_CHECK_VALUE(out.is_contiguous(), "out must be contiguous (it is written as one flat array), got shape ",
-                    out.sizes(), " with strides ", out.strides());
+  TORCH_CHECK_VALUE(out.is_contiguous(), "out must be contiguous, got strides ", out.strides(), " for shape ",
+                    out.sizes());
   TORCH_CHECK_VALUE(out.numel() == numel, "out holds ", out.numel(), " elements (shape ", out.sizes(),
-                    ") but the payload encodes ", numel);
+                    ") but the payloads encode ", numel);
   const auto o = byte_span(out);
   for (size_t w = 0; w < payloads.size(); ++w) {
+    TORCH_CHECK_VALUE(out.device() == payloads[w].device(), "out is on ", out.device(), " but payload ", w,
+                      " is on ", payloads[w].device());
     const auto p = byte_span(payloads[w]);
     TORCH_CHECK_VALUE(o.first >= o.second || p.first >= p.second || o.second <= p.first || p.second <= o.first,
-                      "out overlaps the memory of ", payloads.size() == 1 ? std::string("payload")
-                      : "payloads[" + std::to_string(w) + "]", ": decoding in place is not supported");
+                      "out overlaps the memory of payload ", w, ": decode into a separate tensor");
   }
   return dt;
 }

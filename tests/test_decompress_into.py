@@ -83,11 +83,11 @@ def _bad_outs(p):
     yield "float32, float16 or bfloat16", torch.empty(n, dtype=torch.int32)
     yield "contiguous", big[::2]
     yield "contiguous", torch.empty(n, 2)[:, 0]
-    yield "device", torch.empty(n, device="meta")
+    yield "is on meta", torch.empty(n, device="meta")
     # out sharing bytes with the payload: its tail aliases the payload's first bytes
     buf = torch.zeros(p.numel() + 4 * n, dtype=torch.uint8)
     buf[4 * n - 8: 4 * n - 8 + p.numel()].copy_(p)
-    yield ("overlaps", buf[4 * n - 8: 4 * n - 8 + p.numel()]), buf[: 4 * n].view(torch.float32)
+    yield ("overlaps the memory of payload", buf[4 * n - 8: 4 * n - 8 + p.numel()]), buf[: 4 * n].view(torch.float32)
 
 
 @pytest.mark.parametrize("into", ["native", "reference"])

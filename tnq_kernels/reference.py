@@ -168,49 +168,18 @@ def decompress_sum(payloads: Sequence[torch.Tensor], weights: Sequence[float] | 
     return acc.to(dtype).reshape(tuple(shape))
 
 
-def _span(t: torch.Tensor) -> tuple[int, int]:
-    """Bytes [first, last) that t's elements span; (0, 0) for an empty tensor."""
-    if t.numel() == 0:
-        return 0, 0
-    lo = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st < 0)
-    hi = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st > 0)
-    return t.data_ptr() + lo * t.element_size(), t.data_ptr() + (hi + 1) * t.element_size()
-
-
-def check_out(out: torch.Tensor, numel: int, payloads: Sequence[torch.Tensor]) -> None:
-    """`out` of the _into ops: a contiguous fp32/fp16/bf16 tensor of the payloads' numel, on their device, sharing
-    no memory with any payload. Raises ValueError naming `out`."""
-    if not isinstance(out, torch.Tensor):
-        raise ValueError(f"out must be a torch.Tensor, got {type(out).__name__}")
-    _check_float(out, "out")
-    if out.device != payloads[0].device:
-        raise ValueError(f"out must be on the payload's device {payloads[0].device}, got {out.device}")
-    if not out.is_contiguous():
-        raise ValueError(f"out must be contiguous (it is written as one flat array), got shape {tuple(out.shape)} "
-                         f"with strides {out.stride()}")
-    if out.numel() != numel:
-        raise ValueError(f"out holds {out.numel()} elements (shape {tuple(out.shape)}) but the payload encodes "
-                         f"{numel}")
-    o0, o1 = _span(out)
-    for w, p in enumerate(payloads):
-        p0, p1 = _span(p)
-        if o0 < o1 and p0 < p1 and o0 < p1 and p0 < o1:
-            name = "payload" if len(payloads) == 1 else f"payloads[{w}]"
-            raise ValueError(f"out overlaps the memory of {name}: decoding in place is not supported")
-
 
 def decompress_into(payload: torch.Tensor, out: torch.Tensor) -> None:
     """decompress into the existing tensor ``out`` (contiguous, numel of the payload; its dtype is the output's)."""
-    h = read_header(payload)
-    check_out(out, h.numel, [payload])
+    h = checks.read_header(payload)
+    checks.check_out(out, [payload], h.numel)
     out.copy_(_decode(payload, h).view(out.shape))
 
 
 def decompress_sum_into(payloads: Sequence[torch.Tensor], weights: Sequence[float] | None,
                         out: torch.Tensor) -> None:
     """decompress_sum into the existing tensor ``out``: same sum, same fp32 accumulation, one final cast."""
-    if len(payloads) == 0:
-        raise ValueError("payloads must hold at least one payload, got an empty list")
-    h = read_header(payloads[0], "payloads[0]")
-    check_out(out, h.numel, payloads)
+    checks.check_payloads(payloads, weights)
+    h = checks.read_header(payloads[0], "payloads[0]")
+    checks.check_out(out, payloads, h.numel)
     out.copy_(decompress_sum(payloads, weights, out.shape, out.dtype))
