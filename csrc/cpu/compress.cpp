@@ -73,6 +73,57 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
 
 #endif  // TNQ_HAVE_AVX2_PATH
 
+#if TNQ_HAVE_AVX512_PATH
+// Full groups [g0, g1) of one block with a finite scale (t.bins > 0, BITS <= 5): the same z, k, p and U as
+// truncate/round_code, 16 lanes at a time. k comes from the O(1) bin index of t.bin_lo with two compares; every
+// table lookup is a register permute; each bit plane of the codes is one mask test.
+template <int DT, int BITS>
+TNQ_AVX512 void encode_full_groups_avx512(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
+                                          BlockMode mode, const Tables& t, SeedKeys keys, uint32_t* words) {
+  constexpr int S = (1 << BITS) - 1;
+  const __m512 vr = _mm512_set1_ps(inverse_scale(scale));
+  const __m512 lo = _mm512_set1_ps(t.c[0]), hi = _mm512_set1_ps(t.c[S]);
+  const __m512 bin_scale = _mm512_set1_ps(t.bin_scale);
+  const __m512i last_bin = _mm512_set1_epi32(t.bins - 1), last_probe = _mm512_set1_epi32(31), one = _mm512_set1_epi32(1);
+  const __m512 u_scale = _mm512_set1_ps(1.0f / 16777216.0f);
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i key0 = _mm512_set1_epi32(int(keys.key0));
+  // the search table of a 5-bit codebook is NaN from index 31 on, so a probe clamped to 31 never succeeds
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t i0 = g * kGroup;
+    // a group never straddles a multiple of 2^32, so the high index word is the same for all its lanes
+    const __m512i hi_key = _mm512_set1_epi32(int(uint32_t(uint64_t(i0) >> 32) ^ keys.key1));
+    uint32_t w[BITS] = {};
+#pragma GCC unroll 2
+    for (int v = 0; v < 2; ++v) {
+      __m512 z = mode == kUsable ? _mm512_mul_ps(load16<DT>(x + (g - g0) * kGroup + 16 * v), vr)
+                                 : _mm512_setzero_ps();
+      z = _mm512_min_ps(_mm512_max_ps(z, lo), hi);
+      __m512i bin = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_sub_ps(z, lo), bin_scale));
+      bin = _mm512_min_epi32(bin, last_bin);
+      __m512i k = lookup16<Tables::kMaxBins, __m512i>(t.bin_lo, bin);
+      const __m512i k1 = _mm512_add_epi32(k, one);
+      const __m512i k2 = _mm512_min_epi32(_mm512_add_epi32(k1, one), last_probe);
+      const __mmask16 ge1 = _mm512_cmp_ps_mask(z, lookup16<32, __m512>(t.search, k1), _CMP_GE_OQ);
+      const __mmask16 ge2 = _mm512_cmp_ps_mask(z, lookup16<32, __m512>(t.search, k2), _CMP_GE_OQ);
+      k = _mm512_mask_add_epi32(k, ge1, k, one);
+      k = _mm512_mask_add_epi32(k, ge2, k, one);
+      const __m512 p = _mm512_mul_ps(_mm512_sub_ps(z, lookup16<32, __m512>(t.c, k)),
+                                     lookup16<32, __m512>(t.inv_gap, k));
+      const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(int(uint32_t(i0 + 16 * v))), lane);
+      __m512i h = fmix32_x16(_mm512_xor_si512(idx, key0));
+      h = fmix32_x16(_mm512_add_epi32(h, hi_key));
+      const __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(h, 8)), u_scale);
+      const __m512i code = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(u, p, _CMP_LT_OQ), k, one);
+#pragma GCC unroll 8
+      for (int b = 0; b < BITS; ++b)
+        w[b] |= uint32_t(_mm512_test_epi32_mask(code, _mm512_set1_epi32(1 << b))) << (16 * v);
+    }
+    std::memcpy(words + (g - g0) * BITS, w, sizeof(w));
+  }
+}
+#endif  // TNQ_HAVE_AVX512_PATH
+
 // Quantize + pack groups [g0, g1), all in one block of scale `scale`; x and words point at group g0's first
 // element and first word, g0 is the global group index (the hash is keyed by global element indices). Elements
 // at global index >= n get code 0.
@@ -88,6 +139,14 @@ TNQ_CLONES void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g
   if (cpu_has_avx2()) {
     const int64_t full_end = std::min(g1, n / kGroup);  // groups holding 32 real elements
     if (full_end > g0) {
+#if TNQ_HAVE_AVX512_PATH
+      if constexpr (BITS <= 5) {
+        if (t.bins > 0 && cpu_has_avx512())
+          encode_full_groups_avx512<DT, BITS>(x, g0, full_end, scale, mode, t, keys, words);
+        else
+          encode_full_groups_avx2<DT, BITS>(x, g0, full_end, scale, mode, t, keys, words);
+      } else
+#endif
       encode_full_groups_avx2<DT, BITS>(x, g0, full_end, scale, mode, t, keys, words);
       x += (full_end - g0) * kGroup;
       words += (full_end - g0) * BITS;
