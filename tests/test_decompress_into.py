@@ -1,5 +1,9 @@
 """decompress_into / decompress_sum_into (and the public API's out=): bit-equal to decompress / decompress_sum, on the
 C++ CPU kernels and the reference, and every bad `out` rejected with an error naming `out`."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -125,3 +129,33 @@ def test_opcheck_into_ops():
     torch.library.opcheck(OPS.decompress_into.default, (p, torch.empty(10, 20, dtype=torch.float16)))
     torch.library.opcheck(OPS.decompress_sum_into.default, ([p, q], [0.5, 2.0], torch.empty(200)))
     torch.library.opcheck(OPS.decompress_sum_into.default, ([p, q], None, torch.empty(200, dtype=torch.bfloat16)))
+
+
+@pytest.mark.parametrize("isa", ["best", "avx2", "portable"])
+def test_every_simd_path_decodes_like_the_reference(isa):
+    # the SIMD path is chosen once per process, so each gets its own; NaN and subnormal sums check the casts
+    code = (
+        "import torch, tnq_kernels\n"
+        "from tnq_kernels import reference as ref\n"
+        "ops = torch.ops.tnq\n"
+        "x = torch.randn(4133) * 1e-38\n"
+        "x[5] = float('nan')\n"
+        "def same(a, b):  # bit for bit, except that a NaN's payload is not fixed (SPEC §1)\n"
+        "  nan = a.isnan()\n"
+        "  return torch.equal(nan, b.isnan()) and torch.equal(a[~nan].view(torch.uint8), b[~nan].view(torch.uint8))\n"
+        "for bits in range(1, 9):\n"
+        "  ps = [ops.compress(x * (w + 1), bits, 96, w % 4, w) for w in range(3)]\n"
+        "  for dt in (torch.float32, torch.float16, torch.bfloat16):\n"
+        "    for n_pay, weights in ((1, None), (3, None), (3, [0.5, -2.0, 1e-3])):\n"
+        "      want = ref.decompress_sum(ps[:n_pay], weights and weights[:n_pay], [4133], dt)\n"
+        "      out = torch.full([4133], 7.0, dtype=dt)\n"
+        "      ops.decompress_sum_into(ps[:n_pay], weights and weights[:n_pay], out)\n"
+        "      assert same(out, want), (bits, dt, n_pay)\n"
+        "    out = torch.empty(4133, dtype=dt)\n"
+        "    ops.decompress_into(ps[1], out)\n"
+        "    assert same(out, ref.decompress(ps[1], [4133], dt))\n"
+        "print('ok')\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{"best": {}, "avx2": {"TNQ_NO_AVX512": "1"},
+                                                    "portable": {"TNQ_NO_AVX2": "1"}}[isa])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
