@@ -74,21 +74,33 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
 #endif  // TNQ_HAVE_AVX2_PATH
 
 #if TNQ_HAVE_AVX512_PATH
+// A 32-entry table held in two registers: lookups are one two-source permute, no memory access.
+struct Table32 {
+  __m512i lo, hi;
+  TNQ_AVX512 explicit Table32(const void* t)
+      : lo(_mm512_loadu_si512(t)), hi(_mm512_loadu_si512(static_cast<const char*>(t) + 64)) {}
+  TNQ_AVX512 __m512i operator()(__m512i idx) const { return _mm512_permutex2var_epi32(lo, idx, hi); }
+  TNQ_AVX512 __m512 ps(__m512i idx) const { return _mm512_castsi512_ps((*this)(idx)); }
+};
+
 // Full groups [g0, g1) of one block with a finite scale (t.bins > 0, BITS <= 5): the same z, k, p and U as
 // truncate/round_code, 16 lanes at a time. k comes from the O(1) bin index of t.bin_lo with two compares; every
-// table lookup is a register permute; each bit plane of the codes is one mask test.
-template <int DT, int BITS>
+// table lookup is a register permute (BINS: the bin table's width, 32 or 64); each bit plane is one mask test.
+template <int DT, int BITS, int BINS>
 TNQ_AVX512 void encode_full_groups_avx512(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
                                           BlockMode mode, const Tables& t, SeedKeys keys, uint32_t* words) {
   constexpr int S = (1 << BITS) - 1;
   const __m512 vr = _mm512_set1_ps(inverse_scale(scale));
   const __m512 lo = _mm512_set1_ps(t.c[0]), hi = _mm512_set1_ps(t.c[S]);
   const __m512 bin_scale = _mm512_set1_ps(t.bin_scale);
-  const __m512i last_bin = _mm512_set1_epi32(t.bins - 1), last_probe = _mm512_set1_epi32(31), one = _mm512_set1_epi32(1);
+  const __m512i last_bin = _mm512_set1_epi32(t.bins - 1), last_probe = _mm512_set1_epi32(31);
+  const __m512i one = _mm512_set1_epi32(1), bit5 = _mm512_set1_epi32(32);
   const __m512 u_scale = _mm512_set1_ps(1.0f / 16777216.0f);
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512i key0 = _mm512_set1_epi32(int(keys.key0));
-  // the search table of a 5-bit codebook is NaN from index 31 on, so a probe clamped to 31 never succeeds
+  // every table in registers for the whole block (the search table of a 5-bit codebook is NaN from index 31 on,
+  // so a probe clamped to 31 never succeeds)
+  const Table32 bins_a(t.bin_lo), bins_b(t.bin_lo + 32), search(t.search), levels(t.c), inv_gap(t.inv_gap);
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t i0 = g * kGroup;
     // a group never straddles a multiple of 2^32, so the high index word is the same for all its lanes
@@ -101,15 +113,15 @@ TNQ_AVX512 void encode_full_groups_avx512(const typename Src<DT>::T* x, int64_t 
       z = _mm512_min_ps(_mm512_max_ps(z, lo), hi);
       __m512i bin = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_sub_ps(z, lo), bin_scale));
       bin = _mm512_min_epi32(bin, last_bin);
-      __m512i k = lookup16<Tables::kMaxBins, __m512i>(t.bin_lo, bin);
+      __m512i k = bins_a(bin);
+      if constexpr (BINS > 32) k = _mm512_mask_mov_epi32(k, _mm512_test_epi32_mask(bin, bit5), bins_b(bin));
       const __m512i k1 = _mm512_add_epi32(k, one);
       const __m512i k2 = _mm512_min_epi32(_mm512_add_epi32(k1, one), last_probe);
-      const __mmask16 ge1 = _mm512_cmp_ps_mask(z, lookup16<32, __m512>(t.search, k1), _CMP_GE_OQ);
-      const __mmask16 ge2 = _mm512_cmp_ps_mask(z, lookup16<32, __m512>(t.search, k2), _CMP_GE_OQ);
+      const __mmask16 ge1 = _mm512_cmp_ps_mask(z, search.ps(k1), _CMP_GE_OQ);
+      const __mmask16 ge2 = _mm512_cmp_ps_mask(z, search.ps(k2), _CMP_GE_OQ);
       k = _mm512_mask_add_epi32(k, ge1, k, one);
       k = _mm512_mask_add_epi32(k, ge2, k, one);
-      const __m512 p = _mm512_mul_ps(_mm512_sub_ps(z, lookup16<32, __m512>(t.c, k)),
-                                     lookup16<32, __m512>(t.inv_gap, k));
+      const __m512 p = _mm512_mul_ps(_mm512_sub_ps(z, levels.ps(k)), inv_gap.ps(k));
       const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(int(uint32_t(i0 + 16 * v))), lane);
       __m512i h = fmix32_x16(_mm512_xor_si512(idx, key0));
       h = fmix32_x16(_mm512_add_epi32(h, hi_key));
@@ -141,8 +153,10 @@ TNQ_CLONES void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g
     if (full_end > g0) {
 #if TNQ_HAVE_AVX512_PATH
       if constexpr (BITS <= 5) {
-        if (t.bins > 0 && cpu_has_avx512())
-          encode_full_groups_avx512<DT, BITS>(x, g0, full_end, scale, mode, t, keys, words);
+        if (t.bins > 0 && t.bins <= 32 && cpu_has_avx512())
+          encode_full_groups_avx512<DT, BITS, 32>(x, g0, full_end, scale, mode, t, keys, words);
+        else if (t.bins > 0 && cpu_has_avx512())
+          encode_full_groups_avx512<DT, BITS, 64>(x, g0, full_end, scale, mode, t, keys, words);
         else
           encode_full_groups_avx2<DT, BITS>(x, g0, full_end, scale, mode, t, keys, words);
       } else
