@@ -139,17 +139,83 @@ void store(const float* acc, int64_t cnt, typename Src<DT>::T* out) {
   for (; j < cnt; ++j) out[j] = Src<DT>::store(acc[j]);
 }
 
+#if TNQ_HAVE_AVX512_PATH
+// W >= 2 payloads of equal bits, whole groups [g0, g1): each 16-lane vector decoded from every payload in registers
+// and summed in order w = 0, 1, ... (the first term initialises the sum), then stored once as DT: the same
+// operations as decode_groups + store, without the accumulator's round trip through memory per payload.
+template <int BITS, int DT, bool WEIGHTED>
+TNQ_AVX512 void sum_groups_avx512(const PayloadView* pv, const float* const* levels, const float* weights,
+                                  int64_t num_payloads, int64_t g0, int64_t g1, typename Src<DT>::T* out) {
+  for (int64_t g = g0; g < g1; ++g) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    for (int64_t w = 0; w < num_payloads; ++w) {
+      const int64_t gpb = pv[w].block_size / kGroup;
+      const __m512 scale = _mm512_set1_ps(load_scale(pv[w].scales, gpb == 0 ? 0 : g / gpb));
+      uint32_t wd[BITS];
+      std::memcpy(wd, pv[w].words + 4 * BITS * g, sizeof(wd));
+      __m512i code0 = _mm512_setzero_si512(), code1 = _mm512_setzero_si512();
+#pragma GCC unroll 8
+      for (int b = 0; b < BITS; ++b) {
+        code0 = _mm512_mask_or_epi32(code0, __mmask16(wd[b]), code0, _mm512_set1_epi32(1 << b));
+        code1 = _mm512_mask_or_epi32(code1, __mmask16(wd[b] >> 16), code1, _mm512_set1_epi32(1 << b));
+      }
+      __m512 v0 = _mm512_mul_ps(scale, lookup16<(1 << BITS), __m512>(levels[w], code0));
+      __m512 v1 = _mm512_mul_ps(scale, lookup16<(1 << BITS), __m512>(levels[w], code1));
+      if (WEIGHTED) {
+        const __m512 vw = _mm512_set1_ps(weights[w]);
+        v0 = _mm512_mul_ps(vw, v0);
+        v1 = _mm512_mul_ps(vw, v1);
+      }
+      acc0 = w == 0 ? v0 : _mm512_add_ps(acc0, v0);
+      acc1 = w == 0 ? v1 : _mm512_add_ps(acc1, v1);
+    }
+    store16<DT>(acc0, out + (g - g0) * kGroup);
+    store16<DT>(acc1, out + (g - g0) * kGroup + 16);
+  }
+}
+
+// True when it ran (every payload has the same bits <= 6 and the CPU has AVX-512).
+template <int DT>
+bool sum_fused(const PayloadView* pv, const float* const* levels, const float* weights, int64_t num_payloads,
+               int64_t g0, int64_t g1, typename Src<DT>::T* out) {
+  const int bits = pv[0].bits;
+  if (num_payloads < 2 || bits > 6 || !cpu_has_avx512()) return false;
+  for (int64_t w = 1; w < num_payloads; ++w)
+    if (pv[w].bits != bits) return false;
+  switch (bits) {
+#define TNQ_SUM_CASE(B)                                                                                    \
+    case B:                                                                                                 \
+      if (weights) sum_groups_avx512<B, DT, true>(pv, levels, weights, num_payloads, g0, g1, out);          \
+      else sum_groups_avx512<B, DT, false>(pv, levels, weights, num_payloads, g0, g1, out);                 \
+      return true;
+    TNQ_SUM_CASE(1) TNQ_SUM_CASE(2) TNQ_SUM_CASE(3) TNQ_SUM_CASE(4) TNQ_SUM_CASE(5) TNQ_SUM_CASE(6)
+#undef TNQ_SUM_CASE
+    default: return false;
+  }
+}
+#endif  // TNQ_HAVE_AVX512_PATH
+
 }  // namespace
 
 void decompress_sum(const PayloadView* payloads, const float* weights, int64_t num_payloads, int64_t n,
                     int out_dtype_id, void* out) {
   const int64_t ngroups = (n + kGroup - 1) / kGroup;
   const int64_t nchunks = (ngroups + kChunkGroups - 1) / kChunkGroups;
+  std::vector<const float*> levels(num_payloads);
+  for (int64_t w = 0; w < num_payloads; ++w) levels[w] = tables(payloads[w].codebook, payloads[w].bits).c;
   at::parallel_for(0, nchunks, 4, [&](int64_t c0, int64_t c1) {
     alignas(64) float acc_chunk[kChunkGroups * kGroup];
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t g0 = c * kChunkGroups, g1 = std::min(ngroups, g0 + kChunkGroups);
       const int64_t i0 = g0 * kGroup, cnt = std::min(n, g1 * kGroup) - i0;
+#if TNQ_HAVE_AVX512_PATH
+      if (cnt == (g1 - g0) * kGroup) {
+        bool done = false;
+        TNQ_DISPATCH_DTYPE(out_dtype_id, done = sum_fused<DT>(payloads, levels.data(), weights, num_payloads, g0, g1,
+                                                              static_cast<typename Src<DT>::T*>(out) + i0));
+        if (done) continue;
+      }
+#endif
       // fp32 out and whole groups: decode straight into out, no second pass through the accumulator
       const bool direct = out_dtype_id == kFloat32 && cnt == (g1 - g0) * kGroup;
       float* acc = direct ? static_cast<float*>(out) + i0 : acc_chunk;
