@@ -107,6 +107,8 @@ def _op_samples():
         ("decompress", (p, [4097], torch.float32)),
         ("decompress_sum", ([p, p], [0.5, 0.5], [4097], torch.bfloat16)),
         ("decompress_sum", ([p], None, [4097], torch.float32)),
+        ("decompress_into", (p, torch.empty(4097, dtype=torch.float16))),
+        ("decompress_sum_into", ([p, p], [0.5, 0.5], torch.empty(4097))),
         ("scale_truncate", (x, 3, 2048, 0)),
         ("quantize", (z, 3, 0, 7)),
         ("pack", (codes, 3)),

@@ -120,14 +120,16 @@ def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
 
 
-def check_out(out: torch.Tensor, payloads: Sequence[torch.Tensor]) -> None:
+def check_out(out: torch.Tensor, payloads: Sequence[torch.Tensor], numel: int | None = None) -> None:
     """`out` of decompress_into / decompress_sum_into: a contiguous fp32/fp16/bf16 tensor on the payloads' device,
-    not overlapping any payload (its numel is checked against the header by check_shape)."""
+    not overlapping any payload, holding ``numel`` elements (the headers' count) when given."""
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
     check_dtype(out.dtype, "out")
     if not out.is_contiguous():
         raise ValueError(f"out must be contiguous, got strides {out.stride()} for shape {tuple(out.shape)}")
+    if numel is not None and out.numel() != numel:
+        raise ValueError(f"out holds {out.numel()} elements (shape {tuple(out.shape)}) but the payloads encode {numel}")
     for w, p in enumerate(payloads):
         if out.device != p.device:
             raise ValueError(f"out is on {out.device} but payload {w} is on {p.device}")

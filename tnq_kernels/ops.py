@@ -64,14 +64,24 @@ def _decompress_sum_fake(payloads, weights, shape, dtype):
     return payloads[0].new_empty(shape, dtype=dtype)
 
 
+def _check_out_device(out, payloads):
+    # a meta `out` next to real payloads dispatches here, not to a backend that would reject it (checks.check_out's
+    # wording; its other checks need data pointers, which fake tensors lack)
+    for w, p in enumerate(payloads):
+        if out.device != p.device:
+            raise ValueError(f"out is on {out.device} but payload {w} is on {p.device}")
+
+
 @torch.library.register_fake("tnq::decompress_into")
 def _decompress_into_fake(payload, out):
+    _check_out_device(out, [payload])
     return None
 
 
 @torch.library.register_fake("tnq::decompress_sum_into")
 def _decompress_sum_into_fake(payloads, weights, out):
     torch._check(len(payloads) > 0, lambda: "payloads must hold at least one payload")
+    _check_out_device(out, payloads)
     return None
 
 

@@ -8,6 +8,7 @@ Plain, vectorised torch on whatever device the input lives on. Read top to botto
     pack / unpack    codes ↔ b-bit bit-plane uint32 words (bit j of word p = bit p of element 32g + j)
     compress         the three jobs above, written into one payload (format.py)
     decompress(_sum) unpack, decode ĝ = scale·c_code in fp32, (weighted) sum over payloads
+    ..._into         the same, written into an existing tensor `out` (its dtype is the output dtype)
 
 Numerics that every backend reproduces exactly: the scale's fp64 accumulation is rounded once to fp32 (so the
 summation order cannot change it except in ~1e-8 of blocks); z = g·r is one fp32 multiply by the block's
@@ -165,3 +166,20 @@ def decompress_sum(payloads: Sequence[torch.Tensor], weights: Sequence[float] | 
             v = v * torch.tensor(weights[w], dtype=torch.float32)
         acc = v if acc is None else acc + v
     return acc.to(dtype).reshape(tuple(shape))
+
+
+
+def decompress_into(payload: torch.Tensor, out: torch.Tensor) -> None:
+    """decompress into the existing tensor ``out`` (contiguous, numel of the payload; its dtype is the output's)."""
+    h = checks.read_header(payload)
+    checks.check_out(out, [payload], h.numel)
+    out.copy_(_decode(payload, h).view(out.shape))
+
+
+def decompress_sum_into(payloads: Sequence[torch.Tensor], weights: Sequence[float] | None,
+                        out: torch.Tensor) -> None:
+    """decompress_sum into the existing tensor ``out``: same sum, same fp32 accumulation, one final cast."""
+    checks.check_payloads(payloads, weights)
+    h = checks.read_header(payloads[0], "payloads[0]")
+    checks.check_out(out, payloads, h.numel)
+    out.copy_(decompress_sum(payloads, weights, out.shape, out.dtype))

@@ -38,7 +38,7 @@ template <int DT, int BITS>
 TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
                                       BlockMode mode, const Tables& t, SeedKeys keys, uint32_t* words) {
   constexpr int S = (1 << BITS) - 1;
-  const __m256 vscale = _mm256_set1_ps(scale);
+  const __m256 vr = _mm256_set1_ps(inverse_scale(scale));
   const __m256 lo = _mm256_set1_ps(t.c[0]), hi = _mm256_set1_ps(t.c[S]);
   const __m256 u_scale = _mm256_set1_ps(1.0f / 16777216.0f);
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -50,7 +50,7 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
     uint32_t w[BITS] = {};
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
-      __m256 z = mode == kUsable ? _mm256_div_ps(load8<DT>(x + (g - g0) * kGroup + 8 * v), vscale) : _mm256_setzero_ps();
+      __m256 z = mode == kUsable ? _mm256_mul_ps(load8<DT>(x + (g - g0) * kGroup + 8 * v), vr) : _mm256_setzero_ps();
       z = _mm256_min_ps(_mm256_max_ps(z, lo), hi);
       // Binary search level by level: at level d the probe can only be one of 2^d levels (t.level[d]), indexed
       // by the bits of k found so far, so the first levels are broadcasts and small permutes, not gathers.
@@ -73,6 +73,69 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
 
 #endif  // TNQ_HAVE_AVX2_PATH
 
+#if TNQ_HAVE_AVX512_PATH
+// A 32-entry table held in two registers: lookups are one two-source permute, no memory access.
+struct Table32 {
+  __m512i lo, hi;
+  TNQ_AVX512 explicit Table32(const void* t)
+      : lo(_mm512_loadu_si512(t)), hi(_mm512_loadu_si512(static_cast<const char*>(t) + 64)) {}
+  TNQ_AVX512 __m512i operator()(__m512i idx) const { return _mm512_permutex2var_epi32(lo, idx, hi); }
+  TNQ_AVX512 __m512 ps(__m512i idx) const { return _mm512_castsi512_ps((*this)(idx)); }
+};
+
+// Full groups [g0, g1) of one block with a finite scale (t.bins > 0, BITS <= 5): the same z, k, p and U as
+// truncate/round_code, 16 lanes at a time. k comes from the O(1) bin index of t.bin_lo with two compares; every
+// table lookup is a register permute (BINS: the bin table's width, 32 or 64); each bit plane is one mask test.
+template <int DT, int BITS, int BINS>
+TNQ_AVX512 void encode_full_groups_avx512(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
+                                          BlockMode mode, const Tables& t, SeedKeys keys, uint32_t* words) {
+  constexpr int S = (1 << BITS) - 1;
+  const __m512 vr = _mm512_set1_ps(inverse_scale(scale));
+  const __m512 lo = _mm512_set1_ps(t.c[0]), hi = _mm512_set1_ps(t.c[S]);
+  const __m512 bin_scale = _mm512_set1_ps(t.bin_scale);
+  const __m512i last_bin = _mm512_set1_epi32(t.bins - 1), last_probe = _mm512_set1_epi32(31);
+  const __m512i one = _mm512_set1_epi32(1), bit5 = _mm512_set1_epi32(32);
+  const __m512 u_scale = _mm512_set1_ps(1.0f / 16777216.0f);
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i key0 = _mm512_set1_epi32(int(keys.key0));
+  // every table in registers for the whole block (the search table of a 5-bit codebook is NaN from index 31 on,
+  // so a probe clamped to 31 never succeeds)
+  const Table32 bins_a(t.bin_lo), bins_b(t.bin_lo + 32), search(t.search), levels(t.c), inv_gap(t.inv_gap);
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t i0 = g * kGroup;
+    // a group never straddles a multiple of 2^32, so the high index word is the same for all its lanes
+    const __m512i hi_key = _mm512_set1_epi32(int(uint32_t(uint64_t(i0) >> 32) ^ keys.key1));
+    uint32_t w[BITS] = {};
+#pragma GCC unroll 2
+    for (int v = 0; v < 2; ++v) {
+      __m512 z = mode == kUsable ? _mm512_mul_ps(load16<DT>(x + (g - g0) * kGroup + 16 * v), vr)
+                                 : _mm512_setzero_ps();
+      z = _mm512_min_ps(_mm512_max_ps(z, lo), hi);
+      __m512i bin = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_sub_ps(z, lo), bin_scale));
+      bin = _mm512_min_epi32(bin, last_bin);
+      __m512i k = bins_a(bin);
+      if constexpr (BINS > 32) k = _mm512_mask_mov_epi32(k, _mm512_test_epi32_mask(bin, bit5), bins_b(bin));
+      const __m512i k1 = _mm512_add_epi32(k, one);
+      const __m512i k2 = _mm512_min_epi32(_mm512_add_epi32(k1, one), last_probe);
+      const __mmask16 ge1 = _mm512_cmp_ps_mask(z, search.ps(k1), _CMP_GE_OQ);
+      const __mmask16 ge2 = _mm512_cmp_ps_mask(z, search.ps(k2), _CMP_GE_OQ);
+      k = _mm512_mask_add_epi32(k, ge1, k, one);
+      k = _mm512_mask_add_epi32(k, ge2, k, one);
+      const __m512 p = _mm512_mul_ps(_mm512_sub_ps(z, levels.ps(k)), inv_gap.ps(k));
+      const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(int(uint32_t(i0 + 16 * v))), lane);
+      __m512i h = fmix32_x16(_mm512_xor_si512(idx, key0));
+      h = fmix32_x16(_mm512_add_epi32(h, hi_key));
+      const __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(h, 8)), u_scale);
+      const __m512i code = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(u, p, _CMP_LT_OQ), k, one);
+#pragma GCC unroll 8
+      for (int b = 0; b < BITS; ++b)
+        w[b] |= uint32_t(_mm512_test_epi32_mask(code, _mm512_set1_epi32(1 << b))) << (16 * v);
+    }
+    std::memcpy(words + (g - g0) * BITS, w, sizeof(w));
+  }
+}
+#endif  // TNQ_HAVE_AVX512_PATH
+
 // Quantize + pack groups [g0, g1), all in one block of scale `scale`; x and words point at group g0's first
 // element and first word, g0 is the global group index (the hash is keyed by global element indices). Elements
 // at global index >= n get code 0.
@@ -88,6 +151,16 @@ TNQ_CLONES void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g
   if (cpu_has_avx2()) {
     const int64_t full_end = std::min(g1, n / kGroup);  // groups holding 32 real elements
     if (full_end > g0) {
+#if TNQ_HAVE_AVX512_PATH
+      if constexpr (BITS <= 5) {
+        if (t.bins > 0 && t.bins <= 32 && cpu_has_avx512())
+          encode_full_groups_avx512<DT, BITS, 32>(x, g0, full_end, scale, mode, t, keys, words);
+        else if (t.bins > 0 && cpu_has_avx512())
+          encode_full_groups_avx512<DT, BITS, 64>(x, g0, full_end, scale, mode, t, keys, words);
+        else
+          encode_full_groups_avx2<DT, BITS>(x, g0, full_end, scale, mode, t, keys, words);
+      } else
+#endif
       encode_full_groups_avx2<DT, BITS>(x, g0, full_end, scale, mode, t, keys, words);
       x += (full_end - g0) * kGroup;
       words += (full_end - g0) * BITS;
@@ -95,16 +168,16 @@ TNQ_CLONES void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g
     }
   }
 #endif
-  const float lo = t.c[0], hi = t.c[t.s];
+  const float lo = t.c[0], hi = t.c[t.s], r = inverse_scale(scale);
   alignas(32) float z[kGroup];
   alignas(32) uint8_t code[kGroup];
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t i0 = g * kGroup;
     const int64_t cnt = std::min<int64_t>(kGroup, n - i0);
     if (cnt == kGroup) {
-      for (int j = 0; j < kGroup; ++j) z[j] = truncate(Src<DT>::load(x[(g - g0) * kGroup + j]), scale, mode, lo, hi);
+      for (int j = 0; j < kGroup; ++j) z[j] = truncate(Src<DT>::load(x[(g - g0) * kGroup + j]), r, mode, lo, hi);
     } else {
-      for (int j = 0; j < kGroup; ++j) z[j] = j < cnt ? truncate(Src<DT>::load(x[(g - g0) * kGroup + j]), scale, mode, lo, hi) : 0.f;
+      for (int j = 0; j < kGroup; ++j) z[j] = j < cnt ? truncate(Src<DT>::load(x[(g - g0) * kGroup + j]), r, mode, lo, hi) : 0.f;
     }
     for (int j = 0; j < kGroup; ++j) code[j] = uint8_t(round_code<BITS>(z[j], t, hash_index(keys, uint64_t(i0 + j))));
     for (int64_t j = cnt; j < kGroup; ++j) code[j] = 0;  // tail codes are zero on the wire

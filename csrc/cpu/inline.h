@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.h"
@@ -29,6 +30,14 @@
 #include <immintrin.h>
 #else
 #define TNQ_HAVE_AVX2_PATH 0
+#endif
+// AVX-512 (F, BW, VL, DQ) kernels of the hot loops, chosen at run time like the AVX2 ones: 16 lanes, mask registers
+// for the bit planes, two-register permutes for 32-entry tables. Same operations, same order, same bits.
+#if TNQ_HAVE_AVX2_PATH && !defined(TNQ_NO_AVX512)
+#define TNQ_HAVE_AVX512_PATH 1
+#define TNQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,f16c")))
+#else
+#define TNQ_HAVE_AVX512_PATH 0
 #endif
 #if TNQ_HAVE_AVX2_PATH && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
 #define TNQ_CLONES __attribute__((target_clones("avx2", "default")))
@@ -160,6 +169,76 @@ TNQ_AVX2 inline bool abs_max_lanes_avx2(const typename Src<DT>::T* x, int64_t cn
 }
 #endif  // TNQ_HAVE_AVX2_PATH
 
+#if TNQ_HAVE_AVX512_PATH
+// True where the CPU has AVX-512 F/BW/VL/DQ and the AVX2 path is allowed, unless TNQ_NO_AVX512 is set (tests use it
+// to run the AVX2 loops on AVX-512 machines). One answer per process.
+inline bool cpu_has_avx512() {
+  static const bool ok = [] {
+    if (!cpu_has_avx2() || std::getenv("TNQ_NO_AVX512") != nullptr) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  }();
+  return ok;
+}
+
+template <int DT>
+TNQ_AVX512 inline __m512 load16(const typename Src<DT>::T* x) {
+  if constexpr (DT == kFloat32) {
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(x));
+  } else if constexpr (DT == kFloat16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));  // exact
+  } else {
+    const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));  // bf16 is the top half of an fp32
+  }
+}
+
+// Stores 16 fp32 values as DT with the rounding of Src<DT>::store (nearest even; bf16 NaN stays a quiet NaN).
+template <int DT>
+TNQ_AVX512 inline void store16(__m512 v, typename Src<DT>::T* out) {
+  if constexpr (DT == kFloat32) {
+    _mm512_storeu_ps(reinterpret_cast<float*>(out), v);
+  } else if constexpr (DT == kFloat16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  } else {
+    // c10::BFloat16: u + 0x7fff + (bit 16 of u), top half; NaN becomes 0x7fc0 (no hardware convert: it flushes
+    // subnormals)
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(r));
+  }
+}
+
+// table[idx] for idx < N <= 64 (table padded to a multiple of 16 entries at least N long)
+template <int N, typename V, typename T>
+TNQ_AVX512 inline V lookup16(const T* table, __m512i idx) {
+  static_assert(N <= 64, "lookup16 takes tables of up to 64 entries");
+  __m512i r;
+  const __m512i* t = reinterpret_cast<const __m512i*>(table);
+  if constexpr (N <= 16) {
+    r = _mm512_permutexvar_epi32(idx, _mm512_loadu_si512(t));
+  } else if constexpr (N <= 32) {
+    r = _mm512_permutex2var_epi32(_mm512_loadu_si512(t), idx, _mm512_loadu_si512(t + 1));
+  } else {
+    const __m512i a = _mm512_permutex2var_epi32(_mm512_loadu_si512(t), idx, _mm512_loadu_si512(t + 1));
+    const __m512i b = _mm512_permutex2var_epi32(_mm512_loadu_si512(t + 2), idx, _mm512_loadu_si512(t + 3));
+    r = _mm512_mask_mov_epi32(a, _mm512_test_epi32_mask(idx, _mm512_set1_epi32(32)), b);
+  }
+  if constexpr (std::is_same_v<V, __m512>) return _mm512_castsi512_ps(r); else return r;
+}
+
+TNQ_AVX512 inline __m512i fmix32_x16(__m512i x) {
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(int(kFmixC1)));
+  x = _mm512_xor_si512(x, _mm512_srli_epi32(x, 13));
+  x = _mm512_mullo_epi32(x, _mm512_set1_epi32(int(kFmixC2)));
+  return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
+}
+#endif  // TNQ_HAVE_AVX512_PATH
+
 #define TNQ_DISPATCH_BITS(bits, ...)                        \
   switch (bits) {                                           \
     case 1: { constexpr int BITS = 1; __VA_ARGS__; break; } \
@@ -251,16 +330,23 @@ inline float whole_tensor_scale(const typename Src<DT>::T* x, int64_t n, bool us
   return nan ? std::numeric_limits<float>::quiet_NaN() : m;
 }
 
-// How a block's z is formed: g/scale, all zero (scale 0), or all c_0 (non-finite scale, codes 0).
+// How a block's z is formed: g·r, all zero (scale 0), or all c_0 (non-finite scale, codes 0).
 enum BlockMode : int { kUsable = 0, kZeroScale = 1, kNonFinite = 2 };
 inline BlockMode block_mode(float scale) {
   if (!std::isfinite(scale)) return kNonFinite;
   return scale > 0.0f ? kUsable : kZeroScale;
 }
 
-// z = clamp(g / scale, c_0, c_s) with z = 0 for a zero scale (one IEEE fp32 division, never a reciprocal).
-inline float truncate(float g, float scale, BlockMode mode, float lo, float hi) {
-  float z = mode == kUsable ? g / scale : 0.0f;
+// r = fp32(1/scale): the one IEEE division of a block (SPEC v1.1). Capped at FLT_MAX as reference.inverse_scale:
+// below 2^-128 the quotient overflows, and 0·inf would turn a zero element into NaN.
+inline float inverse_scale(float scale) {
+  const float r = 1.0f / scale;
+  return r > std::numeric_limits<float>::max() ? std::numeric_limits<float>::max() : r;
+}
+
+// z = clamp(g·r, c_0, c_s) with z = 0 for a zero scale; r from inverse_scale, one fp32 multiply per element.
+inline float truncate(float g, float r, BlockMode mode, float lo, float hi) {
+  float z = mode == kUsable ? g * r : 0.0f;
   z = z < lo ? lo : z;
   return z > hi ? hi : z;
 }

@@ -22,6 +22,14 @@ struct Tables {
   // the same search level by level: level[d][m] = search[(2m + 1) · 2^(bits-1-d)], the probe at depth d when the
   // bits of k found so far are m (so k = m · 2^(bits-d) before the probe)
   float level[kMaxBits][128];
+  // O(1) cell index for the AVX-512 encode: bin j = min(int((z - c_0) · bin_scale), bins - 1) in fp32, and every
+  // z of bin j (as computed in fp32, z in [c_0, c_s]) lies in cell bin_lo[j], bin_lo[j] + 1 or bin_lo[j] + 2, so
+  // k = bin_lo[j] + [z >= search[bin_lo[j] + 1]] + [z >= search[bin_lo[j] + 2]]. bins = 0 where no bin count up
+  // to kMaxBins gives that (nqsgd's levels crowd towards 0), and for bits > 5; those use the search.
+  static constexpr int kMaxBins = 64;
+  int bins = 0;
+  float bin_scale = 0.0f;
+  int32_t bin_lo[kMaxBins];
 };
 
 // Levels in fp64 exactly as tnq_kernels/codebooks.py computes them (before the single rounding to fp32).

@@ -1,6 +1,8 @@
 // Codebook level tables: a line-by-line mirror of tnq_kernels/codebooks.py (same fp64 operations in the same
 // order, same libm calls), so the fp32 tables agree bit for bit; tests/test_constants.py checks every table.
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <mutex>
 
@@ -56,6 +58,70 @@ std::vector<double> levels_f64(int codebook, int bits) {
   return out;
 }
 
+// Floats <-> integers in the same order, so "the smallest float with property P" is a binary search over ints.
+static int64_t ordered_key(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return (u & 0x80000000u) ? -int64_t(u & 0x7fffffffu) : int64_t(u);
+}
+static float from_key(int64_t key) {
+  const uint32_t u = key < 0 ? uint32_t(-key) | 0x80000000u : uint32_t(key);
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// The bin of z exactly as the AVX-512 kernel computes it (fp32 subtract and multiply, no FMA, truncation).
+static int bin_of(float z, float c0, float scale, int bins) {
+  const float v = (z - c0) * scale;
+  return std::min(int(v), bins - 1);
+}
+
+// Number of interior levels <= z: the cell k of z (reference: searchsorted(c[1:-1], z, right=True)).
+static int cell_of(const Tables& t, float z) {
+  int k = 0;
+  for (int j = 1; j < t.s; ++j) k += t.c[j] <= z ? 1 : 0;
+  return k;
+}
+
+// Fills bins / bin_scale / bin_lo: the fewest bins (a power of two up to kMaxBins) whose every fp32 z spans at
+// most 3 cells. The bin function is monotone in z, so each bin is an interval [first z, last z] of floats.
+static void make_bins(Tables& t) {
+  t.bins = 0;
+  if (t.bits > 5) return;  // the AVX-512 kernel's permutes hold 32 levels
+  const float c0 = t.c[0], cs = t.c[t.s];
+  const int64_t k0 = ordered_key(c0), k1 = ordered_key(cs);
+  for (int bins = 4; bins <= Tables::kMaxBins; bins *= 2) {
+    const float scale = static_cast<float>(double(bins) / (double(cs) - double(c0)));
+    bool ok = true;
+    int32_t lo[Tables::kMaxBins];
+    for (int j = 0; j < bins && ok; ++j) {
+      // first float of bin j and first of bin j + 1 (or one past c_s)
+      auto first_at_least = [&](int b) {
+        int64_t a = k0, z = k1 + 1;
+        while (a < z) {
+          const int64_t m = a + (z - a) / 2;
+          if (bin_of(from_key(m), c0, scale, bins) >= b) z = m; else a = m + 1;
+        }
+        return a;
+      };
+      const int64_t first = first_at_least(j), next = j + 1 < bins ? first_at_least(j + 1) : k1 + 1;
+      if (first >= next) {  // an empty bin: any base works, it is never used
+        lo[j] = 0;
+        continue;
+      }
+      lo[j] = cell_of(t, from_key(first));
+      ok = cell_of(t, from_key(next - 1)) - lo[j] <= 2;
+    }
+    if (ok) {
+      t.bins = bins;
+      t.bin_scale = scale;
+      for (int j = 0; j < Tables::kMaxBins; ++j) t.bin_lo[j] = j < bins ? lo[j] : 0;
+      return;
+    }
+  }
+}
+
 static Tables make_tables(int codebook, int bits) {
   Tables t;
   t.bits = bits;
@@ -72,6 +138,7 @@ static Tables make_tables(int codebook, int bits) {
       const int step = d < bits ? 1 << (bits - 1 - d) : 0;
       t.level[d][m] = (d < bits && m < (1 << d)) ? t.search[(2 * m + 1) * step] : nan;
     }
+  make_bins(t);
   return t;
 }
 
