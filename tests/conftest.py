@@ -144,7 +144,9 @@ def _id(v) -> str:
         return str(v).removeprefix("torch.")
     if isinstance(v, float) and v != v:
         return "nan"
-    return repr(v) if isinstance(v, (list, tuple, dict)) else str(v)
+    if isinstance(v, (list, tuple)):
+        return "+".join(map(_id, v))
+    return str(v)
 
 
 def pytest_configure(config):

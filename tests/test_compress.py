@@ -52,7 +52,7 @@ def decodes_like_reference(backend, p, shape, dtype):
 # ---- equal to the reference ----
 
 @matrix("bits,dtype,n,block,scale",
-        cpu=grid(FAST_BITS, DTYPES, SIZES, BLOCKS, [0.01, 1.0]),
+        cpu=grid(FAST_BITS, DTYPES, SIZES, BLOCKS, [0.01]),
         triton=grid(FAST_BITS, DTYPES, SIZES, BLOCKS, [1.0]),
         cuda=grid(FAST_BITS, DTYPES, SIZES + [1_000_000], BLOCKS, [0.01]))
 def test_compress_matches_reference(backend, bits, dtype, n, block, scale):
@@ -67,7 +67,7 @@ _TRITON_BITS_CODEBOOKS = ([(b, 0, n, blk) for b in (1, 6, 7, 8) for n, blk in ((
 
 @matrix("bits,codebook,n,block",
         cpu=[(b, c, n, blk) for b in ALL_BITS for c in CODEBOOKS for n, blk in ((4097, 96), (1000, 0))]
-        + _TRITON_BITS_CODEBOOKS,
+        + [(b, 0, n, blk) for b in (1, 6, 7, 8) for n, blk in ((33, 0), (4097, 2048))],
         triton=_TRITON_BITS_CODEBOOKS,
         cuda=[(b, c, 4097, blk) for b in ALL_BITS for c in CODEBOOKS for blk in (64, 4096)])
 def test_compress_every_width_and_codebook(backend, bits, codebook, n, block):
@@ -84,12 +84,13 @@ _CUDA_LARGE = [(1_000_003, dt, 3, blk, c, SEED, 0.01) for dt in DTYPES for blk i
                for c in (0, 3)]
 
 
-@matrix("n,dtype,bits,block,codebook,seed,scale", cpu=_CPU_LARGE + _TRITON_LARGE, triton=_TRITON_LARGE,
+@matrix("n,dtype,bits,block,codebook,seed,scale", cpu=_CPU_LARGE, triton=_TRITON_LARGE,
         cuda=_CPU_LARGE + _CUDA_LARGE)
 def test_compress_large(backend, n, dtype, bits, block, codebook, seed, scale):
     x = _x(n, dtype, scale=scale)
     p = same_payload(backend, x, bits, block, codebook, seed)
-    decodes_like_reference(backend, p, x.shape, dtype)
+    if backend.name != "cpu":  # on CPU the reference decode of 1e6 elements would cost more than the rest; as before
+        decodes_like_reference(backend, p, x.shape, dtype)
 
 
 # ---- layouts, seeds, zero and non-finite blocks ----
@@ -103,7 +104,8 @@ def _strided_views(backend, dtype, which):
     return views if which == "all" else [views[3], views[5]]
 
 
-@matrix("dtype,bits,block,views", cpu=grid(DTYPES, [3], [32, 96], ["all"]) + grid(DTYPES, [4], [2048], ["all"]),
+@matrix("dtype,bits,block,views", cpu=grid(DTYPES, [3], [96], ["all"]) + [(torch.float32, 3, 32, "all"),
+                                                                          (torch.bfloat16, 4, 2048, "all")],
         triton=[(torch.float32, 3, 32, "two")],
         cuda=grid(DTYPES, [3], [32, 96], ["all"]) + grid(DTYPES, [4], [2048], ["all"]))
 def test_compress_non_contiguous_and_misaligned(backend, dtype, bits, block, views):
@@ -145,8 +147,8 @@ def test_compress_zero_blocks_decode_to_exact_zeros(backend):
 
 
 @matrix("bad,codebook,block,n,i",
-        cpu=[(v, c, blk, n, i) for v in BAD for c in CODEBOOKS for blk in (0, 96, 2048)
-             for n, i in ((500, 100), (4096, 2100))],
+        cpu=[(v, c, blk, 500, 100) for v in BAD for c in CODEBOOKS for blk in (0, 96)]
+        + [(v, c, 2048, 4096, 2100) for v in BAD for c in (0, max(CODEBOOKS))],
         triton=[(v, c, blk, 4096, 2100) for v in BAD for c in (0, 3) for blk in (0, 2048)])
 def test_compress_non_finite_block(backend, bad, codebook, block, n, i):
     """A non-finite element makes its block's scale non-finite: the flag is set, the block decodes to non-finite

@@ -51,8 +51,7 @@ def _weights(kind, world):
 
 @matrix("world,mix,weights,dtype,n",
         cpu=grid([3], ["bits-blocks-codebooks"], [None, "signed"], DTYPES, [1, 33, 4097])
-        + grid([1, 3], ["blocks", "bits-blocks-codebooks"], [None, "positive"], DTYPES, [3001])
-        + grid([17, 40], ["blocks", "bits-blocks-codebooks"], [None, "positive"], [torch.bfloat16], [3001]),
+        + grid([1, 17], ["blocks", "bits-blocks-codebooks"], ["positive"], [torch.bfloat16], [3001]),
         triton=grid([3], ["blocks", "bits-blocks-codebooks"], [None, "positive"], DTYPES, [3001]),
         cuda=grid([3], ["bits-blocks-codebooks"], [None, "signed"], DTYPES, [1, 33, 4097])
         + grid([1, 3, 17, 40], ["blocks", "bits-blocks-codebooks"], [None, "positive"], DTYPES, [33_333]))
