@@ -153,8 +153,17 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "matrix(argnames, cases, devices): per-backend cases (conftest.matrix)")
 
 
+def _parametrizes(metafunc, name: str) -> bool:
+    for m in metafunc.definition.iter_markers("parametrize"):
+        names = m.args[0]
+        if name in ([n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)):
+            return True
+    return False
+
+
 def pytest_generate_tests(metafunc):
-    if "backend" not in metafunc.fixturenames:
+    # a test that parametrises "backend" itself (e.g. over the API's backend= strings) keeps its own values
+    if "backend" not in metafunc.fixturenames or _parametrizes(metafunc, "backend"):
         return
     mark = metafunc.definition.get_closest_marker("matrix")
     argnames, cases, devices = mark.args if mark else ("", {b: [()] for b in BACKENDS}, None)

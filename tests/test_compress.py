@@ -44,6 +44,11 @@ def same_payload(backend, x, bits, block, codebook=0, seed=SEED, any_nan_scale=F
 
 
 def decodes_like_reference(backend, p, shape, dtype):
+    """Triton only: its decoder is checked on every payload of its compress matrix, as its own decompress matrix is
+    thin; the C++ decoders have their full matrix in test_decompress.py (a reference decode here would double the
+    time of this file on CPU)."""
+    if backend.name != "triton":
+        return None
     got = backend.decompress(p, list(shape), dtype)
     assert_same_values(backend, got, ref.decompress(p.cpu(), list(shape), dtype))
     return got
@@ -78,7 +83,8 @@ def test_compress_every_width_and_codebook(backend, bits, codebook, n, block):
 _CPU_LARGE = [(10**6 + 17, torch.float32, 3, 2048, 0, SEED, 0.01), (10**6 + 17, torch.bfloat16, 2, 0, 0, SEED, 0.01),
               (10**6 + 17, torch.float16, 5, 96, 0, SEED, 0.01)]
 # 8192: Triton's two-pass path for blocks above one register tile; a negative seed is read as its two's complement
-_TRITON_LARGE = [(100_003, dt, 4, blk, 0, -5, 1e-3) for dt in (torch.float32, torch.bfloat16) for blk in (0, 2048, 8192)]
+_TRITON_LARGE = [(100_003, dt, 4, blk, 0, -5, 1e-3) for dt in (torch.float32, torch.bfloat16)
+                 for blk in (0, 2048, 8192)]
 # blocks longer than kFusedMaxBlock (16384) and B = 0 take CUDA's partials -> block scale -> tiles path
 _CUDA_LARGE = [(1_000_003, dt, 3, blk, c, SEED, 0.01) for dt in DTYPES for blk in (16384, 16416, 32768, 0)
                for c in (0, 3)]
@@ -89,8 +95,7 @@ _CUDA_LARGE = [(1_000_003, dt, 3, blk, c, SEED, 0.01) for dt in DTYPES for blk i
 def test_compress_large(backend, n, dtype, bits, block, codebook, seed, scale):
     x = _x(n, dtype, scale=scale)
     p = same_payload(backend, x, bits, block, codebook, seed)
-    if backend.name != "cpu":  # on CPU the reference decode of 1e6 elements would cost more than the rest; as before
-        decodes_like_reference(backend, p, x.shape, dtype)
+    decodes_like_reference(backend, p, x.shape, dtype)
 
 
 # ---- layouts, seeds, zero and non-finite blocks ----
@@ -101,11 +106,11 @@ def _strided_views(backend, dtype, which):
     b = backend.to(laplace(64 * 70, seed=2, dtype=dtype)).view(64, 70)
     c = backend.to(_x(3 * 4100, dtype, seed=3))
     views = [a[::2], a.t(), a[:, 1:], b.t()[::2], c.view(3, 4100).t(), c[1:], c[3::3], c[5:4000]]
-    return views if which == "all" else [views[3], views[5]]
+    return {"all": views, "first3": views[:3], "two": [views[3], views[5]]}[which]
 
 
-@matrix("dtype,bits,block,views", cpu=grid(DTYPES, [3], [96], ["all"]) + [(torch.float32, 3, 32, "all"),
-                                                                          (torch.bfloat16, 4, 2048, "all")],
+@matrix("dtype,bits,block,views", cpu=grid(DTYPES, [3], [96], ["first3"]) + [(torch.float32, 3, 32, "all"),
+                                                                             (torch.bfloat16, 4, 2048, "all")],
         triton=[(torch.float32, 3, 32, "two")],
         cuda=grid(DTYPES, [3], [32, 96], ["all"]) + grid(DTYPES, [4], [2048], ["all"]))
 def test_compress_non_contiguous_and_misaligned(backend, dtype, bits, block, views):

@@ -30,9 +30,9 @@ def decodes_like_reference(backend, p, shape, dtype):
 # ---- equal to the reference ----
 
 @matrix("bits,dtype,n,block",
-        cpu=grid([1, 2, 3, 5, 8], DTYPES, SIZES, [96]) + grid([4], DTYPES, SIZES, [0, 2048]),
+        cpu=grid([1, 2, 3, 5, 8], DTYPES, SIZES, [96]),
         # Triton also decodes every payload of test_compress's matrix
-        triton=grid([1, 3, 8], DTYPES, [33, 4097], [96]),
+        triton=grid([1, 8], DTYPES, [33], [96]),
         cuda=grid([1, 2, 3, 5, 8], DTYPES, SIZES, [96]) + grid([2, 3, 4, 5], DTYPES, SIZES + [1_000_000], [0, 2048]))
 def test_decompress_matches_reference(backend, bits, dtype, n, block):
     p = ref.compress(_x(n, seed=n + bits), bits, block, 0, SEED)
