@@ -11,7 +11,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarn
 
 
 @matrix("bits,n,high_bits",
-        cpu=grid(range(1, 9), SIZES + [1000], [True, False]),
+        cpu=grid(range(1, 9), SIZES + [1000], [True]),
         triton=grid(range(1, 9), [0, 1, 31, 33, 1000], [False]) + grid([3], [33], [True]),
         cuda=grid(range(1, 9), SIZES + [1000, 1_000_000], [True, False]))
 def test_pack_unpack_match_reference(backend, bits, n, high_bits):
