@@ -133,11 +133,7 @@ def test_e2e_ddp_tiny_loopback(tmp_path):
     assert set(rows) == {"compute-only", "allreduce", "fp16", "powersgd4", "tnq-allgather-3", "tnq-two_phase-3"}
     for name, r in rows.items():
         if name.startswith("tnq") and r["note"].startswith("skipped"):
-            try:
-                import tnq_kernels.ddp  # noqa: F401
-            except ImportError:
-                continue  # the DDP hook has not landed: the script says so in the row's note
-            pytest.fail(f"{name} was skipped although tnq_kernels.ddp imports: {r['note']}")
+            pytest.fail(f"{name} was skipped: {r['note']}")
         assert float(r["step_ms_median"]) > 0 and r["in_sync"] == "True", (name, r)
     assert float(rows["allreduce"]["speedup_vs_allreduce"]) == 1.0
 

@@ -1,5 +1,6 @@
 """decompress_into / decompress_sum_into (and the public API's out=): bit-equal to decompress / decompress_sum, on the
-C++ CPU kernels and the reference, and every bad `out` rejected with an error naming `out`."""
+C++ CPU kernels and the reference (and every backend through the `backend` fixture), and every bad `out` rejected
+with an error naming `out`."""
 import os
 import subprocess
 import sys
@@ -10,16 +11,11 @@ import torch
 import tnq_kernels as tnq
 from tnq_kernels import reference as ref
 
-from conftest import DTYPES, laplace
+from conftest import DTYPES, laplace, opcheck
 
 OPS = torch.ops.tnq
 SIZES = [0, 1, 31, 33, 4097]
 SEED = 77
-
-
-@pytest.fixture(autouse=True)
-def _native(native):
-    return native
 
 
 def _payloads(n, dtype, count, bits=3, block=96):
@@ -124,11 +120,20 @@ def test_bad_payload_still_names_the_payload():
         OPS.decompress_sum_into([p, bad], None, torch.empty(100))
 
 
-def test_opcheck_into_ops():
-    p, q = _payloads(200, torch.bfloat16, 2)
-    torch.library.opcheck(OPS.decompress_into.default, (p, torch.empty(10, 20, dtype=torch.float16)))
-    torch.library.opcheck(OPS.decompress_sum_into.default, ([p, q], [0.5, 2.0], torch.empty(200)))
-    torch.library.opcheck(OPS.decompress_sum_into.default, ([p, q], None, torch.empty(200, dtype=torch.bfloat16)))
+@pytest.mark.parametrize("op", ["decompress_into", "decompress_sum_into"])
+def test_opcheck(backend, op):
+    opcheck(backend, op)
+
+
+@pytest.mark.parametrize("weights", [None, [0.5, -2.0]])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_out_on_every_backend_equals_the_reference(backend, dtype, weights):
+    ps = [ref.compress(laplace(3001, seed=w), 3, 96, 0, SEED + w) for w in range(2)]
+    out = backend.to(_garbage([3001], dtype))
+    assert tnq.decompress(backend.to(ps[0]), out=out, backend=backend.api) is out
+    assert torch.equal(out.cpu(), ref.decompress(ps[0], [3001], dtype))
+    tnq.decompress_sum([backend.to(p) for p in ps], weights, out=out, backend=backend.api)
+    assert torch.equal(out.cpu(), ref.decompress_sum(ps, weights, [3001], dtype))
 
 
 @pytest.mark.parametrize("isa", ["best", "avx2", "portable"])

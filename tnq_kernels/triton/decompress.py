@@ -125,8 +125,14 @@ def scale_mode(block_size: int) -> int:
 
 
 def words_of(payload: torch.Tensor) -> torch.Tensor:
-    """The payload as int32 words (its length is a multiple of 4 bytes: 16-aligned scales + 4-byte words)."""
-    return payload.contiguous().view(torch.int32)
+    """The payload as int32 words (its length is a multiple of 4 bytes: 16-aligned scales + 4-byte words).
+
+    A payload sliced out of a larger byte buffer may start off a 4-byte boundary, which an int32 view cannot
+    express: that one is copied to an aligned buffer first."""
+    p = payload.contiguous()
+    if p.storage_offset() % 4:
+        p = p.clone()
+    return p.view(torch.int32)
 
 
 def decode_into(payload: torch.Tensor, out: torch.Tensor, h: fmt.Header) -> None:
