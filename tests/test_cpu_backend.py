@@ -311,6 +311,8 @@ def test_opcheck_all_ops():
         "compress": (x, 3, 96, 0, SEED),
         "decompress": (p, [10, 20], torch.float16),
         "decompress_sum": ([p, q], [0.5, 2.0], [200], torch.float32),
+        "decompress_into": (p, torch.empty(10, 20, dtype=torch.float16)),
+        "decompress_sum_into": ([p, q], [0.5, 2.0], torch.empty(200)),
         "scale_truncate": (x, 3, 96, 0),
         "quantize": (z, 3, 0, SEED),
         "pack": (codes, 3),

@@ -225,8 +225,9 @@ def _allreduce(state: TNQState, buf: torch.Tensor, world_size: int, corrected: t
     return fut.then(lambda _: out), _ring_allreduce_bytes(out.numel() * out.element_size(), world_size)
 
 
-def _allgather(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: int, index: int):
-    """x: the (corrected) bucket, fp32/fp16/bf16 [n]. Returns (future of the average, bytes sent, own payload)."""
+def _allgather(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: int, index: int, out: torch.Tensor):
+    """x: the (corrected) bucket, fp32/fp16/bf16 [n]; out: the bucket buffer, which receives the average.
+    Returns (future of the average, bytes sent, own payload)."""
     n = x.numel()
     payload = api.compress(x, state.bits, state.block_size, state.codebook,
                            derive_seed(state.seed, rank, state.step, index), backend=state.backend,
@@ -237,7 +238,8 @@ def _allgather(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: i
     weights = [1.0 / world_size] * world_size
 
     def decode(_):  # on gloo the future's value is a list: read the tensor allocated above
-        return api.decompress_sum(gathered.view(world_size, size), weights, [n], dtype, backend=state.backend)
+        # decoded straight into the bucket: no fresh n-element tensor (and its page faults) per step
+        return api.decompress_sum(gathered.view(world_size, size), weights, backend=state.backend, out=out)
 
     own = [(payload, 0, n)]
     return work.get_future().then(decode), (world_size - 1) * size, own
@@ -248,7 +250,8 @@ def chunk_size(n: int, world_size: int) -> int:
     return (-(-n // world_size) + 31) // 32 * 32
 
 
-def _two_phase(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: int, index: int):
+def _two_phase(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: int, index: int,
+               out: torch.Tensor):
     n, W = x.numel(), world_size
     chunk = chunk_size(n, W)
     bounds = [(min(j * chunk, n), min((j + 1) * chunk, n)) for j in range(W)]
@@ -279,11 +282,9 @@ def _two_phase(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: i
     work = _all_gather_flat(gathered, shard_slot, group=state.process_group, async_op=True)
 
     def decode(_):
-        out = torch.empty(n, dtype=dtype, device=x.device)
         for j, (a, b) in enumerate(bounds):
             if b > a:
-                out[a:b].copy_(api.decompress(gathered[j * slot: j * slot + sizes[j]], [b - a], dtype,
-                                              backend=state.backend))
+                api.decompress(gathered[j * slot: j * slot + sizes[j]], backend=state.backend, out=out[a:b])
         return out
 
     return work.get_future().then(decode), 2 * (W - 1) * slot, own
@@ -314,12 +315,12 @@ def tnq_hook(state: TNQState, bucket: dist.GradBucket) -> torch.futures.Future[t
 
     x = buf if corrected is None else corrected
     run = _two_phase if state.scheme_for(W) == "two_phase" else _allgather
-    fut, sent, own = run(state, x, buf.dtype, rank, W, index)
+    fut, sent, own = run(state, x, buf.dtype, rank, W, index, buf)
     if state.error_feedback:
         decoded = torch.empty(n, dtype=torch.float32, device=buf.device)
         for p, lo, hi in own:
             if hi > lo:
-                decoded[lo:hi].copy_(api.decompress(p, [hi - lo], torch.float32, backend=state.backend))
+                api.decompress(p, backend=state.backend, out=decoded[lo:hi])
         state._keep_residual(index, params, corrected, decoded)
     state._account(index, n, sent, W, is_last)
     return fut

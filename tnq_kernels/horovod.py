@@ -72,10 +72,14 @@ class TNQCompressor:
         shape, dtype = ctx
         return api.decompress(tensor, shape, dtype, backend=self.backend)
 
-    def decompress_mean(self, gathered: torch.Tensor, ctx, world_size: int, average: bool = True) -> torch.Tensor:
-        """Decode an all-gather of ``world_size`` equal-sized payloads (uint8 [W·P]) to their mean (or sum)."""
+    def decompress_mean(self, gathered: torch.Tensor, ctx, world_size: int, average: bool = True,
+                        out: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode an all-gather of ``world_size`` equal-sized payloads (uint8 [W·P]) to their mean (or sum); into
+        ``out`` (e.g. the existing .grad, contiguous, of the gradient's shape and dtype) when given."""
         shape, dtype = ctx
         w = 1.0 / world_size if average else 1.0
+        if out is not None:
+            return api.decompress_sum(gathered.view(world_size, -1), [w] * world_size, backend=self.backend, out=out)
         return api.decompress_sum(gathered.view(world_size, -1), [w] * world_size, shape, dtype,
                                   backend=self.backend)
 
@@ -146,11 +150,15 @@ class _Methods:
         for p in self._params:
             handle, ctx = self._pending.pop(id(p))
             gathered = self._hvd.synchronize(handle)
-            mean = self._compression.decompress_mean(gathered, ctx, world, self._average)
-            if p.grad is None:
-                p.grad = mean
+            g = p.grad
+            if g is not None and g.is_contiguous() and (tuple(g.shape), g.dtype) == tuple(ctx):
+                self._compression.decompress_mean(gathered, ctx, world, self._average, out=g)
             else:
-                p.grad.copy_(mean)
+                mean = self._compression.decompress_mean(gathered, ctx, world, self._average)
+                if g is None:
+                    p.grad = mean
+                else:
+                    g.copy_(mean)
             self._passes[id(p)] = 0
         self._tnq_step += 1
 

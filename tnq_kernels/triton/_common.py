@@ -15,7 +15,6 @@ import torch
 import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
-from torch.library import custom_op, triton_op
 
 from .. import codebooks as cb
 from .. import rng
@@ -69,22 +68,6 @@ def to_output(v, DTYPE: tl.constexpr, EXACT: tl.constexpr):
         r = ((b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
         v = tl.where(v != v, v, r)
     return v.to(DTYPE)
-
-
-def kernel_op(name: str):
-    """Register a launcher as the `tnq` op `name`.
-
-    On GPUs: torch.library.triton_op, so torch.compile decomposes it into its wrap_triton kernel calls and
-    Inductor sees (and schedules) the kernels. Under TRITON_INTERPRET=1, wrap_triton hands back the interpreted
-    function itself, which would run on fake tensors while tracing; there the launcher is an opaque custom_op
-    whose fake kernel is the same launcher with its launches skipped (see `launches`)."""
-    def dec(fn):
-        if not INTERPRET:
-            return triton_op(name, fn, mutates_args=())
-        op = custom_op(name, fn, mutates_args=())
-        op.register_fake(fn)
-        return op
-    return dec
 
 
 def launches(t: torch.Tensor) -> bool:

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from .. import checks
 from .. import codebooks as cb
 from .. import format as fmt
 from . import _common as C
@@ -126,7 +127,6 @@ def header_words(n: int, bits: int, block_size: int, codebook: int, dtype: torch
     return [C.i32(C.MAGIC_WORD), C.i32(w1), C.i32(block_size), C.i32(n % (1 << 32)), C.i32(n // (1 << 32))]
 
 
-@C.kernel_op("tnq::triton_compress")
 def triton_compress(x: torch.Tensor, table: torch.Tensor, bits: int, block_size: int, codebook: int,
                     seed: int) -> torch.Tensor:
     """x: any shape fp32/fp16/bf16, table: _common.table(codebook, bits) → uint8 payload [payload_bytes]."""
@@ -164,9 +164,5 @@ def triton_compress(x: torch.Tensor, table: torch.Tensor, bits: int, block_size:
 
 def compress(x: torch.Tensor, bits: int, block_size: int, codebook: int, seed: int) -> torch.Tensor:
     """x: any shape, fp32/fp16/bf16 → uint8 payload [payload_bytes(n, bits, block_size)] (reference signature)."""
-    from ..reference import _check_float
-    _check_float(x)
-    cb.check_bits(bits)
-    fmt.check_block_size(block_size)
-    codebook = cb.codebook_id(codebook)
+    codebook = checks.check_compress(x, bits, block_size, codebook)
     return torch.ops.tnq.triton_compress(x, C.table(codebook, bits, x.device), bits, block_size, codebook, seed)

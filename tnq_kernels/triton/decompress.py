@@ -13,10 +13,9 @@ from typing import Sequence
 import torch
 import triton
 import triton.language as tl
-from torch.library import custom_op
 
 from .. import format as fmt
-from .. import reference
+from .. import checks
 from . import _common as C
 from .pack import unpack_planes
 
@@ -63,17 +62,11 @@ def words_of(payload: torch.Tensor) -> torch.Tensor:
     return payload.contiguous().view(torch.int32)
 
 
-def check_shape(h: fmt.Header, shape: Sequence[int], dtype: torch.dtype, name: str) -> None:
-    reference._check_shape(h, shape, name)
-    if dtype not in reference.SUPPORTED_DTYPES:
-        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-
-
-@custom_op("tnq::triton_decompress", mutates_args=())
 def triton_decompress(payload: torch.Tensor, shape: list[int], dtype: torch.dtype) -> torch.Tensor:
     """uint8 payload → tensor of `shape` and `dtype` (header validated on the host first)."""
-    h = reference.read_header(payload)
-    check_shape(h, shape, dtype, "payload")
+    h = checks.read_header(payload)
+    checks.check_shape(h, shape, "payload")
+    checks.check_dtype(dtype)
     out = torch.empty(h.numel, dtype=dtype, device=payload.device)
     if h.numel > 0:
         decompress_kernel[(triton.cdiv(h.numel, CHUNK),)](
@@ -82,10 +75,6 @@ def triton_decompress(payload: torch.Tensor, shape: list[int], dtype: torch.dtyp
             num_warps=C.warps_for(CHUNK), **C.NO_FMA)
     return out.reshape(shape)
 
-
-@triton_decompress.register_fake
-def _(payload, shape, dtype):
-    return payload.new_empty(shape, dtype=dtype)
 
 
 def decompress(payload: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:

@@ -17,12 +17,11 @@ from typing import Optional, Sequence
 import torch
 import triton
 import triton.language as tl
-from torch.library import custom_op
 
 from .. import format as fmt
-from .. import reference
+from .. import checks
 from . import _common as C
-from .decompress import CHUNK, check_shape, decode_tile, scale_mode, words_of
+from .decompress import CHUNK, decode_tile, scale_mode, words_of
 
 MAX_FUSED = 8
 
@@ -77,22 +76,6 @@ def decompress_sum_kernel(p0, p1, p2, p3, p4, p5, p6, p7, w0, w1, w2, w3, w4, w5
     tl.store(out_ptr + idx, C.to_output(acc, out_ptr.dtype.element_ty, EXACT), mask=m)
 
 
-def read_headers(payloads: Sequence[torch.Tensor]) -> list[fmt.Header]:
-    """Validate every payload's header with one device-to-host copy of W·32 bytes."""
-    for w, p in enumerate(payloads):
-        if p.dtype != torch.uint8 or p.dim() != 1 or p.numel() < fmt.HEADER_BYTES:
-            raise ValueError(f"payloads[{w}] must be a 1-D uint8 tensor (a tnq payload) of at least "
-                             f"{fmt.HEADER_BYTES} bytes, got {p.dtype} with shape {tuple(p.shape)}")
-    heads = torch.stack([p[: fmt.HEADER_BYTES] for p in payloads]).cpu().numpy()
-    out = []
-    for w, p in enumerate(payloads):
-        try:
-            out.append(fmt.parse_header(heads[w].tobytes(), p.numel()))
-        except ValueError as e:
-            raise ValueError(f"payloads[{w}]: {e}") from None
-    return out
-
-
 def groups(headers: Sequence[fmt.Header]) -> list[tuple[int, int]]:
     """[start, stop) runs of ≤ MAX_FUSED consecutive payloads sharing (bits, block_size, codebook)."""
     out, start = [], 0
@@ -104,17 +87,10 @@ def groups(headers: Sequence[fmt.Header]) -> list[tuple[int, int]]:
     return out
 
 
-@custom_op("tnq::triton_decompress_sum", mutates_args=())
 def triton_decompress_sum(payloads: list[torch.Tensor], weights: Optional[list[float]], shape: list[int],
                           dtype: torch.dtype) -> torch.Tensor:
     """W uint8 payloads of equal numel → Σ_w weights[w]·decode(payloads[w]) of `shape`, `dtype` (fp32 accumulation)."""
-    if len(payloads) == 0:
-        raise ValueError("payloads must hold at least one payload, got an empty list")
-    if weights is not None and len(weights) != len(payloads):
-        raise ValueError(f"weights must have one entry per payload ({len(payloads)}), got {len(weights)}")
-    headers = read_headers(payloads)
-    for w, h in enumerate(headers):
-        check_shape(h, shape, dtype, f"payloads[{w}]")
+    headers = checks.check_sum(payloads, weights, shape, dtype)
     n = headers[0].numel
     device = payloads[0].device
     out = torch.empty(n, dtype=dtype, device=device)
@@ -136,11 +112,6 @@ def triton_decompress_sum(payloads: list[torch.Tensor], weights: Optional[list[f
             **C.NO_FMA)
     return out.reshape(shape)
 
-
-@triton_decompress_sum.register_fake
-def _(payloads, weights, shape, dtype):
-    torch._check(len(payloads) > 0, lambda: "payloads must hold at least one payload")
-    return payloads[0].new_empty(shape, dtype=dtype)
 
 
 def decompress_sum(payloads: Sequence[torch.Tensor], weights: Sequence[float] | None, shape: Sequence[int],

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from .. import checks
 from .. import codebooks as cb
 from . import _common as C
 
@@ -44,7 +45,6 @@ def quantize_kernel(z_ptr, codes_ptr, table_ptr, n, key0, key1, BITS: tl.constex
     tl.store(codes_ptr + idx, code.to(tl.uint8), mask=m)
 
 
-@C.kernel_op("tnq::triton_quantize")
 def triton_quantize(z: torch.Tensor, table: torch.Tensor, bits: int, seed: int) -> torch.Tensor:
     """z fp32 [n] (any shape, flattened) → uint8 codes [n]."""
     zf = C.flat(z)
@@ -60,8 +60,7 @@ def triton_quantize(z: torch.Tensor, table: torch.Tensor, bits: int, seed: int) 
 
 def quantize(z: torch.Tensor, bits: int, codebook: int, seed: int) -> torch.Tensor:
     """Job 2, the reference's signature: z fp32 [n] → uint8 codes [n]."""
-    if z.dtype != torch.float32:
-        raise ValueError(f"z must be float32 (the output of scale_truncate), got {z.dtype}")
-    cb.check_bits(bits)
+    checks.check_z(z)
+    checks.check_bits(bits)
     codebook = cb.codebook_id(codebook)
     return torch.ops.tnq.triton_quantize(z, C.table(codebook, bits, z.device), bits, seed)

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from .. import checks
 from .. import codebooks as cb
 from .. import format as fmt
 from . import _common as C
@@ -161,7 +162,6 @@ def segmentation(n: int, block_size: int) -> tuple[int, int, int, bool]:
     return seg, triton.cdiv(n, seg), chunk, seg <= chunk
 
 
-@C.kernel_op("tnq::triton_scale_truncate")
 def triton_scale_truncate(x: torch.Tensor, table: torch.Tensor, bits: int, block_size: int,
                           codebook: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x: any shape fp32/fp16/bf16, table: C.table(codebook, bits) → (scales fp32 [nblocks], z fp32 [n])."""
@@ -185,9 +185,5 @@ def triton_scale_truncate(x: torch.Tensor, table: torch.Tensor, bits: int, block
 
 def scale_truncate(x: torch.Tensor, bits: int, block_size: int, codebook: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Job 1, the reference's signature: x any shape → (scales fp32 [nblocks], z fp32 [n])."""
-    from ..reference import _check_float
-    _check_float(x)
-    cb.check_bits(bits)
-    fmt.check_block_size(block_size)
-    codebook = cb.codebook_id(codebook)
+    codebook = checks.check_compress(x, bits, block_size, codebook)
     return torch.ops.tnq.triton_scale_truncate(x, C.table(codebook, bits, x.device), bits, block_size, codebook)
