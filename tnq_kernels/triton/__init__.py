@@ -18,12 +18,13 @@ from __future__ import annotations
 from .. import ops
 from . import _common
 from .compress import compress
-from .decompress import decompress
-from .decompress_sum import decompress_sum
+from .decompress import decompress, decompress_into
+from .decompress_sum import decompress_sum, decompress_sum_into
 from .pack import pack, unpack
 from .quantize import quantize
 from .scale_truncate import scale_truncate
 
 ops.register_triton(interpret=_common.INTERPRET)
 
-__all__ = ["compress", "decompress", "decompress_sum", "scale_truncate", "quantize", "pack", "unpack"]
+__all__ = ["compress", "decompress", "decompress_sum", "decompress_into", "decompress_sum_into", "scale_truncate",
+           "quantize", "pack", "unpack"]

@@ -87,8 +87,9 @@ def triton_pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     n = c.numel()
     words = torch.empty(fmt.num_words(n, bits), dtype=torch.int32, device=codes.device)
     if n > 0 and C.launches(c):
-        wrap_triton(pack_kernel)[(triton.cdiv(n, _CHUNK),)](c, words, n, BITS=bits, BITS_P2=C.next_pow2(bits),
-                                                           CHUNK=_CHUNK, num_warps=C.warps_for(_CHUNK))
+        with C.device_guard(codes.device):
+            wrap_triton(pack_kernel)[(triton.cdiv(n, _CHUNK),)](c, words, n, BITS=bits, BITS_P2=C.next_pow2(bits),
+                                                               CHUNK=_CHUNK, num_warps=C.warps_for(_CHUNK))
     return words
 
 
@@ -99,8 +100,9 @@ def triton_unpack(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     w = C.flat(words)
     codes = torch.empty(n, dtype=torch.uint8, device=words.device)
     if n > 0 and C.launches(w):
-        wrap_triton(unpack_kernel)[(triton.cdiv(n, _CHUNK),)](w, codes, n, BITS=bits, CHUNK=_CHUNK,
-                                                             num_warps=C.warps_for(_CHUNK))
+        with C.device_guard(words.device):
+            wrap_triton(unpack_kernel)[(triton.cdiv(n, _CHUNK),)](w, codes, n, BITS=bits, CHUNK=_CHUNK,
+                                                                 num_warps=C.warps_for(_CHUNK))
     return codes
 
 
