@@ -15,6 +15,7 @@ import torch
 
 import tnq_kernels
 from tnq_kernels import checks
+from tnq_kernels import codebooks as cb
 from tnq_kernels import format as fmt
 from tnq_kernels import ops, reference
 
@@ -28,7 +29,7 @@ DEV = torch.device("cuda")
 CUDA_SIZES = [0, 1, 31, 32, 33, 4097, 1_000_000]
 FAST_BITS = [2, 3, 4, 5]
 OTHER_BITS = [1, 6, 7, 8]
-CODEBOOKS = [0, 1, 2, 3]  # tnq, tqsgd, nqsgd, qsgd
+CODEBOOKS = list(range(cb.NUM_CODEBOOKS))  # every codebook id (codebooks.CODEBOOK_NAMES)
 SEED = 0x5EED_1234_ABCD
 
 
