@@ -37,7 +37,8 @@ from tnq_kernels import codebooks as cb
 from .data import load_mnist
 from .mnist import ClientBatches, RunConfig, build_model, resolve_backend
 
-CODEBOOKS = ("tnq", "tqsgd", "nqsgd", "qsgd")
+#: "rtnq" is sized for the number of clients (rtnq8 with 8); qsgd_l2 / nuqsgd_l2 are the papers' L2-scaled ones
+CODEBOOKS = ("tnq", "rtnq", "tqsgd", "nqsgd", "qsgd", "nuqsgd_l2", "qsgd_l2")
 #: SPEC §1, expected per-element MSE of TNQ on Laplace data with γ = 1
 LAPLACE_MSE = {2: 0.522, 3: 0.187, 4: 0.0570, 5: 0.0158}
 #: "layer": one scale per parameter tensor (B = 0 per tensor, the paper's setting); "model": B = 0 over the whole
@@ -79,11 +80,11 @@ def aggregate_error(G: torch.Tensor, sizes, codebook: str, bits: int, block, rep
     B, bounds = _pieces(block, sizes)
     w = [1.0 / N] * N
     expect = torch.zeros(n, dtype=torch.float64)
-    top = cb.levels(codebook, bits)[-1]
+    top = cb.levels(cb.codebook_id(codebook, N), bits)[-1]
     clipped = 0
     for c in range(N):
         for lo, hi in bounds:
-            scales, z = tnq.scale_truncate(G[c, lo:hi], bits, B, codebook, backend=backend)
+            scales, z = tnq.scale_truncate(G[c, lo:hi], bits, B, codebook, backend=backend, clients=N)
             ids = torch.arange(hi - lo) // B if B else torch.zeros(hi - lo, dtype=torch.int64)
             s = scales[ids].double()
             expect[lo:hi] += s * z.double() / N
@@ -93,8 +94,8 @@ def aggregate_error(G: torch.Tensor, sizes, codebook: str, bits: int, block, rep
     for r in range(reps):
         ghat = torch.empty(n)
         for lo, hi in bounds:
-            pays = [tnq.compress(G[c, lo:hi], bits, B, codebook, tnq.derive_seed(r, c, lo, 0x6E4), backend=backend)
-                    for c in range(N)]
+            pays = [tnq.compress(G[c, lo:hi], bits, B, codebook, tnq.derive_seed(r, c, lo, 0x6E4), backend=backend,
+                                 clients=N) for c in range(N)]
             ghat[lo:hi] = tnq.decompress_sum(pays, w, (hi - lo,), torch.float32, backend=backend)
         d = (ghat - g).double()
         mses.append(float(d.pow(2).sum()) / gg)
@@ -176,11 +177,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default=None, help="tnq backend (default: C++ if built, else reference)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--codebooks", default=",".join(CODEBOOKS), help="comma-separated subset of " + ",".join(CODEBOOKS))
     p.add_argument("--out", default=None, help="write the Markdown here (default: stdout only)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     points = [int(v) for v in a.points.split(",")]
     bits_list = [int(v) for v in a.bits.split(",")]
+    books = [c for c in CODEBOOKS if c in a.codebooks.split(",")]
     backend = resolve_backend(a.backend)
     cfg = RunConfig(compressor="none", seed=a.seed)
     data = load_mnist()
@@ -204,8 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         lap_rows[step] = laplace_check(G, sizes, names)
         for bits in bits_list:
             unit_rows.append({"step": step, "bits": bits, "mse": unit_mse(G, bits, 2048, 2, backend)})
-            for codebook in CODEBOOKS:
-                for block in (BLOCKS if bits == 3 else (2048,)):  # the block-size study is at 3 bits
+            for codebook in books:
+                for block in (BLOCKS if bits == 3 else (2048, "layer")):  # the block-size study is at 3 bits
                     r = aggregate_error(G, sizes, codebook, bits, block, a.reps, backend)
                     agg_rows.append({"step": step, "bits": bits, "codebook": codebook, "block": block,
                                      "sgd_noise": sgd_noise, "gnorm": float(g.norm()), **r})
@@ -222,17 +225,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         out += [f"### step {step} (‖g‖ = {rows[0]['gnorm']:.4f}, SGD noise {rows[0]['sgd_noise']:.3f})", "",
                 "| bits | codebook | rel MSE | bias | bias² share | shrink | cos(E) | cos | clipped |",
                 "|---|---|---|---|---|---|---|---|---|"]
-        for r in sorted(rows, key=lambda r: (r["bits"], CODEBOOKS.index(r["codebook"]))):
+        for r in sorted(rows, key=lambda r: (r["bits"], books.index(r["codebook"]))):
             share = r["bias_sq"] / r["rel_mse"] if r["rel_mse"] else 0.0
             out.append(f"| {r['bits']} | {r['codebook']} | {_f(r['rel_mse'])} | {_f(r['bias'])} | {share:.2f} | "
                        f"{r['shrink']:.4f} | {r['bias_cos']:.4f} | {r['cos']:.4f} | {_f(r['clip_frac'])} |")
         out.append("")
 
+    out += ["## 1b. Mean over the measured steps", "",
+            "rel MSE, bias and shrink as in section 1, averaged over the steps; 2048 = one scale per 2048 elements, "
+            "layer = one scale per parameter tensor (B = 0 per tensor, the papers' setting).", "",
+            "| bits | codebook | rel MSE (2048) | bias (2048) | shrink (2048) | rel MSE (layer) | bias (layer) | "
+            "shrink (layer) |", "|---|---|---|---|---|---|---|---|"]
+    for bits in bits_list:
+        for codebook in books:
+            cells = []
+            for block in (2048, "layer"):
+                rows = [r for r in agg_rows if r["bits"] == bits and r["codebook"] == codebook and r["block"] == block]
+                m = {k: statistics.fmean(r[k] for r in rows) for k in ("rel_mse", "bias", "shrink")}
+                cells += [_f(m["rel_mse"]), _f(m["bias"]), f"{m['shrink']:.3f}"]
+            out.append(f"| {bits} | {codebook} | " + " | ".join(cells) + " |")
+    out.append("")
+
     out += ["## 2. Block size (3 bits; mean over the measured steps)", "",
             "256 / 2048: elements per scale; layer: one scale per parameter tensor (the paper's setting); "
             "model: one scale for the whole 0.32M-element bucket.", "",
             "| codebook | block | rel MSE | bias | shrink | cos(E) | cos | clipped |", "|---|---|---|---|---|---|---|---|"]
-    for codebook in CODEBOOKS:
+    for codebook in books:
         for block in BLOCKS:
             rows = [r for r in agg_rows if r["bits"] == 3 and r["codebook"] == codebook and r["block"] == block]
             if not rows:

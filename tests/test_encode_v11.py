@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 
+from tnq_kernels import checks
 from tnq_kernels import codebooks as cb
 from tnq_kernels import format as fmt
 from tnq_kernels import reference as ref
@@ -59,8 +60,12 @@ def dividing_codes(x, bits, block, codebook, seed):
 def crafted(bits, codebook, n, block, seed):
     """fp32 Laplace-like data of n elements where some elements round differently under g/scale and g·fp32(1/scale).
     A mean scale can oscillate between two values while the crafted elements move; another draw then settles."""
+    # the ‖g‖₂ and Σg²/(2Σ|g|) scales follow a moved element more strongly than mean|g|: fewer crafted elements let
+    # the scale settle (128 never did for rtnq at 5 bits; 16 does)
+    count = 128 if cb.scale_rule(codebook) in (cb.SCALE_MEAN_ABS, cb.SCALE_MAX_ABS) else 16
     for attempt in range(6):
-        x = _craft(bits, codebook, n, block, seed, laplace(n, scale=1.0, seed=100 * attempt + 10 * bits + codebook))
+        x = _craft(bits, codebook, n, block, seed, laplace(n, scale=1.0, seed=100 * attempt + 10 * bits + codebook),
+                   count)
         if not torch.equal(dividing_codes(x, bits, block, codebook, seed),
                            ref.quantize(ref.scale_truncate(x, bits, block, codebook)[1], bits, codebook, seed).long()):
             break
@@ -75,7 +80,9 @@ def _craft(bits, codebook, n, block, seed, x, count=128):
     rho = torch.tensor(cb.inv_gaps(codebook, bits), dtype=torch.float64)
     u = rng.uniform_tensor(seed, idx).double()[:, None]
     offsets = torch.arange(-64, 65, dtype=torch.int32)
-    cells = torch.arange(len(c) - 1).expand(len(idx), -1)  # first pass: every cell; then the one picked
+    # first pass: every cell (but the L2 codebooks' spare top cell, which |g|/‖g‖₂ <= 1 never reaches); then the
+    # one picked
+    cells = torch.arange(len(c) - 1 - (cb.scale_rule(codebook) == cb.SCALE_L2 and bits > 1)).expand(len(idx), -1)
     for _ in range(40):
         s = _per_element_scales(x, block, codebook)[idx][:, None]
         r = ref.inverse_scale(s)
@@ -100,6 +107,10 @@ def _craft(bits, codebook, n, block, seed, x, count=128):
 @pytest.mark.parametrize("bits", [2, 3, 4, 5])
 def test_crafted_inputs_catch_a_dividing_backend(bits, block, codebook):
     cid = cb.CODEBOOK_IDS[codebook]
+    if cb.scale_rule(cid) == cb.SCALE_L2 and bits == 2:
+        pytest.skip("qsgd_l2/nuqsgd_l2 at 2 bits: levels 0, ±1, 2 of ‖g‖₂, so every crossing sits at ≥ 0.5·‖g‖₂ and "
+                    "moving an element there moves ‖g‖₂ itself; no input can be crafted (random-data equality: "
+                    "test_codebooks_new.py)")
     x = crafted(bits, cid, 4097, block, SEED)
     want = ref.compress(x, bits, block, cid, SEED)
     words_div = ref.pack(dividing_codes(x, bits, block, cid, SEED).to(torch.uint8), bits)
@@ -147,9 +158,9 @@ def test_tiny_scale_zero_and_nonfinite_blocks(bits, codebook):
 @pytest.mark.parametrize("isa", sorted(ISA_ENVS))
 def test_every_simd_path(isa, tmp_path):
     cases = [(x.to(dt), bits, block, cid)
-             for cid in range(4) for bits in (2, 3, 4, 5) for block in (0, 96)
+             for cid in range(cb.NUM_CODEBOOKS) for bits in (2, 3, 4, 5) for block in (0, 96)
              for x in [crafted(bits, cid, 4097, block, SEED)] for dt in (torch.float32, torch.bfloat16, torch.float16)]
-    cases += [(_subnormal_blocks(), bits, 64, cid) for cid in range(4) for bits in (2, 5)]
+    cases += [(_subnormal_blocks(), bits, 64, cid) for cid in range(cb.NUM_CODEBOOKS) for bits in (2, 5)]
     torch.save(cases, tmp_path / "cases.pt")
     code = (
         "import sys, torch, tnq_kernels\n"

@@ -53,15 +53,18 @@ def _seed(seed: int | None) -> int:
 
 
 def compress(x: torch.Tensor, bits: int = DEFAULT_BITS, block_size: int = DEFAULT_BLOCK_SIZE,
-             codebook: str | int = "tnq", seed: int | None = None, backend: str | None = None) -> torch.Tensor:
+             codebook: str | int = "tnq", seed: int | None = None, backend: str | None = None,
+             clients: int | None = None) -> torch.Tensor:
     """Compress ``x`` (any shape, fp32/fp16/bf16, contiguous or not) to one uint8 payload.
 
     Returns a 1-D uint8 tensor of ``payload_bytes(x.numel(), bits, block_size)`` bytes on x's device: the v1 header,
     one fp32 scale per ``block_size`` elements (0: one per tensor), then ``bits`` bits per element. ``seed`` keys the
     stochastic rounding (same seed, same codes on every backend); None draws one from torch's default generator.
+    ``clients``: how many payloads the receiver averages; it picks the member of ``codebook="rtnq"`` (default 1)
+    and is ignored by the other codebooks.
     """
     return _run("compress", backend, x, _int("bits", bits), _int("block_size", block_size),
-                cb.codebook_id(codebook), _seed(seed))
+                cb.codebook_id(codebook, clients), _seed(seed))
 
 
 def read_header(payload: torch.Tensor) -> fmt.Header:
@@ -124,16 +127,17 @@ def decompress_sum(payloads: Sequence[torch.Tensor] | torch.Tensor, weights: Seq
 
 
 def scale_truncate(x: torch.Tensor, bits: int = DEFAULT_BITS, block_size: int = DEFAULT_BLOCK_SIZE,
-                   codebook: str | int = "tnq", backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   codebook: str | int = "tnq", backend: str | None = None,
+                   clients: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 1: (scales fp32 [nblocks], z fp32 [n] = clamp(x·r) in units of the scale, r = fp32(1/scale))."""
     return _run("scale_truncate", backend, x, _int("bits", bits), _int("block_size", block_size),
-                cb.codebook_id(codebook))
+                cb.codebook_id(codebook, clients))
 
 
 def quantize(z: torch.Tensor, bits: int = DEFAULT_BITS, codebook: str | int = "tnq", seed: int | None = None,
-             backend: str | None = None) -> torch.Tensor:
+             backend: str | None = None, clients: int | None = None) -> torch.Tensor:
     """Stage 2: z fp32 [n] → uint8 codes [n] (codebook lookup + unbiased stochastic rounding)."""
-    return _run("quantize", backend, z, _int("bits", bits), cb.codebook_id(codebook), _seed(seed))
+    return _run("quantize", backend, z, _int("bits", bits), cb.codebook_id(codebook, clients), _seed(seed))
 
 
 def pack(codes: torch.Tensor, bits: int = DEFAULT_BITS, backend: str | None = None) -> torch.Tensor:

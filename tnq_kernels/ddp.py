@@ -101,7 +101,8 @@ class TNQState:
         process_group: the group to reduce over (None: the default group).
         bits: bits per element, 1-8 (2-5 are the fast paths).
         block_size: elements per fp32 scale (a multiple of 32; 0: one scale per compressed tensor).
-        codebook: "tnq" (default), "tqsgd", "nqsgd" or "qsgd" (SPEC §1).
+        codebook: "tnq" (default), "tqsgd", "nqsgd", "qsgd", "qsgd_l2", "nuqsgd_l2" or "rtnq" (docs/codebooks.md);
+            "rtnq" is sized for the world size of each call (the number of payloads averaged).
         scheme: "allgather", "two_phase" or "auto" (two_phase when the world size is > 2).
         seed: base seed; per-rank/step/bucket seeds are derived from it (module docstring).
         error_feedback: keep and re-inject each rank's compression residual.
@@ -124,7 +125,8 @@ class TNQState:
         self.process_group = process_group
         self.bits = cb.check_bits(bits)
         self.block_size = fmt.check_block_size(block_size)
-        self.codebook = cb.CODEBOOK_NAMES[cb.codebook_id(codebook)]
+        cb.codebook_id(codebook)  # validates; the "rtnq" family stays a family, resolved per call with W
+        self.codebook = codebook if codebook == cb.RTNQ else cb.CODEBOOK_NAMES[cb.codebook_id(codebook)]
         self.scheme = scheme
         self.seed = seed
         self.error_feedback = bool(error_feedback)
@@ -416,7 +418,8 @@ def _allgather(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: i
     Returns (future of the average, bytes sent, own payload)."""
     n = x.numel()
     payload = api.compress(x, state.bits, state.block_size, state.codebook,
-                           derive_seed(state.seed, rank, state.step, index), backend=state.backend)
+                           derive_seed(state.seed, rank, state.step, index), backend=state.backend,
+                           clients=world_size)
     size = payload.numel()
     gathered = torch.empty(world_size * size, dtype=torch.uint8, device=x.device)
     work = _all_gather_flat(gathered, payload, group=state.process_group, async_op=True)
@@ -447,7 +450,8 @@ def _two_phase(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: i
     own = []
     for j, (lo, hi) in enumerate(bounds):
         p = api.compress(x[lo:hi], state.bits, state.block_size, state.codebook,
-                         derive_seed(state.seed, rank, state.step, index, 1, j), backend=state.backend)
+                         derive_seed(state.seed, rank, state.step, index, 1, j), backend=state.backend,
+                         clients=W)
         send[j * slot: j * slot + sizes[j]].copy_(p)
         own.append((p, lo, hi))
     recv = torch.empty_like(send)
@@ -457,8 +461,9 @@ def _two_phase(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: i
     lo, hi = bounds[rank]
     parts = [recv[i * slot: i * slot + sizes[rank]] for i in range(W)]
     shard = api.decompress_sum(parts, [1.0 / W] * W, [hi - lo], torch.float32, backend=state.backend)
+    # the reduced shard is sent once and decoded alone (no averaging after it): one client
     mine = api.compress(shard, state.bits, state.block_size, state.codebook,
-                        derive_seed(state.seed, rank, state.step, index, 2), backend=state.backend)
+                        derive_seed(state.seed, rank, state.step, index, 2), backend=state.backend, clients=1)
     shard_slot = torch.zeros(slot, dtype=torch.uint8, device=x.device)
     shard_slot[: mine.numel()].copy_(mine)
     gathered = torch.empty(W * slot, dtype=torch.uint8, device=x.device)

@@ -55,16 +55,20 @@ class TNQCompressor:
     """
 
     def __init__(self, bits: int = api.DEFAULT_BITS, block_size: int = api.DEFAULT_BLOCK_SIZE,
-                 codebook: str | int = "tnq", seed: int = 0, rank: int = 0, backend: str | None = None):
+                 codebook: str | int = "tnq", seed: int = 0, rank: int = 0, backend: str | None = None,
+                 clients: int | None = None):
         self.bits = cb.check_bits(bits)
         self.block_size = fmt.check_block_size(block_size)
-        self.codebook = cb.CODEBOOK_NAMES[cb.codebook_id(codebook)]
+        cb.codebook_id(codebook, clients)  # validates; the "rtnq" family is resolved per call with its clients
+        self.codebook = codebook if codebook == cb.RTNQ else cb.CODEBOOK_NAMES[cb.codebook_id(codebook)]
+        #: payloads the receiver averages (sizes codebook="rtnq"); DistributedOptimizer passes its world size
+        self.clients = clients
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self.seed, self.rank, self.backend = seed, rank, backend
         self._calls = 0
 
-    def compress(self, tensor: torch.Tensor, seed: int | None = None):
+    def compress(self, tensor: torch.Tensor, seed: int | None = None, clients: int | None = None):
         caller = sys._getframe(1).f_globals.get("__name__", "")
         if caller == "horovod" or caller.startswith("horovod."):
             raise RuntimeError(
@@ -75,7 +79,8 @@ class TNQCompressor:
         if seed is None:
             seed = derive_seed(self.seed, self.rank, self._calls)
             self._calls += 1
-        payload = api.compress(tensor, self.bits, self.block_size, self.codebook, seed, backend=self.backend)
+        payload = api.compress(tensor, self.bits, self.block_size, self.codebook, seed, backend=self.backend,
+                               clients=self.clients if clients is None else clients)
         return payload, (tuple(tensor.shape), tensor.dtype)
 
     def decompress(self, tensor: torch.Tensor, ctx) -> torch.Tensor:
@@ -143,9 +148,10 @@ class _Methods:
         elif grad.is_sparse:
             raise ValueError(f"sparse gradient for {self._names[id(p)]}: pass sparse_as_dense=True "
                              f"(packed codes need a dense tensor)")
-        rank, _ = self._world()
+        rank, world = self._world()
         payload, ctx = self._compression.compress(
-            grad, seed=derive_seed(self._compression.seed, rank, self._tnq_step, self._index[id(p)]))
+            grad, seed=derive_seed(self._compression.seed, rank, self._tnq_step, self._index[id(p)]),
+            clients=world)
         kw = {} if self._process_set is None else {"process_set": self._process_set}
         handle = self._hvd.allgather_async(payload, name=f"tnq.{self._names[id(p)]}", **kw)
         self._pending[id(p)] = (handle, ctx)

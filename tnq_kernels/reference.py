@@ -2,7 +2,8 @@
 
 Plain, vectorised torch on whatever device the input lives on. Read top to bottom, it is the whole algorithm:
 
-    scale_truncate   per block: scale = mean|g| (fp64 sum, rounded once to fp32) or max|g|; r = fp32(1/scale);
+    scale_truncate   per block: scale = mean|g| (fp64 sum, rounded once to fp32), max|g|, ‖g‖₂ = fp32(sqrt(fp64
+                     Σg²)) or Σg²/(2Σ|g|) (fp64 sums, one fp64 division, rounded once); r = fp32(1/scale);
                      z = clamp(g·r)
     quantize         k = the level cell holding z; p = (z − c_k)·(1/(c_{k+1} − c_k)); code = k + [U < p]
     pack / unpack    codes ↔ b-bit bit-plane uint32 words (bit j of word p = bit p of element 32g + j)
@@ -49,10 +50,21 @@ def block_scales(x: torch.Tensor, block_size: int, codebook: int) -> torch.Tenso
         return torch.zeros(nb, dtype=torch.float32, device=x.device)
     a = g.abs().to(torch.float64)
     bid = _block_ids(n, block_size, x.device)
-    if cb.scale_rule(codebook) == cb.SCALE_MEAN_ABS:
-        sums = torch.zeros(nb, dtype=torch.float64, device=x.device).index_add_(0, bid, a)
+    rule = cb.scale_rule(codebook)
+
+    def block_sum(v: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(nb, dtype=torch.float64, device=x.device).index_add_(0, bid, v)
+
+    if rule == cb.SCALE_MEAN_ABS:
         counts = torch.bincount(bid, minlength=nb).to(torch.float64)
-        return (sums / counts).to(torch.float32)
+        return (block_sum(a) / counts).to(torch.float32)
+    if rule == cb.SCALE_L2:
+        # fp32 squares are exact in fp64 (48 significant bits) and cannot overflow or underflow there
+        return torch.sqrt(block_sum(a * a)).to(torch.float32)
+    if rule == cb.SCALE_M2_M1:
+        s1, s2 = block_sum(a), block_sum(a * a)
+        # all-zero block: 0 (not 0/0); a non-finite block gives inf/inf or NaN, i.e. NaN
+        return torch.where(s1 == 0, torch.zeros_like(s1), s2 / (2.0 * s1)).to(torch.float32)
     # max|g|: exact in any order; NaN must win over everything (amax propagates NaN).
     pad = nb * (block_size or n) - n
     a = torch.nn.functional.pad(a, (0, pad)).view(nb, -1)

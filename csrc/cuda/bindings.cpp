@@ -78,7 +78,7 @@ at::Tensor compress_cuda(const at::Tensor& x_in, int64_t bits, int64_t block_siz
   const int64_t ws_bytes = compress_workspace_bytes(n, block_size);
   at::Tensor ws = at::empty({ws_bytes}, x.options().dtype(at::kByte));
   const HeaderWords hw = header_words(Header{int(bits), int(codebook), dt, block_size, 0u, n});
-  check_launch(compress(x.const_data_ptr(), dt, n, int(bits), block_size, scale_is_max(int(codebook)),
+  check_launch(compress(x.const_data_ptr(), dt, n, int(bits), block_size, scale_rule(int(codebook)),
                         seed_keys(uint64_t(seed)), level_table(int(codebook), int(bits)), hw,
                         out.mutable_data_ptr<uint8_t>(), ws_bytes ? ws.mutable_data_ptr() : nullptr,
                         current_stream(x.device())),
@@ -291,7 +291,7 @@ std::tuple<at::Tensor, at::Tensor> scale_truncate_cuda(const at::Tensor& x_in, i
   at::Tensor scales = at::empty({nblocks}, x.options().dtype(at::kFloat));
   const int64_t ws_bytes = compress_workspace_bytes(n, block_size);
   at::Tensor ws = at::empty({ws_bytes}, x.options().dtype(at::kByte));
-  check_launch(scale_truncate(x.const_data_ptr(), dt, n, int(bits), block_size, scale_is_max(int(codebook)),
+  check_launch(scale_truncate(x.const_data_ptr(), dt, n, int(bits), block_size, scale_rule(int(codebook)),
                               level_table(int(codebook), int(bits)), scales.mutable_data_ptr<float>(),
                               z.mutable_data_ptr<float>(), ws_bytes ? ws.mutable_data_ptr() : nullptr,
                               current_stream(x.device())),

@@ -1,7 +1,7 @@
 // Kernels that walk the input block by block: shared by compress.cu (codes out) and scale_truncate.cu (z out).
 //   fused_blocks_kernel   block length <= kFusedMaxBlock: one CTA per scale block reduces it (job 1) and encodes
 //                         it (jobs 1-3); the second read of the block is served by L1/L2.
-//   partials_kernel       longer blocks (B = 0: the whole tensor): fp64 partial per kTile-element tile,
+//   partials_kernel       longer blocks (B = 0: the whole tensor): fp64 partial pair per kTile-element tile,
 //   block_scale_kernel    then one CTA per block reduces its tiles' partials in a fixed order,
 //   tiles_kernel          then one CTA per tile encodes it with its block's scale.
 // Every reduction has a fixed order for a given launch configuration, so results never depend on scheduling.
@@ -18,7 +18,7 @@ namespace {
 template <int DT, int BITS, bool ZOUT>
 __global__ void __launch_bounds__(kThreads)
     fused_blocks_kernel(const typename Elem<DT>::T* __restrict__ x, int64_t n, int64_t block_len, int bits,
-                        bool max_rule, SeedKeys keys, const __grid_constant__ LevelTable tab,
+                        int rule, SeedKeys keys, const __grid_constant__ LevelTable tab,
                         float* __restrict__ scales, uint32_t* __restrict__ flags, uint32_t* __restrict__ words,
                         float* __restrict__ z) {
   __shared__ SharedTable st;
@@ -27,7 +27,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t blk = blockIdx.x;
   const int64_t start = blk * block_len;
   const int64_t end = start + block_len < n ? start + block_len : n;
-  const float scale = finish_scale(reduce_abs<DT>(x, start, end, max_rule, red), end - start, max_rule);
+  const float scale = finish_scale(reduce_scale<DT>(x, start, end, rule, red), end - start, rule);
   if (threadIdx.x == 0) {
     scales[blk] = scale;
     if (flags != nullptr && !isfinite(scale)) *flags = kFlagNonFinite;
@@ -58,25 +58,33 @@ __device__ __forceinline__ TileRange tile_range(int64_t tile, int64_t tiles_per_
 template <int DT>
 __global__ void __launch_bounds__(kThreads)
     partials_kernel(const typename Elem<DT>::T* __restrict__ x, int64_t n, int64_t block_len,
-                    int64_t tiles_per_block, bool max_rule, double* __restrict__ partials) {
+                    int64_t tiles_per_block, int rule, double* __restrict__ partials) {
   __shared__ double red[33];
   const TileRange r = tile_range(blockIdx.x, tiles_per_block, block_len, n);
-  const double v = reduce_abs<DT>(x, r.start, r.end, max_rule, red);  // 0 for an empty tile: neutral for both
-  if (threadIdx.x == 0) partials[blockIdx.x] = v;
+  const ScaleSums v = reduce_scale<DT>(x, r.start, r.end, rule, red);  // 0 for an empty tile: neutral for all
+  if (threadIdx.x == 0) {
+    partials[2 * int64_t(blockIdx.x)] = v.s1;
+    partials[2 * int64_t(blockIdx.x) + 1] = v.s2;
+  }
 }
 
 __global__ void __launch_bounds__(kThreads)
     block_scale_kernel(const double* __restrict__ partials, int64_t n, int64_t block_len, int64_t tiles_per_block,
-                       bool max_rule, float* __restrict__ scales, uint32_t* __restrict__ flags) {
+                       int rule, float* __restrict__ scales, uint32_t* __restrict__ flags) {
   __shared__ double red[33];
   const int64_t blk = blockIdx.x;
-  const double* p = partials + blk * tiles_per_block;
-  double v = 0.0;
-  for (int64_t j = threadIdx.x; j < tiles_per_block; j += blockDim.x) v = max_rule ? nanmax(v, p[j]) : __dadd_rn(v, p[j]);
+  const double* p = partials + 2 * blk * tiles_per_block;  // (s1, s2) pairs
+  const bool max_rule = rule == kScaleMaxAbs;
+  double v = 0.0, v2 = 0.0;
+  for (int64_t j = threadIdx.x; j < tiles_per_block; j += blockDim.x) {
+    v = max_rule ? nanmax(v, p[2 * j]) : __dadd_rn(v, p[2 * j]);
+    v2 = __dadd_rn(v2, p[2 * j + 1]);
+  }
   v = max_rule ? block_reduce<true>(v, red) : block_reduce<false>(v, red);
+  v2 = block_reduce<false>(v2, red);
   const int64_t start = blk * block_len;
   const int64_t count = (start + block_len < n ? start + block_len : n) - start;
-  const float scale = finish_scale(v, count, max_rule);
+  const float scale = finish_scale(ScaleSums{v, v2}, count, rule);
   if (threadIdx.x == 0) {
     scales[blk] = scale;
     if (flags != nullptr && !isfinite(scale)) *flags = kFlagNonFinite;
@@ -105,7 +113,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // Host: runs job 1 (and, with ZOUT = false, jobs 2-3) over all blocks. scales/flags/words/z as in the kernels.
 template <bool ZOUT>
-const char* run_blocks(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, bool max_rule,
+const char* run_blocks(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, int rule,
                        SeedKeys keys, const LevelTable& tab, float* scales, uint32_t* flags, uint32_t* words,
                        float* z, void* workspace, cudaStream_t s) {
   if (n == 0) return launch_status();
@@ -125,7 +133,7 @@ const char* run_blocks(const void* x, int dtype_id, int64_t n, int bits, int64_t
       int64_t threads = (block_len / V + 31) / 32 * 32;
       threads = threads < 32 ? 32 : (threads > dev::kThreads ? dev::kThreads : threads);
       dev::fused_blocks_kernel<DT, BITS, ZOUT><<<unsigned(nblocks), unsigned(threads), 0, s>>>(
-          static_cast<const typename dev::Elem<DT>::T*>(x), n, block_len, bits, max_rule, keys, tab, scales,
+          static_cast<const typename dev::Elem<DT>::T*>(x), n, block_len, bits, rule, keys, tab, scales,
           flags, words, z);
       return launch_status();
     });
@@ -138,8 +146,8 @@ const char* run_blocks(const void* x, int dtype_id, int64_t n, int bits, int64_t
     constexpr int DT = decltype(dt)::value, BITS = decltype(b)::value;
     using T = typename dev::Elem<DT>::T;
     dev::partials_kernel<DT><<<unsigned(ntiles), dev::kThreads, 0, s>>>(static_cast<const T*>(x), n, block_len,
-                                                                         tpb, max_rule, partials);
-    dev::block_scale_kernel<<<unsigned(nblocks), dev::kThreads, 0, s>>>(partials, n, block_len, tpb, max_rule,
+                                                                         tpb, rule, partials);
+    dev::block_scale_kernel<<<unsigned(nblocks), dev::kThreads, 0, s>>>(partials, n, block_len, tpb, rule,
                                                                          scales, flags);
     dev::tiles_kernel<DT, BITS, ZOUT><<<unsigned(ntiles), dev::kThreads, 0, s>>>(
         static_cast<const T*>(x), n, block_len, tpb, bits, keys, tab, scales, words, z);

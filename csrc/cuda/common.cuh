@@ -225,13 +225,19 @@ __device__ __forceinline__ double block_reduce(double v, double* smem /* [32 + 1
   return smem[32];
 }
 
-// Sum (fp64) or NaN-propagating max of |x| over [start, end) by the whole CTA. start must be a multiple of V.
-// The rule is a template parameter so each element costs one fp64 add or one compare, not both.
-template <int DT, bool MAX>
-__device__ __forceinline__ double reduce_abs_rule(const typename Elem<DT>::T* __restrict__ x, int64_t start,
-                                                  int64_t end, double* smem) {
+// A block's (or tile's) reduction for its scale rule (tnq_constants.h ScaleRule): s1 = Σ|g| (mean), max|g| (max,
+// NaN-propagating) or Σg² (L2); s2 = Σg² for the Σg²/(2Σ|g|) rule, else 0. Squares of fp32 values are exact in fp64.
+struct ScaleSums {
+  double s1, s2;
+};
+
+// ScaleSums over [start, end) by the whole CTA. start must be a multiple of V. The rule is a template parameter so
+// each element costs only the adds (or the compare) its rule needs.
+template <int DT, int RULE>
+__device__ __forceinline__ ScaleSums reduce_rule(const typename Elem<DT>::T* __restrict__ x, int64_t start,
+                                                 int64_t end, double* smem) {
   constexpr int V = Elem<DT>::V;
-  double sum = 0.0;
+  double sum = 0.0, sum2 = 0.0;
   float mx = 0.0f;
   const int64_t stride = int64_t(blockDim.x) * V;
 #pragma unroll 2
@@ -240,25 +246,40 @@ __device__ __forceinline__ double reduce_abs_rule(const typename Elem<DT>::T* __
     load_vec<DT>(x, i, end, f);
 #pragma unroll
     for (int t = 0; t < V; ++t) {
-      if constexpr (MAX) {
+      const double a = double(fabsf(f[t]));
+      if constexpr (RULE == kScaleMaxAbs) {
         mx = nanmax(mx, fabsf(f[t]));
+      } else if constexpr (RULE == kScaleL2) {
+        sum = __dadd_rn(sum, __dmul_rn(a, a));
       } else {
-        sum = __dadd_rn(sum, double(fabsf(f[t])));
+        sum = __dadd_rn(sum, a);
+        if constexpr (RULE == kScaleM2M1) sum2 = __dadd_rn(sum2, __dmul_rn(a, a));
       }
     }
   }
-  return MAX ? block_reduce<true>(double(mx), smem) : block_reduce<false>(sum, smem);
+  if constexpr (RULE == kScaleMaxAbs) return ScaleSums{block_reduce<true>(double(mx), smem), 0.0};
+  const double s1 = block_reduce<false>(sum, smem);
+  return ScaleSums{s1, RULE == kScaleM2M1 ? block_reduce<false>(sum2, smem) : 0.0};
 }
 
 template <int DT>
-__device__ __forceinline__ double reduce_abs(const typename Elem<DT>::T* __restrict__ x, int64_t start,
-                                             int64_t end, bool max_rule, double* smem) {
-  return max_rule ? reduce_abs_rule<DT, true>(x, start, end, smem) : reduce_abs_rule<DT, false>(x, start, end, smem);
+__device__ __forceinline__ ScaleSums reduce_scale(const typename Elem<DT>::T* __restrict__ x, int64_t start,
+                                                  int64_t end, int rule, double* smem) {
+  switch (rule) {
+    case kScaleMaxAbs: return reduce_rule<DT, kScaleMaxAbs>(x, start, end, smem);
+    case kScaleL2: return reduce_rule<DT, kScaleL2>(x, start, end, smem);
+    case kScaleM2M1: return reduce_rule<DT, kScaleM2M1>(x, start, end, smem);
+    default: return reduce_rule<DT, kScaleMeanAbs>(x, start, end, smem);
+  }
 }
 
-// The block's fp32 scale from its reduction: mean = fp64 sum / fp64 count, rounded once; max is exact.
-__device__ __forceinline__ float finish_scale(double red, int64_t count, bool max_rule) {
-  return max_rule ? float(red) : __double2float_rn(__ddiv_rn(red, double(count > 0 ? count : 1)));
+// The block's fp32 scale from its reduction, each rounded once as the reference: mean = fp64 sum / fp64 count;
+// max is exact; ‖g‖₂ = sqrt (IEEE, __dsqrt_rn) of the fp64 Σg²; Σg² / (2·Σ|g|), 0 for an all-zero block.
+__device__ __forceinline__ float finish_scale(ScaleSums r, int64_t count, int rule) {
+  if (rule == kScaleMaxAbs) return float(r.s1);
+  if (rule == kScaleL2) return __double2float_rn(__dsqrt_rn(r.s1));
+  if (rule == kScaleM2M1) return r.s1 == 0.0 ? 0.0f : __double2float_rn(__ddiv_rn(r.s2, __dmul_rn(2.0, r.s1)));
+  return __double2float_rn(__ddiv_rn(r.s1, double(count > 0 ? count : 1)));
 }
 
 // ---- the encode pass over one range of one block ----

@@ -37,18 +37,19 @@ inline int64_t effective_block_len(int64_t n, int64_t block_size) {
   return (block_size == 0 || block_size > n) ? n : block_size;
 }
 
-// Device workspace (bytes) the compress / scale_truncate launchers need for (n, block_size): fp64 partials of
+// Device workspace (bytes) the compress / scale_truncate launchers need for (n, block_size): fp64 partial pairs of
 // the tiled path, 0 on the fused path.
 int64_t compress_workspace_bytes(int64_t n, int64_t block_size);
 
 // Fused compress: x[n] (dtype_id, 16-byte aligned) -> the whole payload (header, scales, padding, codes).
 // payload: 16-byte aligned, payload_bytes(n, bits, block_size) bytes.
-const char* compress(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, bool max_rule,
+// rule: the codebook's ScaleRule (tnq_constants.h scale_rule).
+const char* compress(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, int rule,
                      SeedKeys keys, const LevelTable& table, const HeaderWords& header, uint8_t* payload,
                      void* workspace, void* stream);
 
 // Job 1 alone: scales[num_blocks(n, block_size)] and z[n] (fp32). x 16-byte aligned.
-const char* scale_truncate(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, bool max_rule,
+const char* scale_truncate(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, int rule,
                            const LevelTable& table, float* scales, float* z, void* workspace, void* stream);
 
 // Job 2 alone: codes[n] (uint8) from z[n] (fp32).

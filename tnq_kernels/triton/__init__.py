@@ -26,4 +26,5 @@ from .scale_truncate import scale_truncate
 
 ops.register_triton(interpret=_common.INTERPRET)
 
-__all__ = ["compress", "decompress", "decompress_sum", "decompress_into", "decompress_sum_into", "scale_truncate", "quantize", "pack", "unpack"]
+__all__ = ["compress", "decompress", "decompress_sum", "decompress_into", "decompress_sum_into", "scale_truncate",
+           "quantize", "pack", "unpack"]
