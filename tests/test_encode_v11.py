@@ -111,6 +111,10 @@ def test_crafted_inputs_catch_a_dividing_backend(bits, block, codebook):
         pytest.skip("qsgd_l2/nuqsgd_l2 at 2 bits: levels 0, ±1, 2 of ‖g‖₂, so every crossing sits at ≥ 0.5·‖g‖₂ and "
                     "moving an element there moves ‖g‖₂ itself; no input can be crafted (random-data equality: "
                     "test_codebooks_new.py)")
+    if cb.scale_rule(cid) == cb.SCALE_L2 and block != 96:
+        pytest.skip("qsgd_l2/nuqsgd_l2 on a block of thousands: every crossing lies at a sizeable fraction of "
+                    "‖g‖₂, so the crafted elements move the norm and the crafting does not settle; the same "
+                    "codebooks are crafted on 96-element blocks here")
     x = crafted(bits, cid, 4097, block, SEED)
     want = ref.compress(x, bits, block, cid, SEED)
     words_div = ref.pack(dividing_codes(x, bits, block, cid, SEED).to(torch.uint8), bits)
