@@ -120,7 +120,7 @@ def find_cudart_static(home: str) -> str | None:
 def device_flags(archs: list[tuple[int, bool]]) -> list[str]:
     # --fmad=false on top of the explicit __f*_rn intrinsics: nothing may be contracted into an FMA (every backend
     # evaluates the reference's fp32 expressions with the same roundings, so codes match at equal seed; only the
-    # fp64 scale sum runs in another order, which SPEC §1 allows to move the last bit of a scale on crafted
+    # fp64 scale sum runs in another order, which docs/format.md allows to move the last bit of a scale on crafted
     # inputs). No --use_fast_math (it flushes denormals and uses approximate division). -fPIC: the objects go into a shared library.
     opt = ["-O0", "-g", "-lineinfo"] if flag("TNQ_DEBUG") else ["-O3"]
     return (["-std=c++17", "--fmad=false", "-Xcompiler", "-fPIC", "-Xcompiler", "-ffp-contract=off",

@@ -10,7 +10,7 @@ comes from one or more kernel sources, each projected separately and named in ev
     gpu            MEASURED: results/bench_gpu.csv, device cuda (bench_gpu.py on a GPU)
     cpu            MEASURED: results/cpu_throughput.csv, device cpu (test_bench_cpu.py; the machine's threads)
     assumed-gpu    ASSUMED, not measured: every tnq kernel at --assume-fraction of a --assume-copy-gbps device copy
-                   (default 85% of 2600 GB/s: SPEC §7's target on an H100 whose device copy reaches ~2.6 TB/s)
+                   (default 85% of 2600 GB/s: docs/benchmarks.md's target on an H100 whose device copy reaches ~2.6 TB/s)
     a CSV path     MEASURED: that throughput CSV, rows of --device
 Default: gpu when bench_gpu.csv holds CUDA rows, else cpu and assumed-gpu side by side. Compressors:
     allreduce       T_c + allreduce(4n)
@@ -46,7 +46,7 @@ import _helper as H  # noqa: E402
 WORLD_SIZES = [8, 16, 32, 64, 128, 256, 512, 1024]
 KERNEL_OPS = ("copy", "compress", "decompress", "decompress_sum")
 #: the stated GPU assumption (never a measurement): an H100's device copy (~2.6 TB/s read + written of its 3.35 TB/s
-#: HBM3 peak) and SPEC §7's target for the tnq kernels, 85% of that copy
+#: HBM3 peak) and docs/benchmarks.md's target for the tnq kernels, 85% of that copy
 ASSUMED_COPY_GBPS = 2600.0
 ASSUMED_FRACTION = 0.85
 #: PowerSGD's matmul rate per source kind, an assumption in both cases (it rarely binds: see step())
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     p.add_argument("--assume-copy-gbps", type=float, default=ASSUMED_COPY_GBPS,
                    help="assumed-gpu: device-copy GB/s (read + written) of the GPU assumed")
     p.add_argument("--assume-fraction", type=float, default=ASSUMED_FRACTION,
-                   help="assumed-gpu: tnq kernel GB/s as a fraction of that copy (SPEC §7 target: 0.85)")
+                   help="assumed-gpu: tnq kernel GB/s as a fraction of that copy (docs/benchmarks.md target: 0.85)")
     p.add_argument("--params", default="25e6,350e6", help="gradient elements, comma-separated")
     p.add_argument("--gbit", default="10,25,100,400", help="per-rank link bandwidth, Gbit/s, comma-separated")
     p.add_argument("--alpha-us", type=float, default=10.0, help="latency per message step, µs")

@@ -115,7 +115,7 @@ def throughput_table(rows: list[dict]) -> str:
     table = []
     for op in THROUGHPUT_OPS:
         for dt in dict.fromkeys(r["dtype"] for r in rows):
-            # the copy into a preallocated tensor: memcpy bandwidth, the baseline SPEC §7 names
+            # the copy into a preallocated tensor: memcpy bandwidth, the baseline docs/benchmarks.md names
             copy = _median([r for r in rows if r["op"] == "copy" and r["impl"] == "torch" and r["dtype"] == dt
                             and int(r["n"]) == top])
             for bits in sorted({int(r["bits"]) for r in rows if r["op"] == op and r["dtype"] == dt}):

@@ -6,7 +6,7 @@
 
 namespace tnq {
 
-// ---- wire format v1 (SPEC §3) ----
+// ---- wire format v1 (docs/format.md) ----
 constexpr uint8_t kMagic[4] = {'T', 'N', 'Q', 'K'};
 constexpr uint8_t kFormatVersion = 1;
 constexpr int64_t kHeaderBytes = 32;
@@ -41,7 +41,7 @@ constexpr bool scale_is_max(int codebook) { return scale_rule(codebook) == kScal
 // ---- codebook math ----
 constexpr double kTnqA = 3.674234614174767;  // 3·√6/2
 
-// ---- counter-based RNG (SPEC §4, tnq_kernels/rng.py) ----
+// ---- counter-based RNG (docs/RNG.md, tnq_kernels/rng.py) ----
 constexpr uint32_t kFmixC1 = 0x85EBCA6Bu;
 constexpr uint32_t kFmixC2 = 0xC2B2AE35u;
 constexpr uint32_t kSeedSaltLo = 0x9E3779B9u;

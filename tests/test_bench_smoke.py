@@ -73,7 +73,7 @@ def test_cost_model_traffic():
     # ring allreduce of fp32 sends 2(p-1)/p · 4n bytes per rank; fp16 half of that
     assert wire("allreduce", 32, 8) == pytest.approx(2 * 7 / 8 * 4 * n, rel=1e-9)
     assert wire("fp16", 16, 8) == pytest.approx(wire("allreduce", 32, 8) / 2, rel=1e-9)
-    # allgather traffic grows with p; two_phase stays within ~2 payloads per rank at any p (SPEC §6)
+    # allgather traffic grows with p; two_phase stays within ~2 payloads per rank at any p (docs/integrations.md)
     assert wire("tnq-allgather", 3, 1024) > 100 * wire("tnq-allgather", 3, 8)
     assert wire("tnq-two_phase", 3, 1024) < 2.2 * n * 3 / 8
     assert wire("tnq-two_phase", 3, 1024) < wire("allreduce", 32, 1024) / 9

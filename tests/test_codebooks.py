@@ -4,7 +4,7 @@ import pytest
 
 from tnq_kernels import codebooks as cb
 
-# SPEC §1 reference numbers.
+# docs/format.md reference numbers.
 SPEC_ALPHA = {2: 1.790729, 3: 3.199464, 4: 4.877400, 5: 6.733956}
 SPEC_BOUND = {2: 0.6061, 3: 0.2370, 4: 0.07742, 5: 0.02246}
 
@@ -39,7 +39,7 @@ def test_levels_are_fp32_sorted_symmetric(name, bits):
 
 
 def test_tnq_level_density_is_cube_root_of_laplace():
-    # Levels are equally spaced in the CDF of a density ∝ exp(-|g|/3): the u-map of SPEC §1 lands on integers.
+    # Levels are equally spaced in the CDF of a density ∝ exp(-|g|/3): the u-map of docs/format.md lands on integers.
     s, a = 15, cb.TNQ_A
     for k, c in enumerate(cb.levels("tnq", 4)):
         u = s / 2 + math.copysign(1, c) * (s + a) / 2 * (-math.expm1(-abs(c) / 3))

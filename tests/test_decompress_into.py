@@ -145,7 +145,7 @@ def test_every_simd_path_decodes_like_the_reference(isa):
         "ops = torch.ops.tnq\n"
         "x = torch.randn(4133) * 1e-38\n"
         "x[5] = float('nan')\n"
-        "def same(a, b):  # bit for bit, except that a NaN's payload is not fixed (SPEC §1)\n"
+        "def same(a, b):  # bit for bit, except that a NaN's payload is not fixed (docs/format.md)\n"
         "  nan = a.isnan()\n"
         "  return torch.equal(nan, b.isnan()) and torch.equal(a[~nan].view(torch.uint8), b[~nan].view(torch.uint8))\n"
         "for bits in range(1, 9):\n"

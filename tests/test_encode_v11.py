@@ -1,4 +1,4 @@
-"""SPEC v1.1's division-free encode on the C++ CPU backend: z = clamp(g·r) with r = fp32(1/scale) once per block.
+"""the v1.1 encode (docs/format.md)'s division-free encode on the C++ CPU backend: z = clamp(g·r) with r = fp32(1/scale) once per block.
 
 Random data almost never tells g/scale from g·r: the two z differ by one ulp in some elements, and a code flips only
 when the uniform U of that element falls in the one-ulp window of the rounding probability. So the inputs here are

@@ -36,7 +36,7 @@ def on(x):
     return x.to(DEVICE)
 
 
-# ---- SPEC v1.1: z = clamp(g·r), r = fp32(1/scale) once per block, capped at FLT_MAX ----
+# ---- the v1.1 encode (docs/format.md): z = clamp(g·r), r = fp32(1/scale) once per block, capped at FLT_MAX ----
 
 @pytest.mark.parametrize("block", [0, 32, 2048, 8192])
 def test_triton_truncate_multiplies_by_the_capped_inverse(block):
@@ -137,7 +137,7 @@ def test_tiled_blocks_equal_reference(codebook, block, n):
     want = R.compress(x, 4, block, codebook, SEED)
     nb = fmt.num_blocks(n, block)
     assert checks.read_header(p).flags == fmt.FLAG_NONFINITE
-    # the non-finite block's scale is any NaN/Inf (SPEC §1); everything else byte for byte
+    # the non-finite block's scale is any NaN/Inf (docs/format.md); everything else byte for byte
     s_got, s_want = p[32: 32 + 4 * nb].view(torch.float32), want[32: 32 + 4 * nb].view(torch.float32)
     assert torch.equal(s_got[:-1], s_want[:-1]) and not torch.isfinite(s_got[-1])
     assert torch.equal(p[32 + 4 * nb:], want[32 + 4 * nb:]) and torch.equal(p[:32], want[:32])
@@ -361,7 +361,7 @@ def test_roofline_walker_counts_loops_and_skips_the_tail_path():
 
 
 def test_cuda_ptx_divides_once_per_block_and_never_contracts():
-    """SPEC v1.1 in the built CUDA kernels (compute_90 PTX embedded in the extension): r = 1/scale is a correctly
+    """the v1.1 encode (docs/format.md) in the built CUDA kernels (compute_90 PTX embedded in the extension): r = 1/scale is a correctly
     rounded div.rn.f32, z = g·r a mul.rn.f32, and no fp32 fma or flush-to-zero appears anywhere."""
     import shutil
     import subprocess

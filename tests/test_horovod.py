@@ -41,7 +41,7 @@ def test_compressor_round_trip(bits, dtype, n):
     want = tnq.decompress(tnq.compress(x, bits, 1024, "tnq", tnq.derive_seed(5, 1, 0), backend=BACKEND),
                           x.shape, dtype, backend=BACKEND)
     assert torch.equal(_view_bits(y), _view_bits(want))
-    if n >= 4096:  # lossy, with the error budget of SPEC §1 (γ̂ ≈ mean|x| = 1 for unit Laplace data)
+    if n >= 4096:  # lossy, with the error budget of docs/format.md (γ̂ ≈ mean|x| = 1 for unit Laplace data)
         mse = float(((y.double() - x.double()) ** 2).mean())
         assert mse <= 1.2 * tnq.tnq_mse_bound(bits), (mse, tnq.tnq_mse_bound(bits))
 

@@ -1,4 +1,4 @@
-"""Properties of the oracle itself, judged against the math of SPEC §1 (not against another implementation)."""
+"""Properties of the oracle itself, judged against the math of docs/format.md (not against another implementation)."""
 import pytest
 import torch
 
@@ -8,7 +8,7 @@ from tnq_kernels import codebooks as cb
 from tnq_kernels import format as fmt
 from tnq_kernels import reference as R
 
-# SPEC §1 expected per-element MSE on unit Laplace data (Monte-Carlo, 2e6 samples).
+# docs/format.md expected per-element MSE on unit Laplace data (Monte-Carlo, 2e6 samples).
 EXPECTED_MSE = {2: 0.522, 3: 0.187, 4: 0.0570, 5: 0.0158}
 
 
@@ -66,7 +66,7 @@ def test_unbiased_wrt_truncated_value(codebook, bits):
 
 
 def test_biased_rule_would_be_caught():
-    # The fractional part of the O(1) inverse map is a biased probability (SPEC §1): show the test statistic above
+    # The fractional part of the O(1) inverse map is a biased probability (docs/format.md): show the test statistic above
     # distinguishes it, i.e. that the unbiasedness test can fail.
     s, a = 7, cb.TNQ_A
     c = torch.tensor(cb.levels("tnq", 3), dtype=torch.float64)

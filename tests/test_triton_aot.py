@@ -5,7 +5,7 @@ triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32)) through TTIR �
 for bits 2..5 and each input/output dtype. This runs in a subprocess: the test session sets TRITON_INTERPRET=1,
 which makes @triton.jit return interpreter objects that cannot be compiled. The PTX is also checked for the
 numerics the kernels rely on: a correctly rounded fp64 division for the scale, a correctly rounded fp32 division
-for r = 1/γ̂ (SPEC v1.1: z = g·r), no FMA in decompress_sum's accumulation (launched with enable_fp_fusion=False),
+for r = 1/γ̂ (the v1.1 encode (docs/format.md): z = g·r), no FMA in decompress_sum's accumulation (launched with enable_fp_fusion=False),
 no flush-to-zero anywhere. The "-i32" cases declare the size arguments 32-bit, as Triton types any Python int below
 2^31, and check that the TTIR never adds, subtracts or multiplies them in 32 bits (issue 11, finding 1).
 """

@@ -1,4 +1,4 @@
-"""Codebook math (SPEC §1): normalised level tables for TNQ, the bias-aware TNQ family and the baselines.
+"""Codebook math (docs/format.md): normalised level tables for TNQ, the bias-aware TNQ family and the baselines.
 
 Pure Python (``math`` only) so it imports nothing of ours and nothing of torch. A codebook is fully defined by
 ``(name, bits)``; the decoder needs only its table and the per-block scale. Tables are computed in fp64 and
@@ -9,8 +9,8 @@ bit for bit (STYLE rule 4).
 
 Codebooks (the derivations and measurements are in docs/codebooks.md):
 
-- ``tnq`` (0): the paper's quantizer (Chen et al.-style TNQ, SPEC §1), scale mean|g|.
-- ``tqsgd`` (1), ``nqsgd`` (2), ``qsgd`` (3): the practical baselines of SPEC §1 (max- or mean-scaled, blocked).
+- ``tnq`` (0): the paper's quantizer (Chen et al.-style TNQ, docs/format.md), scale mean|g|.
+- ``tqsgd`` (1), ``nqsgd`` (2), ``qsgd`` (3): the practical baselines of docs/format.md (max- or mean-scaled, blocked).
 - ``qsgd_l2`` (4): QSGD as Alistarh et al. define it ("QSGD: Communication-Efficient SGD via Gradient Quantization
   and Encoding", NeurIPS 2017, §3.1, the quantizer Q_s): Q_s(v_i) = ‖v‖₂·sgn(v_i)·ξ_i(v, s), where ξ_i rounds
   |v_i|/‖v‖₂ ∈ [0, 1] stochastically and unbiasedly to the neighbouring levels ℓ/s, ℓ = 0 … s. Scale: ‖v‖₂ of the
@@ -42,7 +42,7 @@ TNQ_A = 3.0 * math.sqrt(6.0) / 2.0
 #: average is within 2.3% of the exact-N optimum (N off by at most √2).
 RTNQ_CLIENTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-#: wire-format codebook ids (SPEC §3 byte 6). Shared with csrc/tnq_constants.h, cross-checked by a test.
+#: wire-format codebook ids (docs/format.md byte 6). Shared with csrc/tnq_constants.h, cross-checked by a test.
 #: 4, 5: the papers' L2-norm-scaled QSGD / NUQSGD; 6 … 14: "rtnq{N}" for N in RTNQ_CLIENTS.
 CODEBOOK_IDS = {"tnq": 0, "tqsgd": 1, "nqsgd": 2, "qsgd": 3, "qsgd_l2": 4, "nuqsgd_l2": 5,
                 **{f"rtnq{n}": 6 + j for j, n in enumerate(RTNQ_CLIENTS)}}

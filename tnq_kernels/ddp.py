@@ -1,4 +1,4 @@
-"""DistributedDataParallel communication hook that sends TNQ-compressed gradient buckets (SPEC §6).
+"""DistributedDataParallel communication hook that sends TNQ-compressed gradient buckets (docs/integrations.md).
 
     state = tnq_kernels.ddp.TNQState(bits=3)                  # scheme "auto": allgather for W <= 2, else two_phase
     ddp_model.register_comm_hook(state, tnq_kernels.ddp.tnq_hook)
@@ -16,7 +16,7 @@ Schemes (n = bucket elements, W = world size, P(n) = payload bytes = b·n/8 + sc
     them (weights 1/W, fp32); re-compress that reduced shard; all-gather the shards; decode. Each rank sends
     (W-1)·P(chunk) + (W-1)·P(chunk) ≈ 2·(W-1)/W·P(n) bytes: bounded by 2·P(n) for any W, like a ring all-reduce.
     The price is a second quantization: the averaged shard is rounded again, adding its own unbiased noise with
-    per-element MSE ≈ mse(b)·γ̂_avg² (mse(b) as in SPEC §1: 0.187 at 3 bits, in units of the averaged chunk's
+    per-element MSE ≈ mse(b)·γ̂_avg² (mse(b) as in docs/format.md: 0.187 at 3 bits, in units of the averaged chunk's
     scale). Averaging W independent phase-1 noises divides their variance by W, but the phase-2 noise is not
     averaged, so at W ranks the total is ≈ mse(b)·(γ̂²/W + γ̂_avg²) against mse(b)·γ̂²/W for ``allgather``. It stays
     unbiased, but the extra error is roughly as large as one rank's own quantization error; use ``allgather`` when W is
@@ -26,7 +26,7 @@ All collectives of one bucket are issued from the hook's own thread, in the same
 waited for before phase 2 is issued): a collective started from a Future callback can interleave with the next
 bucket's first collective differently on each rank, which gloo detects only as a size mismatch or a hang.
 
-Seeds (SPEC §4): rank r's payload of bucket index b at hook step t uses ``derive_seed(seed, r, t, b)`` (allgather);
+Seeds (docs/RNG.md): rank r's payload of bucket index b at hook step t uses ``derive_seed(seed, r, t, b)`` (allgather);
 two_phase uses ``derive_seed(seed, r, t, b, 1, j)`` for its chunk j and ``derive_seed(seed, r, t, b, 2)`` for its
 reduced shard. t counts hook steps: it advances after the bucket with ``bucket.is_last()``. A single-process
 simulation that compresses the same buckets with the same seeds and calls ``decompress_sum`` the same way gets the
@@ -35,7 +35,7 @@ same bits as the hook.
 Plain all-reduce (of the bucket pre-divided by W, as torch's default hook does) replaces compression during the first
 ``warmup_steps`` steps and for buckets of fewer than ``min_bucket_numel`` elements.
 
-Non-finite gradients: a block holding NaN/Inf decodes as non-finite (SPEC §1), so the averaged bucket is non-finite
+Non-finite gradients: a block holding NaN/Inf decodes as non-finite (docs/format.md), so the averaged bucket is non-finite
 on every rank and torch.amp.GradScaler skips the step. With error feedback, the residual of such a block is reset to
 zero instead of carrying NaN into every later step.
 

@@ -1,4 +1,4 @@
-"""Wire format v1 (SPEC §3): one contiguous little-endian uint8 payload per compressed tensor.
+"""Wire format v1 (docs/format.md): one contiguous little-endian uint8 payload per compressed tensor.
 
     bytes 0-3   magic b"TNQK"            bytes 12-15 flags (bit 0: some block is non-finite)
     byte  4     version = 1              bytes 16-23 numel n

@@ -1,4 +1,4 @@
-"""The counter-based generator H(seed, i) of SPEC §4, in its reference forms.
+"""The counter-based generator H(seed, i) of docs/RNG.md, in its reference forms.
 
 Every backend computes, for element i (its global index in the flattened tensor, 64-bit) and a 64-bit seed:
 

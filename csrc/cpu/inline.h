@@ -410,7 +410,7 @@ inline BlockMode block_mode(float scale) {
   return scale > 0.0f ? kUsable : kZeroScale;
 }
 
-// r = fp32(1/scale): the one IEEE division of a block (SPEC v1.1). Capped at FLT_MAX as reference.inverse_scale:
+// r = fp32(1/scale): the one IEEE division of a block (the v1.1 encode (docs/format.md)). Capped at FLT_MAX as reference.inverse_scale:
 // below 2^-128 the quotient overflows, and 0·inf would turn a zero element into NaN.
 inline float inverse_scale(float scale) {
   const float r = 1.0f / scale;

@@ -1,10 +1,10 @@
 // Device building blocks shared by the kernels of csrc/cuda: element loads, the level table in shared memory,
-// the three jobs of SPEC §2 as per-element / per-warp functions, and block reductions.
+// the three jobs of docs/architecture.md as per-element / per-warp functions, and block reductions.
 // Numerics are those of tnq_kernels/reference.py: every fp32 expression of the reference is written with an
 // explicit round-to-nearest intrinsic (__fdiv_rn, __fsub_rn, __fmul_rn, __fadd_rn) so nothing can be contracted
 // into an FMA, and the build adds --fmad=false on top. No fast-math, no flush-to-zero. Codes equal the
 // reference's at equal seed; a scale may differ in its last bit on crafted inputs (the fp64 sum runs in another
-// order, SPEC §1), and a non-finite block's scale is some NaN or Inf (its bits are not fixed).
+// order, docs/format.md), and a non-finite block's scale is some NaN or Inf (its bits are not fixed).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -103,7 +103,7 @@ __device__ __forceinline__ void load_table(SharedTable& st, const LevelTable& ta
 
 // ---- job 1: truncate ----
 
-// r = fp32(1/scale) as reference.inverse_scale: one correctly rounded division per block (SPEC v1.1), capped at
+// r = fp32(1/scale) as reference.inverse_scale: one correctly rounded division per block (the v1.1 encode (docs/format.md)), capped at
 // FLT_MAX (1/scale overflows for subnormal scales, and inf would turn a zero element into 0·inf = NaN); 0 when the
 // scale is 0 or non-finite, where truncate ignores r.
 __device__ __forceinline__ float inverse_scale(float scale) {

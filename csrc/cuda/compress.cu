@@ -1,4 +1,4 @@
-// Fused compress (SPEC §2 hot path): header, then per block its scale and its packed codes, in one pass over the
+// Fused compress (docs/architecture.md hot path): header, then per block its scale and its packed codes, in one pass over the
 // input for blocks up to kFusedMaxBlock elements (see blocks.cuh for the tiled path of longer blocks and B = 0).
 #include "blocks.cuh"
 

@@ -1,4 +1,4 @@
-// decompress and decompress_sum (SPEC §2): unpack + decode ĝ = scale · c[code] (one fp32 multiply) and, for a
+// decompress and decompress_sum (docs/architecture.md): unpack + decode ĝ = scale · c[code] (one fp32 multiply) and, for a
 // sum, acc = acc + weight · ĝ in fp32 in payload order — the server-side aggregation with no W×n intermediate.
 // One thread per 16 bytes of output (4 fp32 or 8 fp16/bf16 elements, always inside one group of 32), so each
 // thread reads its group's b words once per payload and stores one 16-byte vector. decompress is a run of one.

@@ -1,4 +1,4 @@
-// Job 3 alone (SPEC §2, §3) and its inverse: codes <-> b-bit bit-plane words.
+// Job 3 alone (docs/architecture.md; layout in docs/format.md) and its inverse: codes <-> b-bit bit-plane words.
 // pack: one warp per group of 32 codes; one __ballot_sync per plane is the plane's word, lane p stores word p.
 // unpack: one thread per element gathers bit j of the group's b words.
 #include "common.cuh"

@@ -1,4 +1,4 @@
-// Job 2 alone (SPEC §2): codebook lookup + stochastic rounding of z, one thread per element.
+// Job 2 alone (docs/architecture.md): codebook lookup + stochastic rounding of z, one thread per element.
 #include "common.cuh"
 
 namespace tnq {

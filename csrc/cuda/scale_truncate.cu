@@ -1,4 +1,4 @@
-// Job 1 alone (SPEC §2): per-block scales and z = clamp(x / scale, c_0, c_s), with the block kernels of
+// Job 1 alone (docs/architecture.md): per-block scales and z = clamp(x / scale, c_0, c_s), with the block kernels of
 // compress (blocks.cuh) writing z instead of codes, so the two ops cannot disagree on a scale.
 #include "blocks.cuh"
 

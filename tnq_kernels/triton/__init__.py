@@ -1,4 +1,4 @@
-"""The Triton backend of tnq_kernels: the three jobs of SPEC §2 as Triton kernels, fused for the hot paths.
+"""The Triton backend of tnq_kernels: the three jobs of docs/architecture.md as Triton kernels, fused for the hot paths.
 
     scale_truncate.py  job 1: per-block scale + truncation      (tnq::triton_scale_truncate, triton_op)
     quantize.py        job 2: lookup + stochastic rounding      (tnq::triton_quantize, triton_op)

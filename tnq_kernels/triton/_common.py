@@ -1,4 +1,4 @@
-"""Shared pieces of the Triton backend: the counter-based hash (SPEC §4), exact fp32 arithmetic helpers,
+"""Shared pieces of the Triton backend: the counter-based hash (docs/RNG.md), exact fp32 arithmetic helpers,
 the codebook table cache and small host-side helpers.
 
 Numerics contract (see tnq_kernels/reference.py): every expression is evaluated in the same IEEE fp32 operations

@@ -1,4 +1,4 @@
-"""Decode (SPEC §2): packed codes + scales → values ĝ = scale·c_code (one fp32 multiply), cast to the output dtype.
+"""Decode (docs/architecture.md): packed codes + scales → values ĝ = scale·c_code (one fp32 multiply), cast to the output dtype.
 
 kernel helpers → kernels → launchers (decode_into, decompress_into, triton_decompress) → public function. The
 launchers are registered as ops by tnq_kernels/ops.py (tnq::triton_decompress, tnq::triton_decompress_into).

@@ -1,4 +1,4 @@
-"""Fused decompress_sum (SPEC §2): Σ_w weights[w]·decode(payloads[w]) in one pass, the server-side aggregation.
+"""Fused decompress_sum (docs/architecture.md): Σ_w weights[w]·decode(payloads[w]) in one pass, the server-side aggregation.
 
 kernel → launchers (sum_into, triton_decompress_sum_into, triton_decompress_sum; registered as opaque custom ops
 by tnq_kernels/ops.py, like decompress) → public functions.

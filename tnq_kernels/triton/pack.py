@@ -1,4 +1,4 @@
-"""Job 3 (SPEC §2/§3): bit-plane packing of b-bit codes into uint32 words, and its inverse.
+"""Job 3 (docs/architecture.md; layout in docs/format.md): bit-plane packing of b-bit codes into uint32 words, and its inverse.
 
 kernel helpers → stage kernels → registered ops (`tnq::triton_pack`, `tnq::triton_unpack`, triton_ops).
 

@@ -1,4 +1,4 @@
-"""Job 2 (SPEC §2): codebook lookup + unbiased stochastic rounding, z → code.
+"""Job 2 (docs/architecture.md): codebook lookup + unbiased stochastic rounding, z → code.
 
 kernel helper → stage kernel → registered op (`tnq::triton_quantize`, a triton_op).
 

@@ -1,4 +1,4 @@
-"""Job 1 (SPEC §2): per-block scale γ̂ and truncation z = clamp(g·r, c_0, c_s), r = fp32(1/γ̂) once per block.
+"""Job 1 (docs/architecture.md): per-block scale γ̂ and truncation z = clamp(g·r, c_0, c_s), r = fp32(1/γ̂) once per block.
 
 kernel helpers → stage kernels → launcher → registered op (`tnq::triton_scale_truncate`, a triton_op).
 
@@ -6,7 +6,7 @@ Scale rule (RULE, codebooks.SCALE_*): mean|g| accumulated in fp64 and divided by
 with one correctly rounded division (tnq, tqsgd); max|g| (nqsgd, qsgd); ‖g‖₂ = the IEEE sqrt of the fp64 Σg²
 (qsgd_l2, nuqsgd_l2); Σg²/(2Σ|g|) with one fp64 division, 0 when Σ|g| = 0 (rtnq*); each rounded once to fp32.
 Partials are (Σ|g| or max|g| or Σg², Σg²) pairs, interleaved, so the two-sum rule still reads x once. The fp64
-sums run in a different order from the reference's, so SPEC §1 allows the last bit of γ̂ to differ on crafted inputs
+sums run in a different order from the reference's, so docs/format.md allows the last bit of γ̂ to differ on crafted inputs
 (random data: equal). A block holding NaN/±Inf has a non-finite scale (some NaN, or ±Inf; its bits are not fixed)
 and z = c_0 there.
 B = 0 (one scale for the whole tensor) takes two kernels: per-program partials, then every program of the
