@@ -44,7 +44,8 @@ def _say(msg: str) -> None:
     print(f"tnq build (CUDA): {msg}", flush=True)
 
 
-def _flag(name: str) -> bool:
+def flag(name: str) -> bool:
+    """A TNQ_* build switch: unset, "", "0", "false" mean off."""
     return os.environ.get(name, "0") not in ("", "0", "false", "False")
 
 
@@ -120,7 +121,7 @@ def device_flags(archs: list[tuple[int, bool]]) -> list[str]:
     # --fmad=false on top of the explicit __f*_rn intrinsics: nothing may be contracted into an FMA (every backend
     # computes the reference's fp32 expressions bit for bit). No --use_fast_math (it flushes denormals and uses
     # approximate division). -fPIC: the objects go into a shared library.
-    opt = ["-O0", "-g", "-lineinfo"] if _flag("TNQ_DEBUG") else ["-O3"]
+    opt = ["-O0", "-g", "-lineinfo"] if flag("TNQ_DEBUG") else ["-O3"]
     return (["-std=c++17", "--fmad=false", "-Xcompiler", "-fPIC", "-Xcompiler", "-ffp-contract=off",
              f"-I{os.path.join(ROOT, 'csrc')}"] + opt + gencode_flags(archs))
 

@@ -7,12 +7,11 @@ Environment flags (TNQ_ prefix only):
     TNQ_DEBUG=1       -O0 -g instead of -O3
     TNQ_NO_AVX2=1     baseline-ISA code only: no AVX2 kernels, no AVX2 clones of the portable loops
                       (at run time, the environment variable TNQ_NO_AVX2 makes an AVX2 build take the portable loops)
-Never fails for lack of CUDA: without build_cuda.py, or when it skips, the extension is CPU-only.
+Never fails for lack of CUDA: when build_cuda.py skips (no nvcc, TNQ_CUDA=0), the extension is CPU-only.
 """
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 import sys
 
@@ -20,10 +19,10 @@ from setuptools import find_packages, setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)
+import build_cuda  # noqa: E402  (the nvcc half of the build, beside this file)
 
-
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "0") not in ("", "0", "false", "False")
+_flag = build_cuda.flag
 
 
 # -ffp-contract=off: no FMA contraction anywhere, so every backend computes the same fp32 expressions bit for bit.
@@ -42,33 +41,19 @@ if _flag("TNQ_NO_AVX2"):
     DEFINES.append(("TNQ_NO_AVX2", None))
 
 
-def _load_build_cuda():
-    path = os.path.join(ROOT, "build_cuda.py")
-    if not os.path.exists(path):
-        return None
-    spec = importlib.util.spec_from_file_location("build_cuda", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 class TnqBuildExt(BuildExtension):
     """Compiles the CUDA objects (build_cuda.nvcc_objects) before the extension is compiled and linked."""
 
     def build_extensions(self):
-        mod = _load_build_cuda()
-        if mod is None:
-            print("tnq build: build_cuda.py not found, building the CPU-only extension")
-        else:
-            extra = mod.nvcc_objects(self.build_temp)
-            for ext in self.extensions:
-                ext.extra_objects = list(ext.extra_objects or []) + list(extra.get("objects", []))
-                ext.sources = list(ext.sources) + [os.path.relpath(s, ROOT) if os.path.isabs(s) else s
-                                                   for s in extra.get("sources", [])]
-                ext.define_macros = list(ext.define_macros or []) + list(extra.get("define_macros", []))
-                ext.libraries = list(ext.libraries or []) + list(extra.get("libraries", []))
-                ext.library_dirs = list(ext.library_dirs or []) + list(extra.get("library_dirs", []))
-                ext.extra_link_args = list(ext.extra_link_args or []) + list(extra.get("extra_link_args", []))
+        extra = build_cuda.nvcc_objects(self.build_temp)  # empty lists when it skips (no nvcc, TNQ_CUDA=0)
+        for ext in self.extensions:
+            ext.extra_objects = list(ext.extra_objects or []) + list(extra.get("objects", []))
+            ext.sources = list(ext.sources) + [os.path.relpath(s, ROOT) if os.path.isabs(s) else s
+                                               for s in extra.get("sources", [])]
+            ext.define_macros = list(ext.define_macros or []) + list(extra.get("define_macros", []))
+            ext.libraries = list(ext.libraries or []) + list(extra.get("libraries", []))
+            ext.library_dirs = list(ext.library_dirs or []) + list(extra.get("library_dirs", []))
+            ext.extra_link_args = list(ext.extra_link_args or []) + list(extra.get("extra_link_args", []))
         super().build_extensions()
 
 

@@ -1,5 +1,5 @@
 // Boundary of the C++ backend: argument and header validation, allocation, and the CPU registrations of the
-// seven `tnq` ops. The schemas are defined once, in tnq_kernels/ops.py, before this library is loaded; here we
+// nine `tnq` ops. The schemas are defined once, in tnq_kernels/ops.py, before this library is loaded; here we
 // only attach kernels (TORCH_LIBRARY_IMPL). The kernel bodies live in csrc/cpu/*.cpp (raw pointers, no torch).
 // The Python module also exposes the C++ tables, hash and layout so tests can cross-check them with Python.
 #include <ATen/ATen.h>
@@ -45,7 +45,7 @@ cpu::PayloadView view_of(const at::Tensor& payload, const Header& h) {
                           h.block_size};
 }
 
-// ---- the seven ops (CPU kernels) ----
+// ---- the nine ops (CPU kernels) ----
 
 at::Tensor compress_cpu(const at::Tensor& x_in, int64_t bits, int64_t block_size, int64_t codebook, int64_t seed) {
   const int dt = check_compress_args(x_in, bits, block_size, codebook);
@@ -66,29 +66,46 @@ at::Tensor compress_cpu(const at::Tensor& x_in, int64_t bits, int64_t block_size
   return out;
 }
 
-at::Tensor decode_sum(at::TensorList payloads, std::optional<at::ArrayRef<double>> weights,
-                      c10::SymIntArrayRef shape_sym, at::ScalarType dtype, bool single) {
+std::string payload_name(size_t w, bool single) {
+  return single ? std::string("payload") : "payloads[" + std::to_string(w) + "]";
+}
+
+// The one decode path: decompress, decompress_sum and their _into forms all end here, with `out` allocated or given.
+void decode_sum_into(at::TensorList payloads, std::optional<at::ArrayRef<double>> weights, const at::Tensor& out,
+                     bool single) {
   check_sum_args(payloads, weights);
-  const int out_dt = dtype_id_of(dtype, "dtype");
-  const c10::IntArrayRef shape = C10_AS_INTARRAYREF_SLOW(shape_sym);
   std::vector<at::Tensor> keep;  // contiguous copies must outlive the kernel
   std::vector<cpu::PayloadView> views;
   int64_t n = 0;
   for (size_t w = 0; w < payloads.size(); ++w) {
-    const std::string name = single ? "payload" : "payloads[" + std::to_string(w) + "]";
+    const std::string name = payload_name(w, single);
     const Header h = read_header(payloads[w], name);
-    check_shape(h, shape, name);
+    TORCH_CHECK_VALUE(w == 0 || h.numel == n, name, " encodes ", h.numel, " elements but ", payload_name(0, single),
+                      " encodes ", n);
+    n = h.numel;
     keep.push_back(payloads[w].contiguous());
     views.push_back(view_of(keep.back(), h));
-    n = h.numel;
   }
+  const int out_dt = check_out(out, n, payloads);
   std::vector<float> wf;
   if (weights.has_value())
     for (double v : *weights) wf.push_back(static_cast<float>(v));  // the reference multiplies by an fp32 weight
-  at::Tensor out = at::empty(shape, payloads[0].options().dtype(dtype));
   if (n > 0)
     cpu::decompress_sum(views.data(), weights.has_value() ? wf.data() : nullptr, int64_t(views.size()), n, out_dt,
                         out.mutable_data_ptr());
+}
+
+at::Tensor decode_sum(at::TensorList payloads, std::optional<at::ArrayRef<double>> weights,
+                      c10::SymIntArrayRef shape_sym, at::ScalarType dtype, bool single) {
+  check_sum_args(payloads, weights);
+  dtype_id_of(dtype, "dtype");
+  const c10::IntArrayRef shape = C10_AS_INTARRAYREF_SLOW(shape_sym);
+  for (size_t w = 0; w < payloads.size(); ++w) {  // shape errors name `shape`, before anything is allocated
+    const std::string name = payload_name(w, single);
+    check_shape(read_header(payloads[w], name), shape, name);
+  }
+  at::Tensor out = at::empty(shape, payloads[0].options().dtype(dtype));
+  decode_sum_into(payloads, weights, out, single);
   return out;
 }
 
@@ -99,6 +116,17 @@ at::Tensor decompress_sum_cpu(at::TensorList payloads, std::optional<at::ArrayRe
 
 at::Tensor decompress_cpu(const at::Tensor& payload, c10::SymIntArrayRef shape, at::ScalarType dtype) {
   return decode_sum(at::TensorList(&payload, 1), std::nullopt, shape, dtype, true);
+}
+
+void decompress_into_cpu(const at::Tensor& payload, const at::Tensor& out) {
+  check_cpu(out, "out");
+  decode_sum_into(at::TensorList(&payload, 1), std::nullopt, out, true);
+}
+
+void decompress_sum_into_cpu(at::TensorList payloads, std::optional<at::ArrayRef<double>> weights,
+                             const at::Tensor& out) {
+  check_cpu(out, "out");
+  decode_sum_into(payloads, weights, out, false);
 }
 
 std::tuple<at::Tensor, at::Tensor> scale_truncate_cpu(const at::Tensor& x_in, int64_t bits, int64_t block_size,
@@ -155,6 +183,8 @@ TORCH_LIBRARY_IMPL(tnq, CPU, m) {
   m.impl("compress", &tnq::compress_cpu);
   m.impl("decompress", &tnq::decompress_cpu);
   m.impl("decompress_sum", &tnq::decompress_sum_cpu);
+  m.impl("decompress_into", &tnq::decompress_into_cpu);
+  m.impl("decompress_sum_into", &tnq::decompress_sum_into_cpu);
   m.impl("scale_truncate", &tnq::scale_truncate_cpu);
   m.impl("quantize", &tnq::quantize_cpu);
   m.impl("pack", &tnq::pack_cpu);

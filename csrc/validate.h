@@ -8,6 +8,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "tnq_constants.h"
 
@@ -141,6 +142,40 @@ inline void check_shape(const Header& h, c10::IntArrayRef shape, const std::stri
   }
   TORCH_CHECK_VALUE(numel == h.numel, "shape ", shape, " holds ", numel, " elements but ", name, " encodes ",
                     h.numel);
+}
+
+// Bytes [first, last) that a tensor's elements span (an empty range for an empty tensor).
+inline std::pair<uintptr_t, uintptr_t> byte_span(const at::Tensor& t) {
+  if (t.numel() == 0) return {0, 0};
+  int64_t lo = 0, hi = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    const int64_t reach = (t.size(d) - 1) * t.stride(d);
+    (reach < 0 ? lo : hi) += reach;
+  }
+  const uintptr_t base = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+  const int64_t item = int64_t(t.element_size());
+  return {base + uintptr_t(lo * item), base + uintptr_t((hi + 1) * item)};
+}
+
+// The `out` of decompress_into / decompress_sum_into: a contiguous fp32/fp16/bf16 tensor of the payloads' numel,
+// on their device, sharing no byte with any payload (the kernels read payloads while writing out). Returns its
+// dtype id. `numel` is the payloads' element count (their headers are validated first).
+inline int check_out(const at::Tensor& out, int64_t numel, at::TensorList payloads) {
+  const int dt = dtype_id_of(out.scalar_type(), "out");
+  TORCH_CHECK_VALUE(out.device() == payloads[0].device(), "out must be on the payload's device ",
+                    payloads[0].device(), ", got ", out.device());
+  TORCH_CHECK_VALUE(out.is_contiguous(), "out must be contiguous (it is written as one flat array), got shape ",
+                    out.sizes(), " with strides ", out.strides());
+  TORCH_CHECK_VALUE(out.numel() == numel, "out holds ", out.numel(), " elements (shape ", out.sizes(),
+                    ") but the payload encodes ", numel);
+  const auto o = byte_span(out);
+  for (size_t w = 0; w < payloads.size(); ++w) {
+    const auto p = byte_span(payloads[w]);
+    TORCH_CHECK_VALUE(o.first >= o.second || p.first >= p.second || o.second <= p.first || p.second <= o.first,
+                      "out overlaps the memory of ", payloads.size() == 1 ? std::string("payload")
+                      : "payloads[" + std::to_string(w) + "]", ": decoding in place is not supported");
+  }
+  return dt;
 }
 
 // decompress_sum's list and weights.

@@ -217,7 +217,7 @@ def test_portable_path_matches_reference():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(bits=0), "bits"), (dict(bits=9), "bits"), (dict(block_size=33), "block_size"),
-    (dict(block_size=-32), "block_size"), (dict(block_size=2**31), "block_size"), (dict(codebook=4), "codebook"),
+    (dict(block_size=-32), "block_size"), (dict(block_size=2**31), "block_size"), (dict(codebook=15), "codebook"),
     (dict(codebook=-1), "codebook"),
 ])
 def test_compress_argument_errors(kwargs, match):
@@ -245,7 +245,7 @@ def _payload():
 
 @pytest.mark.parametrize("offset,fc,value,field", [
     (0, "4s", b"TNQX", "magic"), (4, "B", 2, "version"), (5, "B", 0, "bits"), (5, "B", 9, "bits"),
-    (6, "B", 4, "codebook"), (7, "B", 3, "dtype"), (8, "I", 33, "block_size"), (8, "I", 2**31, "block_size"),
+    (6, "B", 15, "codebook"), (7, "B", 3, "dtype"), (8, "I", 33, "block_size"), (8, "I", 2**31, "block_size"),
     (12, "I", 2, "flags"), (24, "Q", 1, "reserved"), (16, "Q", 2**63, "numel"), (16, "Q", 200, "length"),
     (5, "B", 4, "length"),
 ])
@@ -311,6 +311,8 @@ def test_opcheck_all_ops():
         "compress": (x, 3, 96, 0, SEED),
         "decompress": (p, [10, 20], torch.float16),
         "decompress_sum": ([p, q], [0.5, 2.0], [200], torch.float32),
+        "decompress_into": (p, torch.empty(10, 20, dtype=torch.float16)),
+        "decompress_sum_into": ([p, q], [0.5, 2.0], torch.empty(200)),
         "scale_truncate": (x, 3, 96, 0),
         "quantize": (z, 3, 0, SEED),
         "pack": (codes, 3),

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import tnq_kernels
+from tnq_kernels import checks
 from tnq_kernels import format as fmt
 from tnq_kernels import ops, reference
 
@@ -66,7 +67,7 @@ def same_payload(a: torch.Tensor, b: torch.Tensor) -> bool:
     a, b = a.cpu(), b.cpu()
     if a.shape != b.shape:
         return False
-    h = reference.read_header(b)
+    h = checks.read_header(b)
     lo, hi = fmt.HEADER_BYTES, fmt.HEADER_BYTES + 4 * h.nblocks
     return (torch.equal(a[:lo], b[:lo]) and torch.equal(a[hi:], b[hi:])
             and same_bits(a[lo:hi].view(torch.float32), b[lo:hi].view(torch.float32)))

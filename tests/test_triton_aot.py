@@ -4,8 +4,10 @@ The interpreter forgives what real lowering rejects (types, layouts, unsupported
 triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32)) through TTIR → TTGIR → LLVM → PTX → cubin (ptxas)
 for bits 2..5 and each input/output dtype. This runs in a subprocess: the test session sets TRITON_INTERPRET=1,
 which makes @triton.jit return interpreter objects that cannot be compiled. The PTX is also checked for the
-numerics the kernels rely on: a correctly rounded fp64 division for the scale, an IEEE fp32 division for z, and
-no FMA in decompress_sum's accumulation (launched with enable_fp_fusion=False), no flush-to-zero anywhere.
+numerics the kernels rely on: a correctly rounded fp64 division for the scale, a correctly rounded fp32 division
+for r = 1/γ̂ (SPEC v1.1: z = g·r), no FMA in decompress_sum's accumulation (launched with enable_fp_fusion=False),
+no flush-to-zero anywhere. The "-i32" cases declare the size arguments 32-bit, as Triton types any Python int below
+2^31, and check that the TTIR never adds, subtracts or multiplies them in 32 bits (issue 11, finding 1).
 """
 import importlib
 import json
@@ -25,7 +27,18 @@ FLOATS = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
 def _case(module, kernel, types, consts, warps, checks=(), fusion=True):
     # every kernel: no flush-to-zero (subnormal scales and values must round like the reference)
     return dict(module=module, kernel=kernel, types=types, consts=consts, warps=warps, fusion=fusion,
-                checks=list(checks) + ["!.ftz."])
+                checks=list(checks) + ["!.ftz."], sizes=[])
+
+
+# Integer arguments that hold element counts, offsets or block sizes. Triton types a Python int below 2^31 as
+# i32, so every launch with n < 2^31 compiles the kernel with these as i32: the "-i32" cases declare them so and
+# check that the TTIR never adds, subtracts or multiplies them in 32 bits (n + CHUNK − 1 wraps near 2^31).
+SIZE_ARGS = ("n", "seg", "block_size", "nblocks", "codes_w0", "nparts", "tpb", "nbytes")
+
+
+def _as_i32(spec):
+    types = {a: ("i32" if a in SIZE_ARGS and t == "i64" else t) for a, t in spec["types"].items()}
+    return dict(spec, types=types, sizes=[a for a in types if a in SIZE_ARGS])
 
 
 def cases():
@@ -40,12 +53,16 @@ def cases():
             add(f"partials-{dt}", _case("scale_truncate", "partials_kernel",
                                         dict(x_ptr=ptr, part_ptr="*fp64", n="i64"),
                                         dict(CHUNK=4096, MAX_RULE=False), 8))
-            add(f"scale_truncate-{dt}", _case(
-                "scale_truncate", "scale_truncate_kernel",
-                dict(x_ptr=ptr, scales_ptr="*fp32", z_ptr="*fp32", part_ptr="*fp64", table_ptr="*fp32", n="i64",
-                     seg="i32", nparts="i32"),
-                dict(BITS=3, MAX_RULE=False, CHUNK=2048, SINGLE=True, FROM_PARTIALS=False, NPART=1), 4,
-                ["div.rn.f64", "div.rn.f32"]))
+            for mode, chunk in [(0, 2048), (1, 4096), (2, 4096)]:  # one block / B = 0 / tiles of long blocks
+                add(f"scale_truncate-{dt}-m{mode}", _case(
+                    "scale_truncate", "scale_truncate_kernel",
+                    dict(x_ptr=ptr, scales_ptr="*fp32", z_ptr="*fp32", part_ptr="*fp64", table_ptr="*fp32",
+                         n="i64", seg="i32", nparts="i32", block_size="i32", tpb="i32"),
+                    dict(BITS=3, MAX_RULE=False, CHUNK=chunk, MODE=mode, NPART=1024 if mode == 1 else 1), 4,
+                    ["div.rn.f32"] + (["div.rn.f64"] if mode < 2 else [])))
+            add(f"tile_partials-{dt}", _case("scale_truncate", "tile_partials_kernel",
+                                             dict(x_ptr=ptr, part_ptr="*fp64", n="i64", block_size="i32",
+                                                  tpb="i64"), dict(TILE=16384, CHUNK=4096, MAX_RULE=True), 8))
             for bits in BITS:
                 for rows, chunk, max_rule in [(1, 2048, False), (16, 128, True)]:
                     add(f"compress_blocks-{dt}-b{bits}-c{chunk}", _case(
@@ -54,21 +71,28 @@ def cases():
                              nblocks="i64", codes_w0="i64", key0="i32", key1="i32"),
                         dict(BITS=bits, BITS_P2=4 if bits <= 4 else 8, MAX_RULE=max_rule, ROWS=rows, CHUNK=chunk),
                         4, ["div.rn.f32"] + ([] if max_rule else ["div.rn.f64"])))
-                add(f"compress_b0-{dt}-b{bits}", _case(
-                    "compress", "compress_kernel",
-                    dict(x_ptr=ptr, out_ptr="*i32", part_ptr="*fp64", table_ptr="*fp32", n="i64", seg="i32",
-                         nparts="i32", codes_w0="i64", key0="i32", key1="i32"),
-                    dict(BITS=bits, BITS_P2=4 if bits <= 4 else 8, MAX_RULE=False, CHUNK=4096, FROM_PARTIALS=True,
-                         NPART=1024), 8, ["div.rn.f32", "div.rn.f64"]))
+                for tiles in (False, True):
+                    add(f"compress_{'tiles' if tiles else 'b0'}-{dt}-b{bits}", _case(
+                        "compress", "compress_kernel",
+                        dict(x_ptr=ptr, out_ptr="*i32", part_ptr="*fp64", table_ptr="*fp32", n="i64", seg="i32",
+                             nparts="i32", block_size="i32", tpb="i32", codes_w0="i64", key0="i32", key1="i32"),
+                        dict(BITS=bits, BITS_P2=4 if bits <= 4 else 8, MAX_RULE=False, CHUNK=4096, TILES=tiles,
+                             NPART=1 if tiles else 1024), 8, ["div.rn.f32"] + ([] if tiles else ["div.rn.f64"])))
                 add(f"decompress-{dt}-b{bits}", _case(
                     "decompress", "decompress_kernel",
                     dict(in_ptr="*i32", out_ptr=ptr, table_ptr="*fp32", n="i64", block_size="i32", codes_w0="i64"),
                     dict(BITS=bits, CHUNK=2048, SCALE_MODE=2 if bits == 3 else 1, EXACT=True), 4, fusion=False))
-        add("compress_large_block", _case(
-            "compress", "compress_kernel",
-            dict(x_ptr="*fp32", out_ptr="*i32", part_ptr="*fp64", table_ptr="*fp32", n="i64", seg="i32",
-                 nparts="i32", codes_w0="i64", key0="i32", key1="i32"),
-            dict(BITS=3, BITS_P2=4, MAX_RULE=True, CHUNK=4096, FROM_PARTIALS=False, NPART=1), 8))
+        for max_rule in (False, True):
+            add(f"block_scale-max{int(max_rule)}", _case(
+                "scale_truncate", "block_scale_kernel",
+                dict(part_ptr="*fp64", scales_ptr="*fp32", flags_ptr="*i32", n="i64", block_size="i32", tpb="i64"),
+                dict(NPART=64, MAX_RULE=max_rule, HAS_FLAGS=True), 2, [] if max_rule else ["div.rn.f64"]))
+        for dt, ptr in FLOATS.items():
+            add(f"checked-{dt}", _case(
+                "decompress", "checked_kernel",
+                dict(in_ptr="*i32", acc_ptr="*fp32", out_ptr=ptr, levels_ptr="*fp32", n="i64", nbytes="i64",
+                     weight="fp32"), dict(ACC_IN=True, WEIGHTED=True, CHUNK=2048, EXACT=True), 4,
+                ["!fma.rn.f32"], fusion=False))
         for bits in BITS:
             add(f"quantize-b{bits}", _case("quantize", "quantize_kernel",
                                            dict(z_ptr="*fp32", codes_ptr="*u8", table_ptr="*fp32", n="i64",
@@ -86,7 +110,41 @@ def cases():
                     "decompress_sum", "decompress_sum_kernel", sig,
                     dict(W=8, ACC_IN=True, WEIGHTED=True, BITS=bits, CHUNK=2048, SCALE_MODE=1, EXACT=True), 4,
                     ["!fma.rn.f32"], fusion=False))
+    # one i32 variant per kernel and path (the TTIR check does not depend on the arch, bits or dtype)
+    seen = set()
+    for name in sorted(out):
+        spec = out[name]
+        key = (spec["kernel"],) + tuple(spec["consts"].get(k) for k in ("MODE", "TILES", "ROWS", "MAX_RULE"))
+        if spec["arch"] == 90 and key not in seen and any(a in SIZE_ARGS for a in spec["types"]):
+            seen.add(key)
+            out[name + "-i32"] = _as_i32(spec)
     return out
+
+
+def i32_size_arithmetic(ttir, sizes):
+    """The TTIR lines that add, subtract or multiply a value derived (in i32) from the `sizes` arguments, in i32.
+
+    Taint starts at the i32 size arguments and flows through i32 integer ops (and splats/broadcasts of them); a
+    sign extension to i64 ends it, as a comparison does. Division and remainder cannot overflow and propagate."""
+    import re
+    tainted = {f"%{a}" for a in sizes}
+    bad = []
+    flow = ("arith.addi", "arith.subi", "arith.muli", "arith.divsi", "arith.remsi", "arith.minsi", "arith.maxsi",
+            "arith.select", "tt.splat", "tt.broadcast", "tt.expand_dims")
+    for line in ttir.splitlines():
+        m = re.match(r"\s*(%[\w.]+)(?::\d+)? = ([\w.]+) (.*)", line)
+        if not m:
+            continue
+        res, op, rest = m.groups()
+        operands = set(re.findall(r"%[\w.]+", rest.split(" : ")[0]))
+        if not operands & tainted or op not in flow:
+            continue
+        types = rest.split(" : ")[-1] if " : " in rest else ""
+        if re.search(r"\bi32\b|xi32>", types.split("->")[-1]):
+            tainted.add(res)
+            if op in ("arith.addi", "arith.subi", "arith.muli"):
+                bad.append(line.strip())
+    return bad
 
 
 def compile_case(spec):
@@ -107,6 +165,9 @@ def compile_case(spec):
         for c in spec["checks"]:
             if c.startswith("!") == (c.lstrip("!") in ptx):
                 return False, f"PTX check failed: {c}"
+        bad = i32_size_arithmetic(cc.asm["ttir"], spec["sizes"])
+        if bad:
+            return False, f"i32 arithmetic on sizes {spec['sizes']} (wraps near 2^31): {bad[:3]}"
         if not cc.asm.get("cubin"):
             return False, "no cubin produced"
         return True, ""

@@ -1,71 +1,42 @@
-"""Public Python API: argument checking, defaults and the backend override, on top of the `tnq` ops.
-
-The dispatcher picks the backend from the tensor's device; ``backend=`` (or the TNQ_BACKEND environment variable)
-overrides it: "auto" (default: C++ on CPU tensors; on CUDA tensors the C++ CUDA kernels when the extension was
-built with them, else Triton), "reference" (the pure-PyTorch oracle), "triton" (the Triton kernels directly) or
-"cuda" (the C++ CUDA kernels, CUDA tensors only; raises BackendUnavailable when they were not built).
+"""Public Python API: normalises arguments (names to ids, seeds, defaults) and calls the `tnq` op of the chosen
+backend. Every argument check lives in the backend (tnq_kernels/checks.py for the Python ones, csrc/validate.h for
+the C++ ones); the backend is chosen in one place, tnq_kernels.ops.kernel, from ``backend=`` or TNQ_BACKEND:
+"auto" (default: C++ on CPU tensors; on CUDA tensors the C++ CUDA kernels when built, else Triton), "reference"
+(the pure-PyTorch oracle), "triton" or "cuda".
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
 
+from . import checks
 from . import codebooks as cb
 from . import format as fmt
-from . import ops as _ops  # noqa: F401  (defines the tnq ops)
-from . import reference
+from . import ops
 
 DEFAULT_BITS = 3
 #: one fp32 scale per 2048 elements: 0.016 bits/element of overhead; on Laplace data (2e6 samples, b = 2..5) its
-#: MSE is within 0.3% of one scale per tensor (see README, "Choosing the block size").
+#: MSE is within 0.3% of one scale per tensor (docs/format.md, "Choosing the block size").
 DEFAULT_BLOCK_SIZE = 2048
-BACKENDS = ("auto", "reference", "triton", "cuda")
+BACKENDS = ops.BACKENDS
 
 
-class _CudaBackend:
-    """backend="cuda": torch.ops.tnq, after checking the C++ CUDA kernel exists and the tensors are on CUDA (on a
-    CPU tensor the dispatcher would silently pick the CPU kernel instead)."""
-
-    def __getattr__(self, op: str):
-        if op not in _ops.NATIVE_CUDA_OPS:
-            raise _ops.BackendUnavailable(
-                f"backend='cuda': tnq::{op} has no C++ CUDA kernel in this build (the extension was built without "
-                f"nvcc or with TNQ_CUDA=0); rebuild with nvcc on PATH, or use backend='triton' / 'auto'")
-        fn = getattr(torch.ops.tnq, op)
-
-        def call(first, *args):
-            t = first[0] if isinstance(first, (list, tuple)) and first else first
-            if isinstance(t, torch.Tensor) and t.device.type != "cuda":
-                raise ValueError(f"backend='cuda' needs CUDA tensors, got a tensor on {t.device}; use "
-                                 f"backend='auto' (or None) for {t.device.type} tensors")
-            return fn(first, *args)
-        return call
+def _device_type(t) -> str:
+    if isinstance(t, (list, tuple)):
+        t = t[0] if t else None
+    return t.device.type if isinstance(t, torch.Tensor) else "cpu"
 
 
-_CUDA = _CudaBackend()
+def _run(op: str, backend: str | None, *args):
+    return ops.kernel(op, backend, _device_type(args[0]))(*args)
 
 
-def _backend(backend: str | None):
-    name = backend if backend is not None else os.environ.get("TNQ_BACKEND", "auto")
-    if name == "auto":
-        return torch.ops.tnq
-    if name == "reference":
-        return reference
-    if name == "triton":
-        from . import triton as tnq_triton
-        return tnq_triton
-    if name == "cuda":
-        return _CUDA
-    raise ValueError(f"backend must be one of {BACKENDS} (argument or TNQ_BACKEND), got {name!r}")
-
-
-def _check_input(x: torch.Tensor) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in reference.SUPPORTED_DTYPES:
-        raise ValueError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+def _int(name: str, v) -> int:
+    """Python ints only (a float or bool would be silently truncated by the op's int argument)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{name} must be an int, got {v!r}")
+    return v
 
 
 def new_seed() -> int:
@@ -82,48 +53,63 @@ def _seed(seed: int | None) -> int:
 
 
 def compress(x: torch.Tensor, bits: int = DEFAULT_BITS, block_size: int = DEFAULT_BLOCK_SIZE,
-             codebook: str | int = "tnq", seed: int | None = None, backend: str | None = None) -> torch.Tensor:
+             codebook: str | int = "tnq", seed: int | None = None, backend: str | None = None,
+             clients: int | None = None) -> torch.Tensor:
     """Compress ``x`` (any shape, fp32/fp16/bf16, contiguous or not) to one uint8 payload.
 
     Returns a 1-D uint8 tensor of ``payload_bytes(x.numel(), bits, block_size)`` bytes on x's device: the v1 header,
     one fp32 scale per ``block_size`` elements (0: one per tensor), then ``bits`` bits per element. ``seed`` keys the
     stochastic rounding (same seed, same codes on every backend); None draws one from torch's default generator.
+    ``clients``: how many payloads the receiver averages; it picks the member of ``codebook="rtnq"`` (default 1)
+    and is ignored by the other codebooks.
     """
-    _check_input(x)
-    cb.check_bits(bits)
-    fmt.check_block_size(block_size)
-    return _backend(backend).compress(x, bits, block_size, cb.codebook_id(codebook), _seed(seed))
+    return _run("compress", backend, x, _int("bits", bits), _int("block_size", block_size),
+                cb.codebook_id(codebook, clients), _seed(seed))
 
 
 def read_header(payload: torch.Tensor) -> fmt.Header:
     """Parse and validate a payload's header (a 32-byte device-to-host copy for GPU payloads)."""
-    return reference.read_header(payload)
+    return checks.read_header(payload)
 
 
-def _shape_dtype(payload, shape, dtype):
+def _shape_dtype(payload, shape, dtype, out):
+    """shape and dtype of the result: from ``out``, from the arguments, else from the header (a host read)."""
+    if out is not None:
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+        if (shape is not None and tuple(shape) != tuple(out.shape)) or (dtype is not None and dtype != out.dtype):
+            raise ValueError(f"out has shape {tuple(out.shape)} and dtype {out.dtype}, which contradicts shape="
+                             f"{None if shape is None else tuple(shape)}, dtype={dtype}; pass out alone")
+        return list(out.shape), out.dtype
     if shape is None or dtype is None:
+        if torch.compiler.is_compiling():
+            raise ValueError("decompress under torch.compile needs shape= and dtype= (or out=): reading them from "
+                             "the payload's header is a host read that cannot be traced")
         h = read_header(payload)
         shape = (h.numel,) if shape is None else shape
         dtype = getattr(torch, fmt.DTYPE_NAMES[h.dtype]) if dtype is None else dtype
-    if dtype not in reference.SUPPORTED_DTYPES:
-        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
     return list(shape), dtype
 
 
 def decompress(payload: torch.Tensor, shape: Sequence[int] | None = None, dtype: torch.dtype | None = None,
-               backend: str | None = None) -> torch.Tensor:
+               backend: str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Decode a payload to a tensor of ``shape`` (default: 1-D of its numel) and ``dtype`` (default: the dtype it
-    was compressed from). Passing both avoids a host read of the header (needed under torch.compile)."""
-    shape, dtype = _shape_dtype(payload, shape, dtype)
-    return _backend(backend).decompress(payload, shape, dtype)
+    was compressed from). Passing both avoids a host read of the header (needed under torch.compile and CUDA
+    graphs). ``out``: a contiguous tensor to decode into (its shape and dtype are the result's); returned."""
+    shape, dtype = _shape_dtype(payload, shape, dtype, out)
+    if out is not None:
+        _run("decompress_into", backend, payload, out)
+        return out
+    return _run("decompress", backend, payload, shape, dtype)
 
 
 def decompress_sum(payloads: Sequence[torch.Tensor] | torch.Tensor, weights: Sequence[float] | None = None,
                    shape: Sequence[int] | None = None, dtype: torch.dtype | None = None,
-                   backend: str | None = None) -> torch.Tensor:
+                   backend: str | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Σ_w weights[w]·decompress(payloads[w]) in one pass, accumulated in fp32: the server-side aggregation.
 
     ``payloads``: a list of payloads of equal numel, or a 2-D uint8 tensor [W, bytes] (e.g. an all-gather output).
+    ``out``: as for decompress.
     """
     if isinstance(payloads, torch.Tensor):
         if payloads.dim() != 2:
@@ -131,50 +117,37 @@ def decompress_sum(payloads: Sequence[torch.Tensor] | torch.Tensor, weights: Seq
                              f"{tuple(payloads.shape)}")
         payloads = list(payloads.unbind(0))
     payloads = list(payloads)
-    if not payloads:
-        raise ValueError("payloads must hold at least one payload, got none")
-    if weights is not None:
-        weights = [float(w) for w in weights]
-        if len(weights) != len(payloads):
-            raise ValueError(f"weights must have one entry per payload ({len(payloads)}), got {len(weights)}")
-    shape, dtype = _shape_dtype(payloads[0], shape, dtype)
-    return _backend(backend).decompress_sum(payloads, weights, shape, dtype)
+    weights = None if weights is None else [float(w) for w in weights]
+    checks.check_payloads(payloads, weights)
+    shape, dtype = _shape_dtype(payloads[0], shape, dtype, out)
+    if out is not None:
+        _run("decompress_sum_into", backend, payloads, weights, out)
+        return out
+    return _run("decompress_sum", backend, payloads, weights, shape, dtype)
 
 
 def scale_truncate(x: torch.Tensor, bits: int = DEFAULT_BITS, block_size: int = DEFAULT_BLOCK_SIZE,
-                   codebook: str | int = "tnq", backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stage 1: (scales fp32 [nblocks], z fp32 [n] = clamp(x/scale) in units of the scale)."""
-    _check_input(x)
-    cb.check_bits(bits)
-    fmt.check_block_size(block_size)
-    return _backend(backend).scale_truncate(x, bits, block_size, cb.codebook_id(codebook))
+                   codebook: str | int = "tnq", backend: str | None = None,
+                   clients: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 1: (scales fp32 [nblocks], z fp32 [n] = clamp(x·r) in units of the scale, r = fp32(1/scale))."""
+    return _run("scale_truncate", backend, x, _int("bits", bits), _int("block_size", block_size),
+                cb.codebook_id(codebook, clients))
 
 
 def quantize(z: torch.Tensor, bits: int = DEFAULT_BITS, codebook: str | int = "tnq", seed: int | None = None,
-             backend: str | None = None) -> torch.Tensor:
+             backend: str | None = None, clients: int | None = None) -> torch.Tensor:
     """Stage 2: z fp32 [n] → uint8 codes [n] (codebook lookup + unbiased stochastic rounding)."""
-    if z.dtype != torch.float32:
-        raise ValueError(f"z must be float32 (the output of scale_truncate), got {z.dtype}")
-    cb.check_bits(bits)
-    return _backend(backend).quantize(z, bits, cb.codebook_id(codebook), _seed(seed))
+    return _run("quantize", backend, z, _int("bits", bits), cb.codebook_id(codebook, clients), _seed(seed))
 
 
 def pack(codes: torch.Tensor, bits: int = DEFAULT_BITS, backend: str | None = None) -> torch.Tensor:
     """Stage 3: uint8 codes [n] → int32 bit-plane words [bits·ceil(n/32)]."""
-    if codes.dtype != torch.uint8:
-        raise ValueError(f"codes must be uint8, got {codes.dtype}")
-    cb.check_bits(bits)
-    return _backend(backend).pack(codes, bits)
+    return _run("pack", backend, codes, _int("bits", bits))
 
 
 def unpack(words: torch.Tensor, bits: int, n: int, backend: str | None = None) -> torch.Tensor:
     """Inverse of pack: int32 words [bits·ceil(n/32)] → uint8 codes [n]."""
-    if words.dtype != torch.int32:
-        raise ValueError(f"words must be int32, got {words.dtype}")
-    cb.check_bits(bits)
-    if words.numel() != fmt.num_words(n, bits):
-        raise ValueError(f"words must hold bits*ceil(n/32) = {fmt.num_words(n, bits)} values, got {words.numel()}")
-    return _backend(backend).unpack(words, bits, n)
+    return _run("unpack", backend, words, _int("bits", bits), _int("n", n))
 
 
 def payload_bytes(n: int, bits: int = DEFAULT_BITS, block_size: int = DEFAULT_BLOCK_SIZE) -> int:

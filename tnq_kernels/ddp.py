@@ -89,7 +89,8 @@ class TNQState:
         process_group: the group to reduce over (None: the default group).
         bits: bits per element, 1-8 (2-5 are the fast paths).
         block_size: elements per fp32 scale (a multiple of 32; 0: one scale per compressed tensor).
-        codebook: "tnq" (default), "tqsgd", "nqsgd" or "qsgd" (SPEC §1).
+        codebook: "tnq" (default), "tqsgd", "nqsgd", "qsgd", "qsgd_l2", "nuqsgd_l2" or "rtnq" (docs/codebooks.md);
+            "rtnq" is sized for the world size of each call (the number of payloads averaged).
         scheme: "allgather", "two_phase" or "auto" (two_phase when the world size is > 2).
         seed: base seed; per-rank/step/bucket seeds are derived from it (module docstring).
         error_feedback: keep and re-inject each rank's compression residual.
@@ -112,7 +113,8 @@ class TNQState:
         self.process_group = process_group
         self.bits = cb.check_bits(bits)
         self.block_size = fmt.check_block_size(block_size)
-        self.codebook = cb.CODEBOOK_NAMES[cb.codebook_id(codebook)]
+        cb.codebook_id(codebook)  # validates; the "rtnq" family stays a family, resolved per call with W
+        self.codebook = codebook if codebook == cb.RTNQ else cb.CODEBOOK_NAMES[cb.codebook_id(codebook)]
         self.scheme = scheme
         self.seed = seed
         self.error_feedback = bool(error_feedback)
@@ -223,18 +225,21 @@ def _allreduce(state: TNQState, buf: torch.Tensor, world_size: int, corrected: t
     return fut.then(lambda _: out), _ring_allreduce_bytes(out.numel() * out.element_size(), world_size)
 
 
-def _allgather(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: int, index: int):
-    """x: the (corrected) bucket, fp32/fp16/bf16 [n]. Returns (future of the average, bytes sent, own payload)."""
+def _allgather(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: int, index: int, out: torch.Tensor):
+    """x: the (corrected) bucket, fp32/fp16/bf16 [n]; out: the bucket buffer, which receives the average.
+    Returns (future of the average, bytes sent, own payload)."""
     n = x.numel()
     payload = api.compress(x, state.bits, state.block_size, state.codebook,
-                           derive_seed(state.seed, rank, state.step, index), backend=state.backend)
+                           derive_seed(state.seed, rank, state.step, index), backend=state.backend,
+                           clients=world_size)
     size = payload.numel()
     gathered = torch.empty(world_size * size, dtype=torch.uint8, device=x.device)
     work = _all_gather_flat(gathered, payload, group=state.process_group, async_op=True)
     weights = [1.0 / world_size] * world_size
 
     def decode(_):  # on gloo the future's value is a list: read the tensor allocated above
-        return api.decompress_sum(gathered.view(world_size, size), weights, [n], dtype, backend=state.backend)
+        # decoded straight into the bucket: no fresh n-element tensor (and its page faults) per step
+        return api.decompress_sum(gathered.view(world_size, size), weights, backend=state.backend, out=out)
 
     own = [(payload, 0, n)]
     return work.get_future().then(decode), (world_size - 1) * size, own
@@ -245,7 +250,8 @@ def chunk_size(n: int, world_size: int) -> int:
     return (-(-n // world_size) + 31) // 32 * 32
 
 
-def _two_phase(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: int, index: int):
+def _two_phase(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: int, index: int,
+               out: torch.Tensor):
     n, W = x.numel(), world_size
     chunk = chunk_size(n, W)
     bounds = [(min(j * chunk, n), min((j + 1) * chunk, n)) for j in range(W)]
@@ -256,7 +262,8 @@ def _two_phase(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: i
     own = []
     for j, (lo, hi) in enumerate(bounds):
         p = api.compress(x[lo:hi], state.bits, state.block_size, state.codebook,
-                         derive_seed(state.seed, rank, state.step, index, 1, j), backend=state.backend)
+                         derive_seed(state.seed, rank, state.step, index, 1, j), backend=state.backend,
+                         clients=W)
         send[j * slot: j * slot + sizes[j]].copy_(p)
         own.append((p, lo, hi))
     recv = torch.empty_like(send)
@@ -266,19 +273,18 @@ def _two_phase(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: i
     lo, hi = bounds[rank]
     parts = [recv[i * slot: i * slot + sizes[rank]] for i in range(W)]
     shard = api.decompress_sum(parts, [1.0 / W] * W, [hi - lo], torch.float32, backend=state.backend)
+    # the reduced shard is sent once and decoded alone (no averaging after it): one client
     mine = api.compress(shard, state.bits, state.block_size, state.codebook,
-                        derive_seed(state.seed, rank, state.step, index, 2), backend=state.backend)
+                        derive_seed(state.seed, rank, state.step, index, 2), backend=state.backend, clients=1)
     shard_slot = torch.zeros(slot, dtype=torch.uint8, device=x.device)
     shard_slot[: mine.numel()].copy_(mine)
     gathered = torch.empty(W * slot, dtype=torch.uint8, device=x.device)
     work = _all_gather_flat(gathered, shard_slot, group=state.process_group, async_op=True)
 
     def decode(_):
-        out = torch.empty(n, dtype=dtype, device=x.device)
         for j, (a, b) in enumerate(bounds):
             if b > a:
-                out[a:b].copy_(api.decompress(gathered[j * slot: j * slot + sizes[j]], [b - a], dtype,
-                                              backend=state.backend))
+                api.decompress(gathered[j * slot: j * slot + sizes[j]], backend=state.backend, out=out[a:b])
         return out
 
     return work.get_future().then(decode), 2 * (W - 1) * slot, own
@@ -309,12 +315,12 @@ def tnq_hook(state: TNQState, bucket: dist.GradBucket) -> torch.futures.Future[t
 
     x = buf if corrected is None else corrected
     run = _two_phase if state.scheme_for(W) == "two_phase" else _allgather
-    fut, sent, own = run(state, x, buf.dtype, rank, W, index)
+    fut, sent, own = run(state, x, buf.dtype, rank, W, index, buf)
     if state.error_feedback:
         decoded = torch.empty(n, dtype=torch.float32, device=buf.device)
         for p, lo, hi in own:
             if hi > lo:
-                decoded[lo:hi].copy_(api.decompress(p, [hi - lo], torch.float32, backend=state.backend))
+                api.decompress(p, backend=state.backend, out=decoded[lo:hi])
         state._keep_residual(index, params, corrected, decoded)
     state._account(index, n, sent, W, is_last)
     return fut

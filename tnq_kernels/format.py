@@ -3,7 +3,7 @@
     bytes 0-3   magic b"TNQK"            bytes 12-15 flags (bit 0: some block is non-finite)
     byte  4     version = 1              bytes 16-23 numel n
     byte  5     bits b (1-8)             bytes 24-31 reserved, zero
-    byte  6     codebook id (0-3)        bytes 32 …  nblocks fp32 scales
+    byte  6     codebook id (0-14)       bytes 32 …  nblocks fp32 scales
     byte  7     source dtype (0-2)       next 16-byte boundary …  ceil(n/32) groups of b uint32 bit-plane words
     bytes 8-11  block size B (0 = one block for the whole tensor, else a positive multiple of 32)
 
@@ -25,6 +25,8 @@ KNOWN_FLAGS = FLAG_NONFINITE
 DTYPE_IDS = {"float32": 0, "float16": 1, "bfloat16": 2}
 DTYPE_NAMES = {v: k for k, v in DTYPE_IDS.items()}
 MAX_BLOCK_SIZE = 1 << 30
+#: codebook ids a decoder accepts, 0 … NUM_CODEBOOKS − 1 (their tables: codebooks.py, which has the same count)
+NUM_CODEBOOKS = 15
 _HEADER = struct.Struct("<4sBBBBIIQQ")
 assert _HEADER.size == HEADER_BYTES
 
@@ -85,35 +87,36 @@ def pack_header(h: Header) -> bytes:
     return _HEADER.pack(MAGIC, VERSION, h.bits, h.codebook, h.dtype, h.block_size, h.flags, h.numel, 0)
 
 
-def parse_header(buf: bytes, total_len: int | None = None) -> Header:
+def parse_header(buf: bytes, total_len: int | None = None, name: str = "payload") -> Header:
     """Parse and validate a v1 header; with ``total_len``, also check the payload length.
 
     Raises ValueError naming the field (magic, version, bits, codebook, dtype, block_size, flags, reserved,
     length) on any mismatch, so a corrupted or truncated payload is rejected before any data is read.
     """
     if len(buf) < HEADER_BYTES:
-        raise ValueError(f"payload length: {len(buf)} bytes is shorter than the {HEADER_BYTES}-byte TNQ header")
+        raise ValueError(f"{name} length: {len(buf)} bytes is shorter than the {HEADER_BYTES}-byte TNQ header")
     magic, version, bits, cb, dt, bs, flags, numel, reserved = _HEADER.unpack(bytes(buf[:HEADER_BYTES]))
     if magic != MAGIC:
-        raise ValueError(f"payload magic: expected {MAGIC!r}, got {magic!r} (not a tnq_kernels payload)")
+        raise ValueError(f"{name} magic: expected {MAGIC!r}, got {magic!r} (not a tnq_kernels payload)")
     if version != VERSION:
-        raise ValueError(f"payload version: this build reads format version {VERSION}, got {version}")
+        raise ValueError(f"{name} version: this build reads format version {VERSION}, got {version}")
     if not 1 <= bits <= 8:
-        raise ValueError(f"payload bits: must be in [1, 8], got {bits}")
-    if cb > 3:
-        raise ValueError(f"payload codebook: id must be 0-3 (tnq, tqsgd, nqsgd, qsgd), got {cb}")
+        raise ValueError(f"{name} bits: must be in [1, 8], got {bits}")
+    if cb >= NUM_CODEBOOKS:
+        raise ValueError(f"{name} codebook: id must be 0-{NUM_CODEBOOKS - 1} (0 tnq, 1 tqsgd, 2 nqsgd, 3 qsgd, "
+                         f"4 qsgd_l2, 5 nuqsgd_l2, 6-14 rtnq1-rtnq256), got {cb}")
     if dt not in DTYPE_NAMES:
-        raise ValueError(f"payload dtype: id must be 0-2 (float32, float16, bfloat16), got {dt}")
+        raise ValueError(f"{name} dtype: id must be 0-2 (float32, float16, bfloat16), got {dt}")
     if bs % 32 or bs > MAX_BLOCK_SIZE:
-        raise ValueError(f"payload block_size: must be 0 or a multiple of 32 up to 2^30, got {bs}")
+        raise ValueError(f"{name} block_size: must be 0 or a multiple of 32 up to 2^30, got {bs}")
     if flags & ~KNOWN_FLAGS:
-        raise ValueError(f"payload flags: unknown bits set in {flags:#x}")
+        raise ValueError(f"{name} flags: unknown bits set in {flags:#x}")
     if reserved != 0:
-        raise ValueError(f"payload reserved: bytes 24-31 must be zero, got {reserved:#x}")
+        raise ValueError(f"{name} reserved: bytes 24-31 must be zero, got {reserved:#x}")
     if numel >= 1 << 62:
-        raise ValueError(f"payload numel: {numel} is not a plausible element count")
+        raise ValueError(f"{name} numel: {numel} is not a plausible element count")
     h = Header(bits, cb, dt, bs, flags, numel)
     if total_len is not None and total_len != h.nbytes:
         raise ValueError(
-            f"payload length: header (n={numel}, bits={bits}, block_size={bs}) needs {h.nbytes} bytes, got {total_len}")
+            f"{name} length: header (n={numel}, bits={bits}, block_size={bs}) needs {h.nbytes} bytes, got {total_len}")
     return h

@@ -47,30 +47,39 @@ class TNQCompressor:
     """
 
     def __init__(self, bits: int = api.DEFAULT_BITS, block_size: int = api.DEFAULT_BLOCK_SIZE,
-                 codebook: str | int = "tnq", seed: int = 0, rank: int = 0, backend: str | None = None):
+                 codebook: str | int = "tnq", seed: int = 0, rank: int = 0, backend: str | None = None,
+                 clients: int | None = None):
         self.bits = cb.check_bits(bits)
         self.block_size = fmt.check_block_size(block_size)
-        self.codebook = cb.CODEBOOK_NAMES[cb.codebook_id(codebook)]
+        cb.codebook_id(codebook, clients)  # validates; the "rtnq" family is resolved per call with its clients
+        self.codebook = codebook if codebook == cb.RTNQ else cb.CODEBOOK_NAMES[cb.codebook_id(codebook)]
+        #: payloads the receiver averages (sizes codebook="rtnq"); DistributedOptimizer passes its world size
+        self.clients = clients
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self.seed, self.rank, self.backend = seed, rank, backend
         self._calls = 0
 
-    def compress(self, tensor: torch.Tensor, seed: int | None = None):
+    def compress(self, tensor: torch.Tensor, seed: int | None = None, clients: int | None = None):
         if seed is None:
             seed = derive_seed(self.seed, self.rank, self._calls)
             self._calls += 1
-        payload = api.compress(tensor, self.bits, self.block_size, self.codebook, seed, backend=self.backend)
+        payload = api.compress(tensor, self.bits, self.block_size, self.codebook, seed, backend=self.backend,
+                               clients=self.clients if clients is None else clients)
         return payload, (tuple(tensor.shape), tensor.dtype)
 
     def decompress(self, tensor: torch.Tensor, ctx) -> torch.Tensor:
         shape, dtype = ctx
         return api.decompress(tensor, shape, dtype, backend=self.backend)
 
-    def decompress_mean(self, gathered: torch.Tensor, ctx, world_size: int, average: bool = True) -> torch.Tensor:
-        """Decode an all-gather of ``world_size`` equal-sized payloads (uint8 [W·P]) to their mean (or sum)."""
+    def decompress_mean(self, gathered: torch.Tensor, ctx, world_size: int, average: bool = True,
+                        out: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode an all-gather of ``world_size`` equal-sized payloads (uint8 [W·P]) to their mean (or sum); into
+        ``out`` (e.g. the existing .grad, contiguous, of the gradient's shape and dtype) when given."""
         shape, dtype = ctx
         w = 1.0 / world_size if average else 1.0
+        if out is not None:
+            return api.decompress_sum(gathered.view(world_size, -1), [w] * world_size, backend=self.backend, out=out)
         return api.decompress_sum(gathered.view(world_size, -1), [w] * world_size, shape, dtype,
                                   backend=self.backend)
 
@@ -124,9 +133,10 @@ class _Methods:
         elif grad.is_sparse:
             raise ValueError(f"sparse gradient for {self._names[id(p)]}: pass sparse_as_dense=True "
                              f"(packed codes need a dense tensor)")
-        rank, _ = self._world()
+        rank, world = self._world()
         payload, ctx = self._compression.compress(
-            grad, seed=derive_seed(self._compression.seed, rank, self._tnq_step, self._index[id(p)]))
+            grad, seed=derive_seed(self._compression.seed, rank, self._tnq_step, self._index[id(p)]),
+            clients=world)
         kw = {} if self._process_set is None else {"process_set": self._process_set}
         handle = self._hvd.allgather_async(payload, name=f"tnq.{self._names[id(p)]}", **kw)
         self._pending[id(p)] = (handle, ctx)
@@ -140,11 +150,15 @@ class _Methods:
         for p in self._params:
             handle, ctx = self._pending.pop(id(p))
             gathered = self._hvd.synchronize(handle)
-            mean = self._compression.decompress_mean(gathered, ctx, world, self._average)
-            if p.grad is None:
-                p.grad = mean
+            g = p.grad
+            if g is not None and g.is_contiguous() and (tuple(g.shape), g.dtype) == tuple(ctx):
+                self._compression.decompress_mean(gathered, ctx, world, self._average, out=g)
             else:
-                p.grad.copy_(mean)
+                mean = self._compression.decompress_mean(gathered, ctx, world, self._average)
+                if g is None:
+                    p.grad = mean
+                else:
+                    g.copy_(mean)
             self._passes[id(p)] = 0
         self._tnq_step += 1
 

@@ -2,12 +2,14 @@
 
 Plain, vectorised torch on whatever device the input lives on. Read top to bottom, it is the whole algorithm:
 
-    scale_truncate   per block: scale = mean|g| (fp64 sum, rounded once to fp32) or max|g|; r = fp32(1/scale);
+    scale_truncate   per block: scale = mean|g| (fp64 sum, rounded once to fp32), max|g|, ‖g‖₂ = fp32(sqrt(fp64
+                     Σg²)) or Σg²/(2Σ|g|) (fp64 sums, one fp64 division, rounded once); r = fp32(1/scale);
                      z = clamp(g·r)
     quantize         k = the level cell holding z; p = (z − c_k)·(1/(c_{k+1} − c_k)); code = k + [U < p]
     pack / unpack    codes ↔ b-bit bit-plane uint32 words (bit j of word p = bit p of element 32g + j)
     compress         the three jobs above, written into one payload (format.py)
     decompress(_sum) unpack, decode ĝ = scale·c_code in fp32, (weighted) sum over payloads
+    ..._into         the same, written into an existing tensor `out` (its dtype is the output dtype)
 
 Numerics that every backend reproduces exactly: the scale's fp64 accumulation is rounded once to fp32 (so the
 summation order cannot change it except in ~1e-8 of blocks); z = g·r is one fp32 multiply by the block's
@@ -22,22 +24,16 @@ from typing import Sequence
 
 import torch
 
+from . import checks
 from . import codebooks as cb
 from . import format as fmt
 from . import rng
-
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _tables(codebook: int, bits: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     c = torch.tensor(cb.levels(codebook, bits), dtype=torch.float32, device=device)
     r = torch.tensor(cb.inv_gaps(codebook, bits), dtype=torch.float32, device=device)
     return c, r
-
-
-def _check_float(x: torch.Tensor, name: str = "x") -> None:
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
 
 
 def _block_ids(n: int, block_size: int, device) -> torch.Tensor:
@@ -54,10 +50,21 @@ def block_scales(x: torch.Tensor, block_size: int, codebook: int) -> torch.Tenso
         return torch.zeros(nb, dtype=torch.float32, device=x.device)
     a = g.abs().to(torch.float64)
     bid = _block_ids(n, block_size, x.device)
-    if cb.scale_rule(codebook) == cb.SCALE_MEAN_ABS:
-        sums = torch.zeros(nb, dtype=torch.float64, device=x.device).index_add_(0, bid, a)
+    rule = cb.scale_rule(codebook)
+
+    def block_sum(v: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(nb, dtype=torch.float64, device=x.device).index_add_(0, bid, v)
+
+    if rule == cb.SCALE_MEAN_ABS:
         counts = torch.bincount(bid, minlength=nb).to(torch.float64)
-        return (sums / counts).to(torch.float32)
+        return (block_sum(a) / counts).to(torch.float32)
+    if rule == cb.SCALE_L2:
+        # fp32 squares are exact in fp64 (48 significant bits) and cannot overflow or underflow there
+        return torch.sqrt(block_sum(a * a)).to(torch.float32)
+    if rule == cb.SCALE_M2_M1:
+        s1, s2 = block_sum(a), block_sum(a * a)
+        # all-zero block: 0 (not 0/0); a non-finite block gives inf/inf or NaN, i.e. NaN
+        return torch.where(s1 == 0, torch.zeros_like(s1), s2 / (2.0 * s1)).to(torch.float32)
     # max|g|: exact in any order; NaN must win over everything (amax propagates NaN).
     pad = nb * (block_size or n) - n
     a = torch.nn.functional.pad(a, (0, pad)).view(nb, -1)
@@ -77,10 +84,7 @@ def inverse_scale(scales: torch.Tensor) -> torch.Tensor:
 
 def scale_truncate(x: torch.Tensor, bits: int, block_size: int, codebook: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Job 1. x: any shape, fp32/fp16/bf16 → (scales fp32 [nblocks], z fp32 [n] clamped to [c_0, c_s])."""
-    _check_float(x)
-    cb.check_bits(bits)
-    fmt.check_block_size(block_size)
-    codebook = cb.codebook_id(codebook)
+    codebook = checks.check_compress(x, bits, block_size, codebook)
     c, _ = _tables(codebook, bits, x.device)
     g = x.reshape(-1).to(torch.float32)
     scales = block_scales(x, block_size, codebook)
@@ -97,9 +101,8 @@ def scale_truncate(x: torch.Tensor, bits: int, block_size: int, codebook: int) -
 
 def quantize(z: torch.Tensor, bits: int, codebook: int, seed: int) -> torch.Tensor:
     """Job 2. z: fp32 [n] in [c_0, c_s] → uint8 codes [n] by codebook lookup and unbiased stochastic rounding."""
-    if z.dtype != torch.float32:
-        raise ValueError(f"z must be float32 (the output of scale_truncate), got {z.dtype}")
-    cb.check_bits(bits)
+    checks.check_z(z)
+    checks.check_bits(bits)
     c, r = _tables(cb.codebook_id(codebook), bits, z.device)
     z = z.reshape(-1)
     k = torch.searchsorted(c[1:-1].contiguous(), z, right=True)  # number of interior levels <= z, in [0, s-1]
@@ -110,7 +113,8 @@ def quantize(z: torch.Tensor, bits: int, codebook: int, seed: int) -> torch.Tens
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Job 3. uint8 codes [n] → int32 words [b·ceil(n/32)] (group g holds b bit-planes of 32 elements)."""
-    cb.check_bits(bits)
+    checks.check_codes(codes)
+    checks.check_bits(bits)
     codes = codes.reshape(-1)
     n = codes.numel()
     groups = (n + 31) // 32
@@ -123,10 +127,8 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """Inverse of pack: int32 words [b·ceil(n/32)] → uint8 codes [n]."""
-    cb.check_bits(bits)
+    checks.check_words(words, bits, n)
     groups = (n + 31) // 32
-    if words.numel() != bits * groups:
-        raise ValueError(f"words must hold bits*ceil(n/32) = {bits * groups} int32 values, got {words.numel()}")
     w = words.reshape(groups, bits, 1).to(torch.int64) & rng.M32
     b = (w >> torch.arange(32, device=words.device)) & 1  # [groups, bits, 32]
     codes = (b << torch.arange(bits, device=words.device).view(1, bits, 1)).sum(dim=1)
@@ -148,15 +150,6 @@ def compress(x: torch.Tensor, bits: int, block_size: int, codebook: int, seed: i
     return out
 
 
-def read_header(payload: torch.Tensor, name: str = "payload") -> fmt.Header:
-    """Validate dtype/shape and the v1 header of a payload tensor (copies 32 bytes to the host)."""
-    if payload.dtype != torch.uint8 or payload.dim() != 1:
-        raise ValueError(f"{name} must be a 1-D uint8 tensor (a tnq payload), got {payload.dtype} "
-                         f"with shape {tuple(payload.shape)}")
-    head = payload[: fmt.HEADER_BYTES].cpu().numpy().tobytes()
-    return fmt.parse_header(head, payload.numel())
-
-
 def _decode(payload: torch.Tensor, h: fmt.Header) -> torch.Tensor:
     payload = payload.contiguous()
     scales = payload[fmt.HEADER_BYTES: fmt.HEADER_BYTES + 4 * h.nblocks].view(torch.float32)
@@ -166,34 +159,70 @@ def _decode(payload: torch.Tensor, h: fmt.Header) -> torch.Tensor:
     return scales[_block_ids(h.numel, h.block_size, payload.device)] * c[codes]
 
 
-def _check_shape(h: fmt.Header, shape: Sequence[int], name: str) -> None:
-    numel = 1
-    for d in shape:
-        numel *= int(d)
-    if numel != h.numel:
-        raise ValueError(f"shape {tuple(shape)} holds {numel} elements but {name} encodes {h.numel}")
-
-
 def decompress(payload: torch.Tensor, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     """uint8 payload → tensor of ``shape`` and ``dtype``: ĝ = scale·c_code, computed in fp32."""
-    h = read_header(payload)
-    _check_shape(h, shape, "payload")
+    h = checks.read_header(payload)
+    checks.check_shape(h, shape, "payload")
+    checks.check_dtype(dtype)
     return _decode(payload, h).to(dtype).reshape(tuple(shape))
 
 
 def decompress_sum(payloads: Sequence[torch.Tensor], weights: Sequence[float] | None,
                    shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
     """Σ_w weights[w]·decode(payloads[w]) accumulated in fp32 in order w = 0, 1, …, then cast to ``dtype``."""
-    if len(payloads) == 0:
-        raise ValueError("payloads must hold at least one payload, got an empty list")
-    if weights is not None and len(weights) != len(payloads):
-        raise ValueError(f"weights must have one entry per payload ({len(payloads)}), got {len(weights)}")
+    headers = checks.check_sum(payloads, weights, shape, dtype)
     acc = None
-    for w, p in enumerate(payloads):
-        h = read_header(p, f"payloads[{w}]")
-        _check_shape(h, shape, f"payloads[{w}]")
+    for w, (p, h) in enumerate(zip(payloads, headers)):
         v = _decode(p, h)
         if weights is not None:
             v = v * torch.tensor(weights[w], dtype=torch.float32)
         acc = v if acc is None else acc + v
     return acc.to(dtype).reshape(tuple(shape))
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """Bytes [first, last) that t's elements span; (0, 0) for an empty tensor."""
+    if t.numel() == 0:
+        return 0, 0
+    lo = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st < 0)
+    hi = sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st > 0)
+    return t.data_ptr() + lo * t.element_size(), t.data_ptr() + (hi + 1) * t.element_size()
+
+
+def check_out(out: torch.Tensor, numel: int, payloads: Sequence[torch.Tensor]) -> None:
+    """`out` of the _into ops: a contiguous fp32/fp16/bf16 tensor of the payloads' numel, on their device, sharing
+    no memory with any payload. Raises ValueError naming `out`."""
+    if not isinstance(out, torch.Tensor):
+        raise ValueError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    _check_float(out, "out")
+    if out.device != payloads[0].device:
+        raise ValueError(f"out must be on the payload's device {payloads[0].device}, got {out.device}")
+    if not out.is_contiguous():
+        raise ValueError(f"out must be contiguous (it is written as one flat array), got shape {tuple(out.shape)} "
+                         f"with strides {out.stride()}")
+    if out.numel() != numel:
+        raise ValueError(f"out holds {out.numel()} elements (shape {tuple(out.shape)}) but the payload encodes "
+                         f"{numel}")
+    o0, o1 = _span(out)
+    for w, p in enumerate(payloads):
+        p0, p1 = _span(p)
+        if o0 < o1 and p0 < p1 and o0 < p1 and p0 < o1:
+            name = "payload" if len(payloads) == 1 else f"payloads[{w}]"
+            raise ValueError(f"out overlaps the memory of {name}: decoding in place is not supported")
+
+
+def decompress_into(payload: torch.Tensor, out: torch.Tensor) -> None:
+    """decompress into the existing tensor ``out`` (contiguous, numel of the payload; its dtype is the output's)."""
+    h = read_header(payload)
+    check_out(out, h.numel, [payload])
+    out.copy_(_decode(payload, h).view(out.shape))
+
+
+def decompress_sum_into(payloads: Sequence[torch.Tensor], weights: Sequence[float] | None,
+                        out: torch.Tensor) -> None:
+    """decompress_sum into the existing tensor ``out``: same sum, same fp32 accumulation, one final cast."""
+    if len(payloads) == 0:
+        raise ValueError("payloads must hold at least one payload, got an empty list")
+    h = read_header(payloads[0], "payloads[0]")
+    check_out(out, h.numel, payloads)
+    out.copy_(decompress_sum(payloads, weights, out.shape, out.dtype))

@@ -48,10 +48,6 @@ def hash_int(seed: int, i: int) -> int:
     return fmix32_int((h + ((i >> 32) ^ key1)) & M32)
 
 
-def uniform_int(seed: int, i: int) -> float:
-    return (hash_int(seed, i) >> (32 - UNIFORM_BITS)) * 2.0 ** -UNIFORM_BITS
-
-
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
     # x < 2^32 in int64; split the constant so no intermediate exceeds 2^49 (no signed overflow).
     return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & M32

@@ -38,7 +38,7 @@ template <int DT, int BITS>
 TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
                                       BlockMode mode, const Tables& t, SeedKeys keys, uint32_t* words) {
   constexpr int S = (1 << BITS) - 1;
-  const __m256 vscale = _mm256_set1_ps(scale);
+  const __m256 vr = _mm256_set1_ps(inverse_scale(scale));
   const __m256 lo = _mm256_set1_ps(t.c[0]), hi = _mm256_set1_ps(t.c[S]);
   const __m256 u_scale = _mm256_set1_ps(1.0f / 16777216.0f);
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -50,7 +50,7 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
     uint32_t w[BITS] = {};
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
-      __m256 z = mode == kUsable ? _mm256_div_ps(load8<DT>(x + (g - g0) * kGroup + 8 * v), vscale) : _mm256_setzero_ps();
+      __m256 z = mode == kUsable ? _mm256_mul_ps(load8<DT>(x + (g - g0) * kGroup + 8 * v), vr) : _mm256_setzero_ps();
       z = _mm256_min_ps(_mm256_max_ps(z, lo), hi);
       // Binary search level by level: at level d the probe can only be one of 2^d levels (t.level[d]), indexed
       // by the bits of k found so far, so the first levels are broadcasts and small permutes, not gathers.
@@ -95,16 +95,16 @@ TNQ_CLONES void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g
     }
   }
 #endif
-  const float lo = t.c[0], hi = t.c[t.s];
+  const float lo = t.c[0], hi = t.c[t.s], r = inverse_scale(scale);
   alignas(32) float z[kGroup];
   alignas(32) uint8_t code[kGroup];
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t i0 = g * kGroup;
     const int64_t cnt = std::min<int64_t>(kGroup, n - i0);
     if (cnt == kGroup) {
-      for (int j = 0; j < kGroup; ++j) z[j] = truncate(Src<DT>::load(x[(g - g0) * kGroup + j]), scale, mode, lo, hi);
+      for (int j = 0; j < kGroup; ++j) z[j] = truncate(Src<DT>::load(x[(g - g0) * kGroup + j]), r, mode, lo, hi);
     } else {
-      for (int j = 0; j < kGroup; ++j) z[j] = j < cnt ? truncate(Src<DT>::load(x[(g - g0) * kGroup + j]), scale, mode, lo, hi) : 0.f;
+      for (int j = 0; j < kGroup; ++j) z[j] = j < cnt ? truncate(Src<DT>::load(x[(g - g0) * kGroup + j]), r, mode, lo, hi) : 0.f;
     }
     for (int j = 0; j < kGroup; ++j) code[j] = uint8_t(round_code<BITS>(z[j], t, hash_index(keys, uint64_t(i0 + j))));
     for (int64_t j = cnt; j < kGroup; ++j) code[j] = 0;  // tail codes are zero on the wire

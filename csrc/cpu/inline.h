@@ -251,16 +251,23 @@ inline float whole_tensor_scale(const typename Src<DT>::T* x, int64_t n, bool us
   return nan ? std::numeric_limits<float>::quiet_NaN() : m;
 }
 
-// How a block's z is formed: g/scale, all zero (scale 0), or all c_0 (non-finite scale, codes 0).
+// How a block's z is formed: g·r, all zero (scale 0), or all c_0 (non-finite scale, codes 0).
 enum BlockMode : int { kUsable = 0, kZeroScale = 1, kNonFinite = 2 };
 inline BlockMode block_mode(float scale) {
   if (!std::isfinite(scale)) return kNonFinite;
   return scale > 0.0f ? kUsable : kZeroScale;
 }
 
-// z = clamp(g / scale, c_0, c_s) with z = 0 for a zero scale (one IEEE fp32 division, never a reciprocal).
-inline float truncate(float g, float scale, BlockMode mode, float lo, float hi) {
-  float z = mode == kUsable ? g / scale : 0.0f;
+// r = fp32(1/scale): the one IEEE division of a block (SPEC v1.1). Capped at FLT_MAX as reference.inverse_scale:
+// below 2^-128 the quotient overflows, and 0·inf would turn a zero element into NaN.
+inline float inverse_scale(float scale) {
+  const float r = 1.0f / scale;
+  return r > std::numeric_limits<float>::max() ? std::numeric_limits<float>::max() : r;
+}
+
+// z = clamp(g·r, c_0, c_s) with z = 0 for a zero scale; r from inverse_scale, one fp32 multiply per element.
+inline float truncate(float g, float r, BlockMode mode, float lo, float hi) {
+  float z = mode == kUsable ? g * r : 0.0f;
   z = z < lo ? lo : z;
   return z > hi ? hi : z;
 }

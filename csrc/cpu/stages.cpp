@@ -30,8 +30,9 @@ void scale_truncate_impl(const typename Src<DT>::T* x, int64_t n, int bits, int6
         scales[b] = scale;
       }
       const BlockMode mode = block_mode(scale);
+      const float r = inverse_scale(scale);
       for (int64_t j = 0; j < cnt; ++j)
-        z[i0 + j] = mode == kNonFinite ? lo : truncate(Src<DT>::load(x[i0 + j]), scale, mode, lo, hi);
+        z[i0 + j] = mode == kNonFinite ? lo : truncate(Src<DT>::load(x[i0 + j]), r, mode, lo, hi);
     }
   });
 }

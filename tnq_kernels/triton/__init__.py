@@ -7,28 +7,24 @@
     decompress.py      unpack + decode                          (tnq::triton_decompress, custom_op)
     decompress_sum.py  fused decode + weighted sum of W payloads (tnq::triton_decompress_sum, custom_op)
 
-The module-level functions have the reference's signatures (the public API's backend="triton" calls them);
-IMPLS maps each `tnq` op name to one of them for ops.py's CUDA forwarder (used when the C++ CUDA build is absent).
-Every result equals tnq_kernels.reference bit for bit at equal seed. Under TRITON_INTERPRET=1 (set before this
+The module-level functions have the reference's signatures (tnq_kernels.ops.kernel routes backend="triton", and
+"auto" on CUDA tensors without the C++ CUDA build, to them); each calls its launcher as the op tnq::triton_<op>,
+registered by tnq_kernels.ops.register_triton (ops.py is the one registry). Codes equal tnq_kernels.reference at equal
+seed; scales may differ in the last bit only on crafted inputs (summation order). Under TRITON_INTERPRET=1 (set before this
 package is imported) the same kernels run on CPU tensors.
 """
 from __future__ import annotations
 
+from .. import ops
+from . import _common
 from .compress import compress
-from .decompress import decompress
-from .decompress_sum import decompress_sum
+from .decompress import decompress, decompress_into
+from .decompress_sum import decompress_sum, decompress_sum_into
 from .pack import pack, unpack
 from .quantize import quantize
 from .scale_truncate import scale_truncate
 
-IMPLS = {
-    "compress": compress,
-    "decompress": decompress,
-    "decompress_sum": decompress_sum,
-    "scale_truncate": scale_truncate,
-    "quantize": quantize,
-    "pack": pack,
-    "unpack": unpack,
-}
+ops.register_triton(interpret=_common.INTERPRET)
 
-__all__ = ["compress", "decompress", "decompress_sum", "scale_truncate", "quantize", "pack", "unpack", "IMPLS"]
+__all__ = ["compress", "decompress", "decompress_sum", "decompress_into", "decompress_sum_into", "scale_truncate",
+           "quantize", "pack", "unpack"]

@@ -9,13 +9,13 @@ libdevice with FTZ on, which flushes subnormal products). The interpreter evalua
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
-from torch.library import custom_op, triton_op
 
 from .. import codebooks as cb
 from .. import rng
@@ -39,6 +39,8 @@ ROWS_TARGET = 2048
 # (each quantize program re-reduces all partials from L2, so fewer partials keep that overhead small).
 SEGMENT_B0 = 16384
 MAX_PARTIALS = 1024
+#: elements per program for blocks longer than MAX_CHUNK (the tiled path, like the CUDA kernels' kTile)
+TILE = 16384
 
 
 @triton.jit
@@ -71,20 +73,19 @@ def to_output(v, DTYPE: tl.constexpr, EXACT: tl.constexpr):
     return v.to(DTYPE)
 
 
-def kernel_op(name: str):
-    """Register a launcher as the `tnq` op `name`.
+def device_guard(device: torch.device):
+    """The context every launcher enqueues its kernels in: Triton launches on the *current* CUDA device and its
+    current stream, so the tensor's device is made current (as the C++ binding's DeviceGuard does). Without it,
+    x on cuda:1 while cuda:0 is current would fault, or run unordered with cuda:1's stream."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
-    On GPUs: torch.library.triton_op, so torch.compile decomposes it into its wrap_triton kernel calls and
-    Inductor sees (and schedules) the kernels. Under TRITON_INTERPRET=1, wrap_triton hands back the interpreted
-    function itself, which would run on fake tensors while tracing; there the launcher is an opaque custom_op
-    whose fake kernel is the same launcher with its launches skipped (see `launches`)."""
-    def dec(fn):
-        if not INTERPRET:
-            return triton_op(name, fn, mutates_args=())
-        op = custom_op(name, fn, mutates_args=())
-        op.register_fake(fn)
-        return op
-    return dec
+
+def capturing(device: torch.device) -> bool:
+    """True while `device`'s current stream is being captured into a CUDA graph: then nothing may synchronise
+    with the host, so the decoders take the header from device memory instead of reading it on the host."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def launches(t: torch.Tensor) -> bool:
@@ -116,6 +117,27 @@ def table(codebook: int, bits: int, device) -> torch.Tensor:
     t = _TABLES.get(key)
     if t is None:
         vals = list(cb.levels(codebook, bits)) + list(cb.inv_gaps(codebook, bits)) + [0.0]
+        t = torch.tensor(vals, dtype=torch.float32, device=device)
+        _TABLES[key] = t
+    return t
+
+
+#: levels per (codebook, bits) slot of all_levels: 2^8, the most a payload can have.
+LEVELS_STRIDE = 256
+
+
+def all_levels(device) -> torch.Tensor:
+    """fp32 [ncodebooks · 8 · 256]: the levels of every (codebook, bits), slot (codebook·8 + bits − 1)·256, for
+    the decoder that reads bits and codebook from the payload on the device (graph capture). Cached per device;
+    the first eager decode builds it, so a capture after one warm-up call copies nothing from the host."""
+    key = ("all", str(device))
+    t = _TABLES.get(key)
+    if t is None:
+        vals = []
+        for codebook in range(len(cb.CODEBOOK_IDS)):
+            for bits in range(1, cb.MAX_BITS + 1):
+                lv = list(cb.levels(codebook, bits))
+                vals += lv + [0.0] * (LEVELS_STRIDE - len(lv))
         t = torch.tensor(vals, dtype=torch.float32, device=device)
         _TABLES[key] = t
     return t

@@ -3,9 +3,11 @@
 kernels → launcher → registered op (`tnq::triton_compress`, a triton_op) → public function.
 
 B ≤ 4096: each program holds ROWS whole blocks as a [ROWS, next_pow2(B)] register tile (≈ 2048 elements) between
-the scale reduction and the rounding, so the input is read exactly once and small blocks still fill a program. Larger blocks loop over 4096-element chunks twice (the second read
-hits L2 for moderate B). B = 0 runs scale_truncate.partials_kernel first, then every program of the fused kernel
-reduces the same partials in the same order, so all agree on the tensor's scale bit for bit.
+the scale reduction and the rounding, so the input is read exactly once and small blocks still fill a program.
+Larger blocks are split into 16384-element tiles, one program each: tile partials, then one program per block
+stores its scale, then the tiles encode (the input is read twice; the second read hits L2 for moderate tiles).
+B = 0 runs scale_truncate.partials_kernel first, then every program of the fused kernel reduces the same partials
+in the same order, so all agree on the tensor's scale.
 The 32-byte header (and the zero padding after the scales) is written by a one-program kernel launched first:
 it is built from host-side ints only, so nothing is copied from the host and the op stays traceable; the flags
 word starts at 0 and a program whose block is non-finite sets bit 0 with an atomic OR.
@@ -17,13 +19,15 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from .. import checks
 from .. import codebooks as cb
 from .. import format as fmt
 from . import _common as C
 from .pack import pack_planes, store_groups, store_words
 from .quantize import round_codes
-from .scale_truncate import (accumulate, block_start, finish_scale, launch_partials, scale_from_partials,
-                             segment_scale, segmentation, truncate)
+from .scale_truncate import (MODE_BLOCK, MODE_TILES, MODE_WHOLE, accumulate, block_start, finish_scale, inverse_scale,
+                             launch_block_scales, launch_partials, scale_from_partials, segmentation, tile_range,
+                             truncate)
 
 _SCALE_WORD0 = fmt.HEADER_BYTES // 4
 _FLAGS_WORD = 3
@@ -43,11 +47,11 @@ def header_kernel(out_ptr, w0, w1, w2, w4, w5, zero_lo, zero_hi):
 
 
 @triton.jit
-def emit_chunk(g, m, e0, ngroups_valid, scale, c0, cs, table_ptr, codes_ptr, key0, key1,
+def emit_chunk(g, m, e0, ngroups_valid, r, scale, c0, cs, table_ptr, codes_ptr, key0, key1,
                BITS: tl.constexpr, BITS_P2: tl.constexpr, CHUNK: tl.constexpr):
     """Jobs 1 (truncate) → 2 (round) → 3 (pack + store) for one register tile starting at element e0 (int64)."""
-    z = truncate(g, scale, c0, cs)
-    code = round_codes(z, e0 + tl.arange(0, CHUNK), table_ptr, key0, key1, BITS)
+    z = truncate(g, r, scale, c0, cs)
+    code = round_codes(z, e0 + tl.arange(0, CHUNK), table_ptr, key0, key1, BITS, False)
     code = tl.where(m, code, 0)  # tail codes are zero (SPEC §3)
     store_words(codes_ptr, pack_planes(code, CHUNK, BITS, BITS_P2), e0 // 32, ngroups_valid, CHUNK, BITS, BITS_P2)
 
@@ -73,9 +77,9 @@ def compress_blocks_kernel(x_ptr, out_ptr, table_ptr, n, block_size, nblocks, co
     # ---- job 1 (truncate) → job 2 (round) ----
     c0 = tl.load(table_ptr)
     cs = tl.load(table_ptr + (1 << BITS) - 1)
-    z = truncate(g, scale[:, None], c0, cs)
+    z = truncate(g, inverse_scale(scale)[:, None], scale[:, None], c0, cs)
     code = round_codes(z, start[:, None] + col, table_ptr, key0.to(tl.uint32, bitcast=True),
-                       key1.to(tl.uint32, bitcast=True), BITS)
+                       key1.to(tl.uint32, bitcast=True), BITS, False)
     code = tl.where(m, code, 0)  # tail codes are zero (SPEC §3)
     # ---- job 3: pack each row's CHUNK // 32 groups, store the groups that hold elements ----
     G: tl.constexpr = CHUNK // 32
@@ -88,34 +92,35 @@ def compress_blocks_kernel(x_ptr, out_ptr, table_ptr, n, block_size, nblocks, co
 
 
 @triton.jit(do_not_specialize=["key0", "key1"])
-def compress_kernel(x_ptr, out_ptr, part_ptr, table_ptr, n, seg, nparts, codes_w0, key0, key1,
+def compress_kernel(x_ptr, out_ptr, part_ptr, table_ptr, n, seg, nparts, block_size, tpb, codes_w0, key0, key1,
                     BITS: tl.constexpr, BITS_P2: tl.constexpr, MAX_RULE: tl.constexpr, CHUNK: tl.constexpr,
-                    FROM_PARTIALS: tl.constexpr, NPART: tl.constexpr):
-    """B > 4096 (one program per block, two passes over CHUNK-element tiles) or B = 0 (FROM_PARTIALS: every
-    program takes the tensor's scale from the partials and handles a SEGMENT_B0 slice, one pass)."""
+                    TILES: tl.constexpr, NPART: tl.constexpr):
+    """B = 0 (not TILES): every program takes the tensor's scale from the partials and handles a SEGMENT_B0
+    slice. B > 4096 (TILES): program pid encodes tile pid of its block (scale_truncate.tile_range, seg = the tile
+    length) with the scale block_scale_kernel stored in the payload. One pass over CHUNK-element register tiles."""
     pid = tl.program_id(0)
-    start, seg_len = block_start(pid, seg, n)
     lane = tl.arange(0, CHUNK)
     c0 = tl.load(table_ptr)
     cs = tl.load(table_ptr + (1 << BITS) - 1)
     k0 = key0.to(tl.uint32, bitcast=True)
     k1 = key1.to(tl.uint32, bitcast=True)
     # ---- job 1: the segment's scale ----
-    if FROM_PARTIALS:
-        scale = scale_from_partials(part_ptr, nparts, n, NPART, MAX_RULE)
-        owner = pid == 0
+    if TILES:
+        blk, start, seg_len = tile_range(pid.to(tl.int64), tpb, block_size, n, seg)
+        scale = tl.load(out_ptr + 8 + blk).to(tl.float32, bitcast=True)
     else:
-        scale = segment_scale(x_ptr, start, seg_len, CHUNK, MAX_RULE)
-        owner = pid >= 0
-    tl.store(out_ptr + 8 + pid, scale.to(tl.int32, bitcast=True), mask=owner)
-    tl.atomic_or(out_ptr + 3, 1, mask=owner & ~(tl.abs(scale) < float("inf")))
+        start, seg_len = block_start(pid, seg, n)
+        scale = scale_from_partials(part_ptr, nparts, n, NPART, MAX_RULE)
+        tl.store(out_ptr + 8 + pid, scale.to(tl.int32, bitcast=True), mask=pid == 0)
+        tl.atomic_or(out_ptr + 3, 1, mask=(pid == 0) & ~(tl.abs(scale) < float("inf")))
     # ---- jobs 1-3 on the data: truncate, round, pack ----
     codes_ptr = out_ptr + codes_w0
+    r = inverse_scale(scale)
     for c in range(0, seg_len, CHUNK):
         offs = c + lane
         mc = offs < seg_len
         gc = tl.load(x_ptr + start + offs, mask=mc, other=0.0).to(tl.float32)
-        emit_chunk(gc, mc, start + c, tl.cdiv(seg_len - c, 32), scale, c0, cs, table_ptr, codes_ptr, k0, k1,
+        emit_chunk(gc, mc, start + c, tl.cdiv(seg_len - c, 32), r, scale, c0, cs, table_ptr, codes_ptr, k0, k1,
                    BITS, BITS_P2, CHUNK)
 
 
@@ -126,7 +131,30 @@ def header_words(n: int, bits: int, block_size: int, codebook: int, dtype: torch
     return [C.i32(C.MAGIC_WORD), C.i32(w1), C.i32(block_size), C.i32(n % (1 << 32)), C.i32(n // (1 << 32))]
 
 
-@C.kernel_op("tnq::triton_compress")
+def launch_encode(g: torch.Tensor, out: torch.Tensor, table: torch.Tensor, n: int, bits: int, block_size: int,
+                  codebook: int, seed: int, nb: int, codes_w0: int) -> None:
+    """Scales, flags and codes of the payload `out` (int32 words; header already launched) for flat input g."""
+    max_rule = cb.scale_rule(codebook) == cb.SCALE_MAX_ABS
+    mode, seg, nseg, chunk, tpb = segmentation(n, block_size)
+    key0, key1 = C.seed_args(seed)
+    if mode == MODE_BLOCK:
+        rows = max(1, C.ROWS_TARGET // chunk)
+        wrap_triton(compress_blocks_kernel)[(triton.cdiv(nseg, rows),)](
+            g, out, table, n, block_size, nb, codes_w0, key0, key1, BITS=bits, BITS_P2=C.next_pow2(bits),
+            MAX_RULE=max_rule, ROWS=rows, CHUNK=chunk, num_warps=C.warps_for(rows * chunk))
+        return
+    part, nparts = table, 1  # unused unless B = 0
+    if mode == MODE_WHOLE:
+        part, nparts = launch_partials(g, n, max_rule)
+    else:  # the header kernel zeroed the flags word before block_scale_kernel may set it
+        launch_block_scales(g, n, block_size, tpb, max_rule, out.view(torch.float32)[_SCALE_WORD0:],
+                            out[_FLAGS_WORD:])
+    wrap_triton(compress_kernel)[(nseg,)](
+        g, out, part, table, n, seg, nparts, block_size, tpb, codes_w0, key0, key1, BITS=bits,
+        BITS_P2=C.next_pow2(bits), MAX_RULE=max_rule, CHUNK=chunk, TILES=mode == MODE_TILES,
+        NPART=C.next_pow2(nparts), num_warps=C.warps_for(chunk))
+
+
 def triton_compress(x: torch.Tensor, table: torch.Tensor, bits: int, block_size: int, codebook: int,
                     seed: int) -> torch.Tensor:
     """x: any shape fp32/fp16/bf16, table: _common.table(codebook, bits) → uint8 payload [payload_bytes]."""
@@ -139,34 +167,15 @@ def triton_compress(x: torch.Tensor, table: torch.Tensor, bits: int, block_size:
     zero_lo = _SCALE_WORD0 + (nb if n > 0 else 0)
     if not C.launches(g):
         return out.view(torch.uint8)
-    wrap_triton(header_kernel)[(1,)](out, *header_words(n, bits, block_size, codebook, x.dtype), zero_lo, codes_w0,
-                                     num_warps=1)
-    if n > 0:
-        max_rule = cb.scale_rule(codebook) == cb.SCALE_MAX_ABS
-        seg, nseg, chunk, single = segmentation(n, block_size)
-        key0, key1 = C.seed_args(seed)
-        if single:
-            rows = max(1, C.ROWS_TARGET // chunk)
-            wrap_triton(compress_blocks_kernel)[(triton.cdiv(nseg, rows),)](
-                g, out, table, n, block_size, nb, codes_w0, key0, key1, BITS=bits, BITS_P2=C.next_pow2(bits),
-                MAX_RULE=max_rule, ROWS=rows, CHUNK=chunk, num_warps=C.warps_for(rows * chunk))
-        else:
-            if block_size == 0:
-                part, nparts = launch_partials(g, n, max_rule)
-            else:
-                part, nparts = table, 1  # unused by the kernel
-            wrap_triton(compress_kernel)[(nseg,)](
-                g, out, part, table, n, seg, nparts, codes_w0, key0, key1, BITS=bits, BITS_P2=C.next_pow2(bits),
-                MAX_RULE=max_rule, CHUNK=chunk, FROM_PARTIALS=block_size == 0, NPART=C.next_pow2(nparts),
-                num_warps=C.warps_for(chunk))
+    with C.device_guard(x.device):
+        wrap_triton(header_kernel)[(1,)](out, *header_words(n, bits, block_size, codebook, x.dtype), zero_lo,
+                                         codes_w0, num_warps=1)
+        if n > 0:
+            launch_encode(g, out, table, n, bits, block_size, codebook, seed, nb, codes_w0)
     return out.view(torch.uint8)
 
 
 def compress(x: torch.Tensor, bits: int, block_size: int, codebook: int, seed: int) -> torch.Tensor:
     """x: any shape, fp32/fp16/bf16 → uint8 payload [payload_bytes(n, bits, block_size)] (reference signature)."""
-    from ..reference import _check_float
-    _check_float(x)
-    cb.check_bits(bits)
-    fmt.check_block_size(block_size)
-    codebook = cb.codebook_id(codebook)
+    codebook = checks.check_compress(x, bits, block_size, codebook)
     return torch.ops.tnq.triton_compress(x, C.table(codebook, bits, x.device), bits, block_size, codebook, seed)

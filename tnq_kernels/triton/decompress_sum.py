@@ -1,14 +1,15 @@
 """Fused decompress_sum (SPEC §2): Σ_w weights[w]·decode(payloads[w]) in one pass, the server-side aggregation.
 
-kernel → launcher → registered op (`tnq::triton_decompress_sum`, an opaque custom_op like decompress) → public
-function.
+kernel → launchers (sum_into, decompress_sum_into) → registered op (`tnq::triton_decompress_sum`, an opaque
+custom_op like decompress) → public function.
 
 Each program decodes the same CHUNK elements of up to MAX_FUSED payloads (separate pointer arguments; unused
 slots repeat the first) and accumulates in fp32 in payload order, acc = acc + (w·v), the first term initialising
 acc, exactly as the reference. Up to MAX_FUSED payloads of one layout (bits, block size, codebook) are one
 launch: one read of each payload, one write of the result. Longer lists or mixed layouts chain launches through
 an fp32 accumulator. Launched with enable_fp_fusion=False, so no FMA contraction changes the result: bit-exact
-with the reference (tests/test_triton_aot.py checks the PTX).
+with the reference (tests/test_triton_aot.py checks the PTX). While a CUDA graph is captured, each payload is one
+launch of decompress.checked_kernel (header read on the device, see decompress.py), chained the same way.
 """
 from __future__ import annotations
 
@@ -17,12 +18,12 @@ from typing import Optional, Sequence
 import torch
 import triton
 import triton.language as tl
-from torch.library import custom_op
 
 from .. import format as fmt
-from .. import reference
+from .. import checks
 from . import _common as C
-from .decompress import CHUNK, check_shape, decode_tile, scale_mode, words_of
+from .decompress import (CHUNK, check_dtype, check_out, check_shape, checked_term, decode_tile, scale_mode,
+                         words_of)
 
 MAX_FUSED = 8
 
@@ -77,22 +78,6 @@ def decompress_sum_kernel(p0, p1, p2, p3, p4, p5, p6, p7, w0, w1, w2, w3, w4, w5
     tl.store(out_ptr + idx, C.to_output(acc, out_ptr.dtype.element_ty, EXACT), mask=m)
 
 
-def read_headers(payloads: Sequence[torch.Tensor]) -> list[fmt.Header]:
-    """Validate every payload's header with one device-to-host copy of W·32 bytes."""
-    for w, p in enumerate(payloads):
-        if p.dtype != torch.uint8 or p.dim() != 1 or p.numel() < fmt.HEADER_BYTES:
-            raise ValueError(f"payloads[{w}] must be a 1-D uint8 tensor (a tnq payload) of at least "
-                             f"{fmt.HEADER_BYTES} bytes, got {p.dtype} with shape {tuple(p.shape)}")
-    heads = torch.stack([p[: fmt.HEADER_BYTES] for p in payloads]).cpu().numpy()
-    out = []
-    for w, p in enumerate(payloads):
-        try:
-            out.append(fmt.parse_header(heads[w].tobytes(), p.numel()))
-        except ValueError as e:
-            raise ValueError(f"payloads[{w}]: {e}") from None
-    return out
-
-
 def groups(headers: Sequence[fmt.Header]) -> list[tuple[int, int]]:
     """[start, stop) runs of ≤ MAX_FUSED consecutive payloads sharing (bits, block_size, codebook)."""
     out, start = [], 0
@@ -104,43 +89,71 @@ def groups(headers: Sequence[fmt.Header]) -> list[tuple[int, int]]:
     return out
 
 
-@custom_op("tnq::triton_decompress_sum", mutates_args=())
-def triton_decompress_sum(payloads: list[torch.Tensor], weights: Optional[list[float]], shape: list[int],
-                          dtype: torch.dtype) -> torch.Tensor:
-    """W uint8 payloads of equal numel → Σ_w weights[w]·decode(payloads[w]) of `shape`, `dtype` (fp32 accumulation)."""
+def check_sum_args(payloads: Sequence[torch.Tensor], weights: Optional[Sequence[float]]) -> None:
     if len(payloads) == 0:
         raise ValueError("payloads must hold at least one payload, got an empty list")
     if weights is not None and len(weights) != len(payloads):
         raise ValueError(f"weights must have one entry per payload ({len(payloads)}), got {len(weights)}")
-    headers = read_headers(payloads)
-    for w, h in enumerate(headers):
-        check_shape(h, shape, dtype, f"payloads[{w}]")
-    n = headers[0].numel
+
+
+def sum_into(payloads: Sequence[torch.Tensor], weights: Optional[Sequence[float]], out: torch.Tensor,
+             shape: Sequence[int]) -> None:
+    """Launcher: out (contiguous, prod(shape) elements, an output dtype) = Σ_w weights[w]·decode(payloads[w])."""
+    check_sum_args(payloads, weights)
     device = payloads[0].device
-    out = torch.empty(n, dtype=dtype, device=device)
+    n = out.numel()
+    if C.capturing(device):
+        # no host read: one checked launch per payload, chained through an fp32 accumulator in order
+        acc = out if out.dtype == torch.float32 or len(payloads) == 1 else torch.empty(
+            n, dtype=torch.float32, device=device)
+        for w, p in enumerate(payloads):
+            dst = out if w == len(payloads) - 1 else acc
+            checked_term(p, dst.view(-1), None if w == 0 else acc.view(-1),
+                         None if weights is None else weights[w])
+        return
+    headers = checks.read_headers(payloads)
+    for w, h in enumerate(headers):
+        check_shape(h, shape, out.dtype, f"payloads[{w}]")
     if n == 0:
-        return out.reshape(shape)
+        return
+    out = out.view(-1)
     runs = groups(headers)
-    acc = out if dtype == torch.float32 or len(runs) == 1 else torch.empty(n, dtype=torch.float32, device=device)
-    for r, (a, b) in enumerate(runs):
-        h = headers[a]
-        ptrs = [words_of(p) for p in payloads[a:b]]
-        ws = [1.0] * (b - a) if weights is None else [float(v) for v in weights[a:b]]
-        ptrs += [ptrs[0]] * (MAX_FUSED - len(ptrs))
-        ws += [1.0] * (MAX_FUSED - len(ws))
-        dst = out if r == len(runs) - 1 else acc
-        decompress_sum_kernel[(triton.cdiv(n, CHUNK),)](
-            *ptrs, *ws, acc, dst, C.table(h.codebook, h.bits, device), n, h.block_size, h.codes_offset // 4,
-            W=b - a, ACC_IN=r > 0, WEIGHTED=weights is not None, BITS=h.bits, CHUNK=CHUNK,
-            SCALE_MODE=scale_mode(h.block_size), EXACT=C.EXACT, num_warps=C.warps_for(CHUNK),
-            **C.NO_FMA)
-    return out.reshape(shape)
+    acc = out if out.dtype == torch.float32 or len(runs) == 1 else torch.empty(n, dtype=torch.float32,
+                                                                                device=device)
+    C.all_levels(device)  # an eager call prepares the capture path's table
+    with C.device_guard(device):
+        for r, (a, b) in enumerate(runs):
+            h = headers[a]
+            ptrs = [words_of(p) for p in payloads[a:b]]
+            ws = [1.0] * (b - a) if weights is None else [float(v) for v in weights[a:b]]
+            ptrs += [ptrs[0]] * (MAX_FUSED - len(ptrs))
+            ws += [1.0] * (MAX_FUSED - len(ws))
+            dst = out if r == len(runs) - 1 else acc
+            decompress_sum_kernel[(triton.cdiv(n, CHUNK),)](
+                *ptrs, *ws, acc, dst, C.table(h.codebook, h.bits, device), n, h.block_size, h.codes_offset // 4,
+                W=b - a, ACC_IN=r > 0, WEIGHTED=weights is not None, BITS=h.bits, CHUNK=CHUNK,
+                SCALE_MODE=scale_mode(h.block_size), EXACT=C.EXACT, num_warps=C.warps_for(CHUNK),
+                **C.NO_FMA)
 
 
-@triton_decompress_sum.register_fake
-def _(payloads, weights, shape, dtype):
-    torch._check(len(payloads) > 0, lambda: "payloads must hold at least one payload")
-    return payloads[0].new_empty(shape, dtype=dtype)
+def decompress_sum_into(payloads: Sequence[torch.Tensor], weights: Optional[Sequence[float]],
+                        out: torch.Tensor) -> None:
+    """Σ_w weights[w]·decode(payloads[w]) written into the existing contiguous tensor `out` (its dtype is the
+    output dtype, its numel the payloads')."""
+    check_sum_args(payloads, weights)
+    check_out(out, payloads[0].device)
+    sum_into(list(payloads), None if weights is None else list(weights), out, [out.numel()])
+
+
+def triton_decompress_sum(payloads: list[torch.Tensor], weights: Optional[list[float]], shape: list[int],
+                          dtype: torch.dtype) -> torch.Tensor:
+    """W uint8 payloads of equal numel → Σ_w weights[w]·decode(payloads[w]) of `shape`, `dtype` (fp32 accumulation)."""
+    check_sum_args(payloads, weights)
+    check_dtype(dtype, "dtype")
+    out = torch.empty(shape, dtype=dtype, device=payloads[0].device)
+    sum_into(payloads, weights, out, shape)
+    return out
+
 
 
 def decompress_sum(payloads: Sequence[torch.Tensor], weights: Sequence[float] | None, shape: Sequence[int],

@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from .. import checks
 from .. import codebooks as cb
 from .. import format as fmt
 from . import _common as C
@@ -80,19 +81,18 @@ def unpack_kernel(words_ptr, codes_ptr, n, BITS: tl.constexpr, CHUNK: tl.constex
 _CHUNK = 2048
 
 
-@C.kernel_op("tnq::triton_pack")
 def triton_pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 codes [n] (any shape, flattened; bits above `bits` ignored) → int32 words [bits·ceil(n/32)]."""
     c = C.flat(codes)
     n = c.numel()
     words = torch.empty(fmt.num_words(n, bits), dtype=torch.int32, device=codes.device)
     if n > 0 and C.launches(c):
-        wrap_triton(pack_kernel)[(triton.cdiv(n, _CHUNK),)](c, words, n, BITS=bits, BITS_P2=C.next_pow2(bits),
-                                                           CHUNK=_CHUNK, num_warps=C.warps_for(_CHUNK))
+        with C.device_guard(codes.device):
+            wrap_triton(pack_kernel)[(triton.cdiv(n, _CHUNK),)](c, words, n, BITS=bits, BITS_P2=C.next_pow2(bits),
+                                                               CHUNK=_CHUNK, num_warps=C.warps_for(_CHUNK))
     return words
 
 
-@C.kernel_op("tnq::triton_unpack")
 def triton_unpack(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """int32 words [bits·ceil(n/32)] → uint8 codes [n]."""
     torch._check(words.numel() == fmt.num_words(n, bits),
@@ -100,21 +100,20 @@ def triton_unpack(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     w = C.flat(words)
     codes = torch.empty(n, dtype=torch.uint8, device=words.device)
     if n > 0 and C.launches(w):
-        wrap_triton(unpack_kernel)[(triton.cdiv(n, _CHUNK),)](w, codes, n, BITS=bits, CHUNK=_CHUNK,
-                                                             num_warps=C.warps_for(_CHUNK))
+        with C.device_guard(words.device):
+            wrap_triton(unpack_kernel)[(triton.cdiv(n, _CHUNK),)](w, codes, n, BITS=bits, CHUNK=_CHUNK,
+                                                                 num_warps=C.warps_for(_CHUNK))
     return codes
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Job 3, the reference's signature: uint8 codes [n] → int32 words [bits·ceil(n/32)]."""
-    cb.check_bits(bits)
+    checks.check_codes(codes)
+    checks.check_bits(bits)
     return torch.ops.tnq.triton_pack(codes, bits)
 
 
 def unpack(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """Inverse of pack: int32 words [bits·ceil(n/32)] → uint8 codes [n]."""
-    cb.check_bits(bits)
-    groups = (n + 31) // 32
-    if words.numel() != bits * groups:
-        raise ValueError(f"words must hold bits*ceil(n/32) = {bits * groups} int32 values, got {words.numel()}")
+    checks.check_words(words, bits, n)
     return torch.ops.tnq.triton_unpack(words, bits, n)

@@ -14,20 +14,28 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from .. import checks
 from .. import codebooks as cb
 from . import _common as C
 
 
 @triton.jit
-def round_codes(z, idx, table_ptr, key0, key1, BITS: tl.constexpr):
-    """z fp32 in [c_0, c_s], idx int64 global indices, keys uint32 → codes int32 in [0, 2^BITS − 1]."""
+def round_codes(z, idx, table_ptr, key0, key1, BITS: tl.constexpr, NAN_Z: tl.constexpr):
+    """z fp32 in [c_0, c_s], idx int64 global indices, keys uint32 → codes int32 in [0, 2^BITS − 1].
+
+    NAN_Z: z may be NaN (the quantize stage takes any z). The reference's searchsorted sorts NaN after every
+    level (k = s − 1) and p = NaN never rounds up, so NaN gives s − 1; the search runs on +inf instead (which also
+    reaches k = s − 1) while p keeps the NaN. compress never makes a NaN z (non-finite blocks give c_0)."""
+    zs = z
+    if NAN_Z:
+        zs = tl.where(z != z, float("inf"), z)
     k = tl.zeros(z.shape, tl.int32)
     ck = tl.zeros(z.shape, tl.float32) + tl.load(table_ptr)
     for i in tl.static_range(BITS):
         cand = k + (1 << (BITS - 1 - i))
-        # the last level c_s is never a cell start: k ≤ s − 1 = 2^BITS − 2
-        cv = tl.load(table_ptr + cand, mask=cand <= (1 << BITS) - 2, other=float("inf"))
-        take = cv <= z
+        # the last level c_s is never a cell start: k ≤ s − 1 = 2^BITS − 2 (NaN ≤ z is false, even for z = +inf)
+        cv = tl.load(table_ptr + cand, mask=cand <= (1 << BITS) - 2, other=float("nan"))
+        take = cv <= zs
         k = tl.where(take, cand, k)
         ck = tl.where(take, cv, ck)
     p = (z - ck) * tl.load(table_ptr + (1 << BITS) + k)
@@ -40,11 +48,11 @@ def quantize_kernel(z_ptr, codes_ptr, table_ptr, n, key0, key1, BITS: tl.constex
     idx = tl.program_id(0).to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
     m = idx < n
     z = tl.load(z_ptr + idx, mask=m, other=0.0)
-    code = round_codes(z, idx, table_ptr, key0.to(tl.uint32, bitcast=True), key1.to(tl.uint32, bitcast=True), BITS)
+    code = round_codes(z, idx, table_ptr, key0.to(tl.uint32, bitcast=True), key1.to(tl.uint32, bitcast=True), BITS,
+                       True)
     tl.store(codes_ptr + idx, code.to(tl.uint8), mask=m)
 
 
-@C.kernel_op("tnq::triton_quantize")
 def triton_quantize(z: torch.Tensor, table: torch.Tensor, bits: int, seed: int) -> torch.Tensor:
     """z fp32 [n] (any shape, flattened) → uint8 codes [n]."""
     zf = C.flat(z)
@@ -53,15 +61,15 @@ def triton_quantize(z: torch.Tensor, table: torch.Tensor, bits: int, seed: int) 
     if n > 0 and C.launches(zf):
         key0, key1 = C.seed_args(seed)
         chunk = 2048
-        wrap_triton(quantize_kernel)[(triton.cdiv(n, chunk),)](zf, codes, table, n, key0, key1, BITS=bits,
-                                                               CHUNK=chunk, num_warps=C.warps_for(chunk))
+        with C.device_guard(z.device):
+            wrap_triton(quantize_kernel)[(triton.cdiv(n, chunk),)](zf, codes, table, n, key0, key1, BITS=bits,
+                                                                   CHUNK=chunk, num_warps=C.warps_for(chunk))
     return codes
 
 
 def quantize(z: torch.Tensor, bits: int, codebook: int, seed: int) -> torch.Tensor:
     """Job 2, the reference's signature: z fp32 [n] → uint8 codes [n]."""
-    if z.dtype != torch.float32:
-        raise ValueError(f"z must be float32 (the output of scale_truncate), got {z.dtype}")
-    cb.check_bits(bits)
+    checks.check_z(z)
+    checks.check_bits(bits)
     codebook = cb.codebook_id(codebook)
     return torch.ops.tnq.triton_quantize(z, C.table(codebook, bits, z.device), bits, seed)

@@ -1,12 +1,16 @@
-"""Job 1 (SPEC §2): per-block scale γ̂ and truncation z = clamp(g/γ̂, c_0, c_s).
+"""Job 1 (SPEC §2): per-block scale γ̂ and truncation z = clamp(g·r, c_0, c_s), r = fp32(1/γ̂) once per block.
 
 kernel helpers → stage kernels → launcher → registered op (`tnq::triton_scale_truncate`, a triton_op).
 
-Scale rule (bit-exact with the reference): mean|g| accumulated in fp64 and divided by the block's element count
-in fp64 with one correctly rounded division, rounded once to fp32 (tnq, tqsgd); or max|g| (nqsgd, qsgd), NaN
-winning over everything. A block holding NaN/±Inf has a non-finite scale, z = c_0 there.
+Scale rule: mean|g| accumulated in fp64 and divided by the block's element count in fp64 with one correctly rounded
+division, rounded once to fp32 (tnq, tqsgd); or max|g| (nqsgd, qsgd). The fp64 sum runs in a different order
+from the reference's, so SPEC §1 allows the last bit of γ̂ to differ on crafted inputs (random data: equal). A block
+holding NaN/±Inf has a non-finite scale (some NaN, or ±Inf; its bits are not fixed) and z = c_0 there.
 B = 0 (one scale for the whole tensor) takes two kernels: per-program partials, then every program of the
 second kernel re-reduces the (≤ 1024, L2-resident) partials in a fixed order, so all agree on the scale.
+Blocks longer than one register tile (B > 4096) are split into TILE-element tiles, one program each, as the CUDA
+path does: tile partials, then one program per block reduces them in a fixed order and stores the scale, then
+the tiles encode with it (B = 2^20 at n = 2^24 runs 1024 programs instead of 16).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from .. import checks
 from .. import codebooks as cb
 from .. import format as fmt
 from . import _common as C
@@ -46,8 +51,33 @@ def accumulate(acc, bad, g, MAX_RULE: tl.constexpr):
 
 
 @triton.jit
-def segment_scale(x_ptr, start, seg_len, CHUNK: tl.constexpr, MAX_RULE: tl.constexpr):
-    """Scale of elements [start, start + seg_len) read in chunks (blocks larger than one register tile)."""
+def fold(acc, bad, MAX_RULE: tl.constexpr):
+    """Per-lane accumulators → one fp64 partial (sum, or max with NaN if any lane saw one)."""
+    if MAX_RULE:
+        return tl.where(tl.max(bad, axis=0) > 0, float("nan"), tl.max(acc, axis=0))
+    else:
+        return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def tile_range(t, tpb, block_size, n, TILE):
+    """Tile t (int64) of the tiled path for blocks longer than one register tile: its block, first element and
+    length (≤ TILE, never across a block end; 0 for the padding tiles of a short last block)."""
+    tpb = tl.cast(tpb, tl.int64)
+    B = tl.cast(block_size, tl.int64)
+    blk = t // tpb
+    bstart = blk * B
+    start = bstart + (t - blk * tpb) * TILE
+    end = tl.minimum(tl.minimum(start + TILE, bstart + B), tl.cast(n, tl.int64))
+    return blk, start, tl.maximum(end - start, 0)
+
+
+@triton.jit
+def tile_partials_kernel(x_ptr, part_ptr, n, block_size, tpb, TILE: tl.constexpr, CHUNK: tl.constexpr,
+                         MAX_RULE: tl.constexpr):
+    """Blocks longer than one register tile, pass 1: one fp64 partial per TILE-element tile of a block."""
+    t = tl.program_id(0).to(tl.int64)
+    blk, start, seg_len = tile_range(t, tpb, block_size, n, TILE)
     lane = tl.arange(0, CHUNK)
     acc = tl.zeros([CHUNK], tl.float64)
     bad = tl.zeros([CHUNK], tl.int32)
@@ -55,7 +85,32 @@ def segment_scale(x_ptr, start, seg_len, CHUNK: tl.constexpr, MAX_RULE: tl.const
         offs = c + lane
         g = tl.load(x_ptr + start + offs, mask=offs < seg_len, other=0.0).to(tl.float32)
         acc, bad = accumulate(acc, bad, g, MAX_RULE)
-    return finish_scale(acc, bad, seg_len, MAX_RULE, 0)
+    tl.store(part_ptr + t, fold(acc, bad, MAX_RULE))
+
+
+@triton.jit
+def block_scale_kernel(part_ptr, scales_ptr, flags_ptr, n, block_size, tpb, NPART: tl.constexpr,
+                       MAX_RULE: tl.constexpr, HAS_FLAGS: tl.constexpr):
+    """Pass 2: program blk reduces its block's tpb partials in a fixed order → scales[blk] (fp32); with
+    HAS_FLAGS, a non-finite scale sets bit 0 of *flags_ptr (the payload's flags word)."""
+    blk = tl.program_id(0).to(tl.int64)
+    tpb = tl.cast(tpb, tl.int64)
+    i = tl.arange(0, NPART)
+    acc = tl.zeros([NPART], tl.float64)
+    bad = tl.zeros([NPART], tl.int32)
+    for j in range(0, tpb, NPART):
+        m = j + i < tpb
+        p = tl.load(part_ptr + blk * tpb + j + i, mask=m, other=0.0)
+        if MAX_RULE:
+            acc = tl.maximum(acc, p)
+            bad = bad | (p != p).to(tl.int32)
+        else:
+            acc = acc + p
+    B = tl.cast(block_size, tl.int64)
+    scale = finish_scale(acc, bad, tl.minimum(B, tl.cast(n, tl.int64) - blk * B), MAX_RULE, 0)
+    tl.store(scales_ptr + blk, scale)
+    if HAS_FLAGS:
+        tl.atomic_or(flags_ptr, 1, mask=~(tl.abs(scale) < float("inf")))
 
 
 @triton.jit
@@ -66,17 +121,13 @@ def partials_kernel(x_ptr, part_ptr, n, CHUNK: tl.constexpr, MAX_RULE: tl.conste
     lane = tl.arange(0, CHUNK)
     acc = tl.zeros([CHUNK], tl.float64)
     bad = tl.zeros([CHUNK], tl.int32)
-    nchunks = tl.cdiv(n, CHUNK)
+    # n < 2^31 arrives as i32, where cdiv's n + CHUNK − 1 would wrap for n > 2^31 − CHUNK: count in i64
+    nchunks = tl.cdiv(tl.cast(n, tl.int64), CHUNK)
     for c in range(q, nchunks, nprog):
         offs = tl.cast(c, tl.int64) * CHUNK + lane
         g = tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
         acc, bad = accumulate(acc, bad, g, MAX_RULE)
-    if MAX_RULE:
-        part = tl.max(acc, axis=0)
-        part = tl.where(tl.max(bad, axis=0) > 0, float("nan"), part)
-    else:
-        part = tl.sum(acc, axis=0)
-    tl.store(part_ptr + q, part)
+    tl.store(part_ptr + q, fold(acc, bad, MAX_RULE))
 
 
 @triton.jit
@@ -92,13 +143,25 @@ def scale_from_partials(part_ptr, nparts, n, NPART: tl.constexpr, MAX_RULE: tl.c
         return (tl.sum(p, axis=0) / tl.cast(n, tl.float64)).to(tl.float32)
 
 
+FLT_MAX = tl.constexpr(3.4028234663852886e38)  # fp32 max, exact
+
+
 @triton.jit
-def truncate(g, scale, c0, cs):
-    """z = clamp(g/scale, c_0, c_s) with one IEEE division; 0 for scale 0; c_0 for a non-finite scale."""
+def inverse_scale(scale):
+    """r = fp32(1/scale) (one correctly rounded division, done once per block), capped at FLT_MAX as
+    reference.inverse_scale; 0 for a scale that is 0 or non-finite (truncate then ignores r)."""
+    usable = (tl.abs(scale) < float("inf")) & (scale > 0)
+    r = tl.minimum(tl.div_rn(1.0, tl.where(usable, scale, 1.0)), FLT_MAX)
+    return tl.where(usable, r, 0.0)
+
+
+@triton.jit
+def truncate(g, r, scale, c0, cs):
+    """z = clamp(g·r, c_0, c_s) with r = inverse_scale(scale): one fp32 multiply (nothing follows it that could
+    be contracted into an FMA); 0 for scale 0; c_0 for a non-finite scale."""
     finite = tl.abs(scale) < float("inf")  # False for ±Inf and NaN
     usable = finite & (scale > 0)
-    z = tl.div_rn(g, tl.where(usable, scale, 1.0))
-    z = tl.where(usable, z, 0.0)
+    z = tl.where(usable, g * r, 0.0)
     z = tl.minimum(tl.maximum(z, c0), cs)
     return tl.where(finite, z, c0)
 
@@ -110,36 +173,39 @@ def block_start(pid, seg, n):
 
 
 @triton.jit
-def scale_truncate_kernel(x_ptr, scales_ptr, z_ptr, part_ptr, table_ptr, n, seg, nparts,
-                          BITS: tl.constexpr, MAX_RULE: tl.constexpr, CHUNK: tl.constexpr,
-                          SINGLE: tl.constexpr, FROM_PARTIALS: tl.constexpr, NPART: tl.constexpr):
-    """One program per segment of `seg` elements (a scale block, or a slice of the tensor when B = 0):
-    writes its scale (fp32, index pid; B = 0: program 0 only) and z fp32 for its elements."""
+def scale_truncate_kernel(x_ptr, scales_ptr, z_ptr, part_ptr, table_ptr, n, seg, nparts, block_size, tpb,
+                          BITS: tl.constexpr, MAX_RULE: tl.constexpr, CHUNK: tl.constexpr, MODE: tl.constexpr,
+                          NPART: tl.constexpr):
+    """z fp32 for one segment per program. MODE_BLOCK: the segment is a block of ≤ CHUNK elements, whose scale
+    the program computes and stores (index pid). MODE_WHOLE (B = 0): a slice of `seg` elements; every program
+    reduces the same partials to the tensor's scale, program 0 stores it. MODE_TILES (B > CHUNK): tile pid of
+    its block (tile_range, seg = the tile length); block_scale_kernel already stored the block's scale."""
     pid = tl.program_id(0)
-    start, seg_len = block_start(pid, seg, n)
     lane = tl.arange(0, CHUNK)
     c0 = tl.load(table_ptr)
     cs = tl.load(table_ptr + (1 << BITS) - 1)
-    if FROM_PARTIALS:
-        scale = scale_from_partials(part_ptr, nparts, n, NPART, MAX_RULE)
-        tl.store(scales_ptr + pid, scale, mask=pid == 0)
-    else:
-        if SINGLE:
-            m = lane < seg_len
-            g = tl.load(x_ptr + start + lane, mask=m, other=0.0).to(tl.float32)
-            acc, bad = accumulate(tl.zeros([CHUNK], tl.float64), tl.zeros([CHUNK], tl.int32), g, MAX_RULE)
-            scale = finish_scale(acc, bad, seg_len, MAX_RULE, 0)
-        else:
-            scale = segment_scale(x_ptr, start, seg_len, CHUNK, MAX_RULE)
+    if MODE == 0:
+        start, seg_len = block_start(pid, seg, n)
+        m = lane < seg_len
+        g = tl.load(x_ptr + start + lane, mask=m, other=0.0).to(tl.float32)
+        acc, bad = accumulate(tl.zeros([CHUNK], tl.float64), tl.zeros([CHUNK], tl.int32), g, MAX_RULE)
+        scale = finish_scale(acc, bad, seg_len, MAX_RULE, 0)
         tl.store(scales_ptr + pid, scale)
-    if SINGLE:
-        tl.store(z_ptr + start + lane, truncate(g, scale, c0, cs), mask=m)
+        tl.store(z_ptr + start + lane, truncate(g, inverse_scale(scale), scale, c0, cs), mask=m)
     else:
+        if MODE == 1:
+            start, seg_len = block_start(pid, seg, n)
+            scale = scale_from_partials(part_ptr, nparts, n, NPART, MAX_RULE)
+            tl.store(scales_ptr + pid, scale, mask=pid == 0)
+        else:
+            blk, start, seg_len = tile_range(pid.to(tl.int64), tpb, block_size, n, seg)
+            scale = tl.load(scales_ptr + blk)
+        r = inverse_scale(scale)
         for c in range(0, seg_len, CHUNK):
             offs = c + lane
             mc = offs < seg_len
             gc = tl.load(x_ptr + start + offs, mask=mc, other=0.0).to(tl.float32)
-            tl.store(z_ptr + start + offs, truncate(gc, scale, c0, cs), mask=mc)
+            tl.store(z_ptr + start + offs, truncate(gc, r, scale, c0, cs), mask=mc)
 
 
 def launch_partials(x: torch.Tensor, n: int, max_rule: bool) -> tuple[torch.Tensor, int]:
@@ -151,17 +217,35 @@ def launch_partials(x: torch.Tensor, n: int, max_rule: bool) -> tuple[torch.Tens
     return part, nparts
 
 
-def segmentation(n: int, block_size: int) -> tuple[int, int, int, bool]:
-    """(segment length, number of segments, chunk, single) of the per-segment kernels."""
-    if block_size == 0:
-        seg = C.SEGMENT_B0
-    else:
-        seg = block_size
+MODE_BLOCK, MODE_WHOLE, MODE_TILES = 0, 1, 2
+
+
+def segmentation(n: int, block_size: int) -> tuple[int, int, int, int, int]:
+    """(mode, segment length, number of segments, chunk, tiles per block) of the per-segment kernels."""
     chunk = C.chunk_for(block_size)
-    return seg, triton.cdiv(n, seg), chunk, seg <= chunk
+    if block_size == 0:
+        return MODE_WHOLE, C.SEGMENT_B0, triton.cdiv(n, C.SEGMENT_B0), chunk, 0
+    if block_size <= chunk:
+        return MODE_BLOCK, block_size, triton.cdiv(n, block_size), chunk, 0
+    # longer blocks are split into tiles (one program each) so a few huge blocks still fill the GPU
+    tpb = triton.cdiv(block_size, C.TILE)
+    return MODE_TILES, C.TILE, fmt.num_blocks(n, block_size) * tpb, chunk, tpb
 
 
-@C.kernel_op("tnq::triton_scale_truncate")
+def launch_block_scales(x: torch.Tensor, n: int, block_size: int, tpb: int, max_rule: bool, scales: torch.Tensor,
+                        flags: torch.Tensor | None) -> None:
+    """MODE_TILES passes 1 and 2: tile partials, then every block's scale into scales (fp32 [nblocks]); with
+    flags (an int32 tensor whose element 0 is the payload's flags word), bit 0 for a non-finite block."""
+    nb = fmt.num_blocks(n, block_size)
+    part = torch.empty(nb * tpb, dtype=torch.float64, device=x.device)
+    wrap_triton(tile_partials_kernel)[(nb * tpb,)](x, part, n, block_size, tpb, TILE=C.TILE, CHUNK=C.MAX_CHUNK,
+                                                   MAX_RULE=max_rule, num_warps=C.warps_for(C.MAX_CHUNK))
+    npart = min(C.MAX_PARTIALS, C.next_pow2(tpb))
+    wrap_triton(block_scale_kernel)[(nb,)](part, scales, scales if flags is None else flags, n, block_size, tpb,
+                                           NPART=npart, MAX_RULE=max_rule, HAS_FLAGS=flags is not None,
+                                           num_warps=C.warps_for(npart))
+
+
 def triton_scale_truncate(x: torch.Tensor, table: torch.Tensor, bits: int, block_size: int,
                           codebook: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x: any shape fp32/fp16/bf16, table: C.table(codebook, bits) → (scales fp32 [nblocks], z fp32 [n])."""
@@ -172,22 +256,20 @@ def triton_scale_truncate(x: torch.Tensor, table: torch.Tensor, bits: int, block
     if n == 0 or not C.launches(g):
         return scales, z
     max_rule = cb.scale_rule(codebook) == cb.SCALE_MAX_ABS
-    seg, nprog, chunk, single = segmentation(n, block_size)
-    if block_size == 0:
-        part, nparts = launch_partials(g, n, max_rule)
-    else:
-        part, nparts = scales, 1  # unused
-    wrap_triton(scale_truncate_kernel)[(nprog,)](
-        g, scales, z, part, table, n, seg, nparts, BITS=bits, MAX_RULE=max_rule, CHUNK=chunk, SINGLE=single,
-        FROM_PARTIALS=block_size == 0, NPART=C.next_pow2(nparts), num_warps=C.warps_for(chunk))
+    mode, seg, nprog, chunk, tpb = segmentation(n, block_size)
+    with C.device_guard(x.device):
+        part, nparts = scales, 1  # unused unless B = 0
+        if mode == MODE_WHOLE:
+            part, nparts = launch_partials(g, n, max_rule)
+        elif mode == MODE_TILES:
+            launch_block_scales(g, n, block_size, tpb, max_rule, scales, None)
+        wrap_triton(scale_truncate_kernel)[(nprog,)](
+            g, scales, z, part, table, n, seg, nparts, block_size, tpb, BITS=bits, MAX_RULE=max_rule, CHUNK=chunk,
+            MODE=mode, NPART=C.next_pow2(nparts), num_warps=C.warps_for(chunk))
     return scales, z
 
 
 def scale_truncate(x: torch.Tensor, bits: int, block_size: int, codebook: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Job 1, the reference's signature: x any shape → (scales fp32 [nblocks], z fp32 [n])."""
-    from ..reference import _check_float
-    _check_float(x)
-    cb.check_bits(bits)
-    fmt.check_block_size(block_size)
-    codebook = cb.codebook_id(codebook)
+    codebook = checks.check_compress(x, bits, block_size, codebook)
     return torch.ops.tnq.triton_scale_truncate(x, C.table(codebook, bits, x.device), bits, block_size, codebook)
