@@ -40,8 +40,14 @@ from tnq_kernels import codebooks as cb
 from .data import MNIST, dirichlet_split, load_mnist, split_clients
 from .model import MnistCNN, MnistMLP
 
-#: "none" (fp32, DDP's default all-reduce) and every codebook the installed tnq_kernels knows.
-COMPRESSORS = ("none",) + tuple(cb.CODEBOOK_IDS)
+#: "none" (fp32, DDP's default all-reduce), every codebook the installed tnq_kernels knows, and the family name
+#: "rtnq" (bias-aware robust TNQ), which the simulation resolves with clients = the run's client count, as the DDP
+#: hook does with the world size.
+RTNQ = getattr(cb, "RTNQ", None)
+COMPRESSORS = ("none",) + tuple(cb.CODEBOOK_IDS) + ((RTNQ,) if RTNQ else ())
+#: what a sweep runs when --compressors is not given: fp32, the TNQ family, the papers' baselines, the practical ones
+DEFAULT_COMPRESSORS = tuple(c for c in ("none", "tnq", "rtnq", "tqsgd", "qsgd_l2", "nuqsgd_l2", "nqsgd", "qsgd")
+                            if c in COMPRESSORS)
 OPTIMIZERS = ("sgdm", "adamw")
 #: what the simulation can train: "mnist" (the paper's CNN), "mnist_mlp" (a 2-hidden-layer MLP, another model
 #: family on the same data) and "text" (a byte-level transformer on real English text, experiments/text.py).
@@ -166,7 +172,11 @@ def check_backend(cfg: "RunConfig") -> str:
 
 
 def compress_piece(g: torch.Tensor, cfg: "RunConfig", seed: int, backend: str) -> torch.Tensor:
-    """One client's payload of ``g`` under ``cfg``'s codebook, bits and block size."""
+    """One client's payload of ``g`` under ``cfg``'s codebook, bits and block size (``clients`` picks the member of
+    the rtnq family; the other codebooks ignore it)."""
+    if RTNQ:
+        return tnq.compress(g, cfg.bits, cfg.block_size, cfg.compressor, seed=seed, backend=backend,
+                            clients=cfg.clients)
     return tnq.compress(g, cfg.bits, cfg.block_size, cfg.compressor, seed=seed, backend=backend)
 
 
@@ -627,11 +637,11 @@ def _ints(s: str) -> list[int]:
 
 #: Learning rates chosen on fp32 alone, before any compressed run (experiments/results/lr_check/), then used for
 #: every codebook: (task, optimizer) -> lr.
-DEFAULT_LR = {("mnist", "sgdm"): 0.05, ("mnist", "adamw"): 1e-3, ("mnist_mlp", "sgdm"): 0.05,
-              ("mnist_mlp", "adamw"): 1e-3, ("text", "sgdm"): 0.3, ("text", "adamw"): 3e-3}
+DEFAULT_LR = {("mnist", "sgdm"): 0.1, ("mnist", "adamw"): 3e-3, ("mnist_mlp", "sgdm"): 0.1,
+              ("mnist_mlp", "adamw"): 1e-3, ("text", "sgdm"): 0.1, ("text", "adamw"): 3e-3}
 #: --preset paper: the paper's MNIST setting (one scale per layer tensor, 8 clients, momentum SGD, the CNN), with
 #: the paper's baselines as their own papers define them (L2-norm scaled) next to the practical max-scaled ones.
-PAPER_COMPRESSORS = ("none", "tnq", "tqsgd", "qsgd_l2", "nuqsgd_l2", "nqsgd", "qsgd")
+PAPER_COMPRESSORS = ("none", "tnq", "rtnq", "tqsgd", "qsgd_l2", "nuqsgd_l2", "nqsgd", "qsgd")
 PRESETS = {
     "paper": dict(task="mnist", per_tensor=True, block_size=0, clients=8, optimizer="sgdm",
                   compressors=PAPER_COMPRESSORS),
@@ -654,7 +664,8 @@ def build_parser(prog: str = "python -m experiments.mnist", task: str = "mnist")
                    help="the paper preset's codebooks at 3 bits, 60 steps, one seed (~3 min on 2 cores)")
     p.add_argument("--sweep", action="store_true", help="the full sweep: bits 2..5, seeds 0,1,2, 2 epochs")
     p.add_argument("--mode", choices=("sim", "ddp"), default="sim")
-    p.add_argument("--compressors", default=None, help=f"comma list of {COMPRESSORS} (default: all)")
+    p.add_argument("--compressors", default=None,
+                   help=f"comma list of {COMPRESSORS} (default: {','.join(DEFAULT_COMPRESSORS)})")
     p.add_argument("--bits", default=None, help="comma list, default 3 (--sweep: 2,3,4,5)")
     p.add_argument("--seeds", default=None, help="comma list, default 0 (--sweep: 0,1,2)")
     p.add_argument("--epochs", type=float, default=None, help="default 1 (--quick: 0.25, --sweep: 2)")
@@ -696,7 +707,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[RunConfig, list[str], list[
         v = getattr(a, name)
         return v if v is not None else preset.get(name, default)
     task = a.task
-    comps = pick("compressors", COMPRESSORS)
+    comps = pick("compressors", DEFAULT_COMPRESSORS)
     comps = comps.split(",") if isinstance(comps, str) else [c for c in comps if c in COMPRESSORS]
     for c in comps:
         if c not in COMPRESSORS:
