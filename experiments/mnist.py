@@ -130,12 +130,17 @@ class RunResult:
     steps: int = 0
 
 
+#: backend spec: the C++ backend where this build has the codebook, else the reference (same bits, slower)
+AUTO_ELSE_REFERENCE = "auto-else-reference"
+
+
 def resolve_backend(backend: str | None, compressor: str | None = None) -> str:
     """The tnq backend of ``compressor`` under the spec ``backend``.
 
     ``backend``: None, a backend name, or a comma list of a default and per-codebook overrides, e.g.
     "auto,rtnq=reference". Without a default: "auto" when the C++ CPU backend is built, else "reference" (the same
-    bits, ~10x slower). The name is returned as given; ``check_backend`` proves it can run the codebook.
+    bits, ~10x slower). AUTO_ELSE_REFERENCE asks for "auto" where the C++ build has the codebook and "reference"
+    elsewhere (``check_backend`` decides; the run records which). ``check_backend`` proves the pair can run.
     """
     default, per = None, {}
     for part in (backend or "").split(","):
@@ -149,8 +154,9 @@ def resolve_backend(backend: str | None, compressor: str | None = None) -> str:
     if name is None:
         from tnq_kernels import ops
         name = "auto" if ops.native_error is None else "reference"
-    if name not in tnq_api.BACKENDS:
-        raise ValueError(f"backend must be one of {tnq_api.BACKENDS} (or 'DEFAULT,CODEBOOK=NAME,...'), got {name!r} "
+    if name not in tnq_api.BACKENDS + (AUTO_ELSE_REFERENCE,):
+        raise ValueError(f"backend must be one of {tnq_api.BACKENDS + (AUTO_ELSE_REFERENCE,)} (or "
+                         f"'DEFAULT,CODEBOOK=NAME,...'), got {name!r} "
                          f"in {backend!r}")
     return name
 
@@ -161,6 +167,15 @@ def check_backend(cfg: "RunConfig") -> str:
     if cfg.compressor == "none":
         return "none"
     name = resolve_backend(cfg.backend, cfg.compressor)
+    if name == AUTO_ELSE_REFERENCE:
+        try:
+            return _probe(cfg, "auto")
+        except RuntimeError:
+            return _probe(cfg, "reference")
+    return _probe(cfg, name)
+
+
+def _probe(cfg: "RunConfig", name: str) -> str:
     try:
         x = torch.linspace(-1.0, 1.0, 64)
         p = compress_piece(x, cfg, 0, name)
@@ -648,7 +663,7 @@ PRESETS = {
 }
 #: --demo: the codebook comparison at 3 bits in about 3 minutes on 2 cores (one seed: a smoke view, not evidence;
 #: the evidence is experiments/results/).
-DEMO = dict(steps=60, eval_every=30, bits="3", seeds="0")
+DEMO = dict(steps=60, eval_every=30, bits="3", seeds="0", backend=AUTO_ELSE_REFERENCE)
 
 
 def build_parser(prog: str = "python -m experiments.mnist", task: str = "mnist") -> argparse.ArgumentParser:
@@ -722,7 +737,8 @@ def config_from_args(a: argparse.Namespace) -> tuple[RunConfig, list[str], list[
     batch = a.batch_size or (8 if task == "text" else 32)
     base = RunConfig(epochs=epochs, steps=steps, clients=pick("clients", 8), batch_size=batch, lr=lr,
                      momentum=a.momentum, block_size=pick("block_size", tnq.DEFAULT_BLOCK_SIZE), iid=not a.non_iid,
-                     eval_every=eval_every, backend=a.backend, error_feedback=a.error_feedback,
+                     eval_every=eval_every, backend=a.backend or (DEMO["backend"] if a.demo else None),
+                     error_feedback=a.error_feedback,
                      train_subset=a.train_subset, test_subset=a.test_subset, optimizer=optimizer,
                      weight_decay=a.weight_decay, per_tensor=bool(pick("per_tensor", False)), dirichlet=a.dirichlet,
                      task=task)

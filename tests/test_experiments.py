@@ -107,7 +107,7 @@ def test_paper_preset_config_and_overrides():
     base, comps, bits, seeds = mnist.config_from_args(p.parse_args(["--preset", "paper"]))
     assert base.per_tensor and base.block_size == 0 and base.clients == 8 and base.optimizer == "sgdm"
     assert base.task == "mnist" and base.lr == mnist.DEFAULT_LR[("mnist", "sgdm")]
-    assert comps[:3] == ["none", "tnq", "tqsgd"] and set(comps) <= set(mnist.COMPRESSORS)
+    assert comps[:2] == ["none", "tnq"] and {"tqsgd", "qsgd", "nqsgd"} <= set(comps) <= set(mnist.COMPRESSORS)
     assert set(comps) == {c for c in mnist.PAPER_COMPRESSORS if c in mnist.COMPRESSORS}
     base2, *_ = mnist.config_from_args(p.parse_args(["--preset", "paper", "--block-size", "256", "--optimizer",
                                                      "adamw"]))
@@ -212,3 +212,20 @@ def test_laplace_stats_on_laplace_and_on_zero_inflated_data():
     assert st["zeros"] == pytest.approx(0.5, abs=1e-6) and st["ratio"] == pytest.approx(4.0, rel=0.05)
     assert abs(st["ratio_nonzero"] - 2.0) < 0.05 and st["ks"] > 0.2
     assert grad_stats.laplace_stats(torch.zeros(10)) is None
+
+
+def test_auto_else_reference_picks_per_codebook_and_records_it():
+    spec = mnist.AUTO_ELSE_REFERENCE
+    want = "auto" if tnq.ops.native_error is None else "reference"
+    assert mnist.check_backend(mnist.RunConfig(compressor="tnq", backend=spec)) == want
+    for comp in ("rtnq", "qsgd_l2"):
+        got = mnist.check_backend(mnist.RunConfig(compressor=comp, backend=spec))
+        assert got in ("auto", "reference")
+        assert mnist.check_backend(mnist.RunConfig(compressor=comp, backend=got)) == got
+
+
+@pytest.mark.parametrize("clients", [2, 8])
+def test_rtnq_family_member_follows_the_client_count(clients):
+    cfg = mnist.RunConfig(compressor="rtnq", bits=3, clients=clients, backend="reference")
+    p = mnist.compress_piece(torch.linspace(-1.0, 1.0, 100), cfg, 0, "reference")
+    assert tnq.read_header(p).codebook == tnq.CODEBOOK_IDS[f"rtnq{clients}"]
