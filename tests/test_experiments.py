@@ -229,3 +229,14 @@ def test_rtnq_family_member_follows_the_client_count(clients):
     cfg = mnist.RunConfig(compressor="rtnq", bits=3, clients=clients, backend="reference")
     p = mnist.compress_piece(torch.linspace(-1.0, 1.0, 100), cfg, 0, "reference")
     assert tnq.read_header(p).codebook == tnq.CODEBOOK_IDS[f"rtnq{clients}"]
+
+
+def test_demo_config_is_the_paper_codebooks_on_the_mlp():
+    p = mnist.build_parser()
+    base, comps, bits, seeds = mnist.config_from_args(p.parse_args(["--demo"]))
+    assert base.task == "mnist_mlp" and base.per_tensor and base.block_size == 0 and base.steps == 300
+    assert bits == [3] and seeds == [0] and base.backend == mnist.AUTO_ELSE_REFERENCE
+    assert comps == [c for c in mnist.PAPER_COMPRESSORS if c in mnist.COMPRESSORS]
+    assert base.lr == mnist.DEFAULT_LR[("mnist_mlp", "sgdm")]
+    text_base, *_ = mnist.config_from_args(mnist.build_parser(task="text").parse_args([]))
+    assert text_base.task == "text" and text_base.batch_size == 8
