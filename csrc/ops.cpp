@@ -246,7 +246,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     ids["tqsgd"] = int(tnq::kTqsgd);
     ids["nqsgd"] = int(tnq::kNqsgd);
     ids["qsgd"] = int(tnq::kQsgd);
+    ids["qsgd_l2"] = int(tnq::kQsgdL2);
+    ids["nuqsgd_l2"] = int(tnq::kNuqsgdL2);
+    for (int j = 0; j < tnq::kNumRtnq; ++j) ids[("rtnq" + std::to_string(tnq::rtnq_clients(tnq::kRtnq1 + j))).c_str()] = tnq::kRtnq1 + j;
     d["codebook_ids"] = ids;
+    py::dict rules;
+    for (int c = 0; c < tnq::kNumCodebooks; ++c) rules[py::int_(c)] = tnq::scale_rule(c);
+    d["scale_rules"] = rules;
     py::dict dts;
     dts["float32"] = int(tnq::kFloat32);
     dts["float16"] = int(tnq::kFloat16);

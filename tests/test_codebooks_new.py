@@ -255,3 +255,71 @@ def test_horovod_optimizer_passes_its_world_size():
         o.step()
     ids = {tnq.read_header(t).codebook for parts in hub.sent.values() for t in parts.values()}
     assert ids == {cb.CODEBOOK_IDS["rtnq4"]}
+
+
+# ---- fast backends: the same codes as the reference at equal seed ----
+
+def _heavy(n, seed, dtype=torch.float32):
+    """Laplace with a log-normal scale and 1/7 exact zeros: heavier-tailed than Laplace, as real gradients."""
+    gen = torch.Generator().manual_seed(seed)
+    x = laplace(n, seed=seed).double() * torch.exp(0.8 * torch.randn(n, generator=gen, dtype=torch.float64))
+    x[::7] = 0
+    return x.to(dtype)
+
+
+def _payload_equal(got, want):
+    diff = (got.cpu() != want).nonzero().flatten()
+    assert diff.numel() == 0, f"payload bytes differ at {diff[:8].tolist()}"
+
+
+@pytest.mark.parametrize("codebook", NEW)
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 8])
+def test_cpu_codes_equal_reference(native, codebook, bits):
+    cid = cb.CODEBOOK_IDS[codebook]
+    for n, block, dtype in [(0, 0, torch.float32), (1, 32, torch.float16), (33, 0, torch.bfloat16),
+                            (4097, 96, torch.float32), (70_001, 0, torch.float32), (70_001, 2048, torch.bfloat16),
+                            (40_000, 32768, torch.float32)]:
+        x = _heavy(n, seed=n + bits, dtype=dtype)
+        _payload_equal(torch.ops.tnq.compress(x, bits, block, cid, 99), ref.compress(x, bits, block, cid, 99))
+        s1, z1 = torch.ops.tnq.scale_truncate(x, bits, block, cid)
+        s2, z2 = ref.scale_truncate(x, bits, block, cid)
+        assert torch.equal(s1, s2) and torch.equal(z1, z2), (n, block, dtype)
+        assert torch.equal(torch.ops.tnq.quantize(z2, bits, cid, 5), ref.quantize(z2, bits, cid, 5))
+
+
+@pytest.mark.parametrize("codebook", ["qsgd_l2", "nuqsgd_l2", "rtnq8"])
+def test_cpu_edge_blocks_equal_reference(native, codebook):
+    cid = cb.CODEBOOK_IDS[codebook]
+    x = torch.zeros(256)
+    x[40], x[70], x[100] = float("nan"), float("inf"), -float("inf")
+    x[200:] = laplace(56, seed=1) * 1e-42  # subnormal values: the L2 norm and Σg²/(2Σ|g|) need fp64 sums
+    for block in (0, 32, 64):
+        _payload_equal(torch.ops.tnq.compress(x, 3, block, cid, 7), ref.compress(x, 3, block, cid, 7))
+
+
+@pytest.mark.parametrize("codebook", NEW)
+def test_triton_interpreter_codes_equal_reference(codebook):
+    T = pytest.importorskip("tnq_kernels.triton", reason="triton is not installed")
+    cid = cb.CODEBOOK_IDS[codebook]
+    # B = 0 (partials), 96 (blocks in registers), 8192 (tiled blocks); bf16 input; 3 bits
+    for n, block, dtype in [(33, 0, torch.float32), (5000, 96, torch.bfloat16), (20_000, 8192, torch.float32)]:
+        x = _heavy(n, seed=n, dtype=dtype)
+        _payload_equal(T.compress(x, 3, block, cid, 99), ref.compress(x, 3, block, cid, 99))
+        s1, z1 = T.scale_truncate(x, 3, block, cid)
+        s2, z2 = ref.scale_truncate(x, 3, block, cid)
+        assert torch.equal(s1, s2) and torch.equal(z1, z2), (n, block, dtype)
+    p = ref.compress(x, 3, 8192, cid, 99)
+    assert torch.equal(T.decompress(p, (n,), torch.float32), ref.decompress(p, (n,), torch.float32))
+
+
+@pytest.mark.parametrize("codebook", ["qsgd_l2", "rtnq8"])
+def test_opcheck_new_codebooks(native, codebook):
+    cid = cb.CODEBOOK_IDS[codebook]
+    x = _heavy(300, seed=3).view(10, 30)
+    torch.library.opcheck(torch.ops.tnq.compress.default, (x, 3, 96, cid, 7))
+    torch.library.opcheck(torch.ops.tnq.scale_truncate.default, (x, 3, 0, cid))
+    p = torch.ops.tnq.compress(x, 3, 96, cid, 7)
+    torch.library.opcheck(torch.ops.tnq.decompress.default, (p, [10, 30], torch.float32))
+    T = pytest.importorskip("tnq_kernels.triton", reason="triton is not installed")
+    from tnq_kernels.triton import _common as C
+    torch.library.opcheck(torch.ops.tnq.triton_compress, (x, C.table(cid, 3, x.device), 3, 96, cid, 7))

@@ -57,6 +57,7 @@ def test_header_constants(C):
     assert k["max_block_size"] == fmt.MAX_BLOCK_SIZE
     assert (k["min_bits"], k["max_bits"]) == (cb.MIN_BITS, cb.MAX_BITS)
     assert k["codebook_ids"] == cb.CODEBOOK_IDS
+    assert k["scale_rules"] == {cid: cb.scale_rule(cid) for cid in cb.CODEBOOK_NAMES}
     assert k["dtype_ids"] == fmt.DTYPE_IDS
     # field offsets: version, bits, codebook, dtype, block_size, flags, numel, reserved of "<4sBBBBIIQQ"
     sizes = [struct.calcsize("<" + c) for c in ("4s", "B", "B", "B", "B", "I", "I", "Q")]

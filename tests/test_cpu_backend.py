@@ -147,7 +147,7 @@ def test_scale_truncate_equal(dtype, n, block):
     x = _x(n, dtype, seed=3)
     if n > 40:
         x[40] = float("nan")
-    for codebook in range(4):
+    for codebook in range(cb.NUM_CODEBOOKS):
         s1, z1 = OPS.scale_truncate(x, 3, block, codebook)
         s2, z2 = ref.scale_truncate(x, 3, block, codebook)
         assert torch.equal(s1.view(torch.int32), s2.view(torch.int32)) and torch.equal(z1, z2)
@@ -157,7 +157,7 @@ def test_scale_truncate_equal(dtype, n, block):
 def test_quantize_equal(bits):
     z = torch.randn(4097, generator=torch.Generator().manual_seed(bits)) * 3
     z[:4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0])
-    for codebook in range(4):
+    for codebook in range(cb.NUM_CODEBOOKS):
         assert torch.equal(OPS.quantize(z, bits, codebook, SEED), ref.quantize(z, bits, codebook, SEED))
     assert torch.equal(OPS.quantize(z.view(17, 241).t(), bits, 0, 1), ref.quantize(z.view(17, 241).t(), bits, 0, 1))
 

@@ -65,7 +65,7 @@ def test_compress_equals_reference_all_bits(bits, n, block):
     assert torch.equal(T.decompress(p, [n], torch.float32).cpu(), R.decompress(p.cpu(), [n], torch.float32))
 
 
-@pytest.mark.parametrize("codebook", ["tnq", "tqsgd", "nqsgd", "qsgd"])
+@pytest.mark.parametrize("codebook", sorted(cb.CODEBOOK_IDS))
 @pytest.mark.parametrize("block", [0, 96, 2048])
 def test_every_codebook(codebook, block):
     same_payload(laplace(3000, seed=7), 3, block, cb.codebook_id(codebook))

@@ -112,20 +112,15 @@ TNQ_CLONES void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g
   }
 }
 
-template <int DT>
-float block_scale(const typename Src<DT>::T* x, int64_t cnt, bool use_max) {
-  return use_max ? abs_max<DT>(x, cnt) : mean_scale(abs_sum_f64<DT>(x, cnt), cnt);
-}
-
 template <int DT, int BITS>
 bool compress_impl(const typename Src<DT>::T* x, int64_t n, int64_t block_size, int codebook, uint64_t seed,
                    float* scales, uint32_t* words) {
   const Tables& t = tables(codebook, BITS);
   const SeedKeys keys = seed_keys(seed);
-  const bool use_max = scale_is_max(codebook);
+  const int rule = scale_rule(codebook);
   const int64_t ngroups = (n + kGroup - 1) / kGroup;
   if (block_size == 0) {
-    const float scale = whole_tensor_scale<DT>(x, n, use_max);
+    const float scale = whole_tensor_scale<DT>(x, n, rule);
     scales[0] = scale;
     at::parallel_for(0, ngroups, 2048, [&](int64_t g0, int64_t g1) {
       encode_groups<DT, BITS>(x + g0 * kGroup, n, g0, g1, scale, t, keys, words + g0 * BITS);
@@ -141,7 +136,7 @@ bool compress_impl(const typename Src<DT>::T* x, int64_t n, int64_t block_size, 
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t i0 = b * block_size;
       const int64_t cnt = std::min(block_size, n - i0);
-      const float scale = block_scale<DT>(x + i0, cnt, use_max);
+      const float scale = block_scale<DT>(x + i0, cnt, rule);
       scales[b] = scale;
       bad |= !std::isfinite(scale);
       encode_groups<DT, BITS>(x + i0, n, b * gpb, std::min(ngroups, (b + 1) * gpb), scale, t, keys,

@@ -145,6 +145,27 @@ TNQ_AVX2 inline void abs_sum_lanes_avx2(const typename Src<DT>::T* x, int64_t cn
   _mm256_storeu_pd(acc + 4, a1);
 }
 
+// |x| and x² sums of 8 fp64 lanes each, lane j taking the elements i ≡ j (mod 8), as the portable loop; the square
+// of an fp32 value is exact in fp64 (48 significant bits), and mul/add stay separate roundings.
+template <int DT>
+TNQ_AVX2 inline void abs_sq_sum_lanes_avx2(const typename Src<DT>::T* x, int64_t cnt8, double* acc, double* acc2) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd(), q0 = _mm256_setzero_pd(), q1 = _mm256_setzero_pd();
+  for (int64_t i = 0; i < cnt8; i += 8) {
+    const __m256 v = _mm256_and_ps(load8<DT>(x + i), absmask);
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+    const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    a0 = _mm256_add_pd(a0, lo);
+    a1 = _mm256_add_pd(a1, hi);
+    q0 = _mm256_add_pd(q0, _mm256_mul_pd(lo, lo));
+    q1 = _mm256_add_pd(q1, _mm256_mul_pd(hi, hi));
+  }
+  _mm256_storeu_pd(acc, a0);
+  _mm256_storeu_pd(acc + 4, a1);
+  _mm256_storeu_pd(acc2, q0);
+  _mm256_storeu_pd(acc2 + 4, q1);
+}
+
 // max|x| of 8 lanes (lane j: i ≡ j mod 8) and whether a NaN was seen.
 template <int DT>
 TNQ_AVX2 inline bool abs_max_lanes_avx2(const typename Src<DT>::T* x, int64_t cnt8, float* m) {
@@ -223,24 +244,76 @@ inline float mean_scale(double sum, int64_t cnt) {
   return cnt == 0 ? 0.0f : static_cast<float>(sum / double(cnt));
 }
 
+// Σ|x| and Σx² in fp64 in one read (the L2 and Σg²/(2Σ|g|) rules), lanes and pairing as abs_sum_f64.
+template <int DT>
+inline void abs_sq_sum_f64(const typename Src<DT>::T* x, int64_t cnt, double* s1, double* s2) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, acc2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+#if TNQ_HAVE_AVX2_PATH
+  if (cpu_has_avx2()) {
+    i = cnt / 8 * 8;
+    abs_sq_sum_lanes_avx2<DT>(x, i, acc, acc2);
+  }
+#endif
+  for (; i + 8 <= cnt; i += 8)
+    for (int j = 0; j < 8; ++j) {
+      const double a = std::fabs(double(Src<DT>::load(x[i + j])));
+      acc[j] += a;
+      acc2[j] += a * a;
+    }
+  for (; i < cnt; ++i) {
+    const double a = std::fabs(double(Src<DT>::load(x[i])));
+    acc[0] += a;
+    acc2[0] += a * a;
+  }
+  *s1 = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  *s2 = ((acc2[0] + acc2[1]) + (acc2[2] + acc2[3])) + ((acc2[4] + acc2[5]) + (acc2[6] + acc2[7]));
+}
+
+// The fp32 scale of the sum rules from fp64 sums, each rounded once to fp32 as the reference: mean|g|, ‖g‖₂ =
+// sqrt(Σg²) (IEEE sqrt, correctly rounded), Σg²/(2Σ|g|) (0 for an all-zero block; NaN for a non-finite one).
+inline float finish_scale(int rule, double s1, double s2, int64_t cnt) {
+  if (rule == kScaleL2) return static_cast<float>(std::sqrt(s2));
+  if (rule == kScaleM2M1) return s1 == 0.0 ? 0.0f : static_cast<float>(s2 / (2.0 * s1));
+  return mean_scale(s1, cnt);
+}
+
+template <int DT>
+inline float block_scale(const typename Src<DT>::T* x, int64_t cnt, int rule) {
+  if (rule == kScaleMaxAbs) return abs_max<DT>(x, cnt);
+  if (rule == kScaleMeanAbs) return mean_scale(abs_sum_f64<DT>(x, cnt), cnt);
+  double s1, s2;
+  abs_sq_sum_f64<DT>(x, cnt, &s1, &s2);
+  return finish_scale(rule, s1, s2, cnt);
+}
+
 // The scale of a whole tensor (block_size 0): a parallel reduction over fixed 64 Ki-element chunks — fixed, so
 // the result does not depend on the thread count — combined in chunk order. The fused compress then needs a
 // second read of x for the quantize pass, unavoidably.
 template <int DT>
-inline float whole_tensor_scale(const typename Src<DT>::T* x, int64_t n, bool use_max) {
+inline float whole_tensor_scale(const typename Src<DT>::T* x, int64_t n, int rule) {
   constexpr int64_t kChunk = int64_t(1) << 16;
   const int64_t nchunks = (n + kChunk - 1) / kChunk;
-  std::vector<double> part(nchunks);
+  const bool use_max = rule == kScaleMaxAbs;
+  std::vector<double> part(nchunks), part2(nchunks, 0.0);
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t cnt = std::min(kChunk, n - c * kChunk);
-      part[c] = use_max ? double(abs_max<DT>(x + c * kChunk, cnt)) : abs_sum_f64<DT>(x + c * kChunk, cnt);
+      if (use_max)
+        part[c] = double(abs_max<DT>(x + c * kChunk, cnt));
+      else if (rule == kScaleMeanAbs)
+        part[c] = abs_sum_f64<DT>(x + c * kChunk, cnt);
+      else
+        abs_sq_sum_f64<DT>(x + c * kChunk, cnt, &part[c], &part2[c]);
     }
   });
   if (!use_max) {
-    double s = 0.0;
-    for (double v : part) s += v;
-    return mean_scale(s, n);
+    double s = 0.0, s2 = 0.0;
+    for (int64_t c = 0; c < nchunks; ++c) {
+      s += part[c];
+      s2 += part2[c];
+    }
+    return finish_scale(rule, s, s2, n);
   }
   float m = 0.0f;
   bool nan = false;

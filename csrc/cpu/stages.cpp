@@ -15,18 +15,18 @@ void scale_truncate_impl(const typename Src<DT>::T* x, int64_t n, int bits, int6
                          float* scales, float* z) {
   const Tables& t = tables(codebook, bits);
   const float lo = t.c[0], hi = t.c[t.s];
-  const bool use_max = scale_is_max(codebook);
+  const int rule = scale_rule(codebook);
   // B = 0 is cut into 64 Ki-element pieces of one block so that both passes run in parallel
   const int64_t bs = block_size == 0 ? (int64_t(1) << 16) : block_size;
   const int64_t nblocks = (n + bs - 1) / bs;
-  const float whole = block_size == 0 ? whole_tensor_scale<DT>(x, n, use_max) : 0.0f;
+  const float whole = block_size == 0 ? whole_tensor_scale<DT>(x, n, rule) : 0.0f;
   if (block_size == 0) scales[0] = whole;
   at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t i0 = b * bs, cnt = std::min(bs, n - i0);
       float scale = whole;
       if (block_size != 0) {
-        scale = use_max ? abs_max<DT>(x + i0, cnt) : mean_scale(abs_sum_f64<DT>(x + i0, cnt), cnt);
+        scale = block_scale<DT>(x + i0, cnt, rule);
         scales[b] = scale;
       }
       const BlockMode mode = block_mode(scale);

@@ -26,16 +26,32 @@ std::vector<double> levels_f64(int codebook, int bits) {
   const int s = (1 << bits) - 1;
   std::vector<double> out;
   out.reserve(s + 1);
-  switch (codebook) {
-    case kTnq: {
-      const double a = 3.0 * std::sqrt(6.0) / 2.0;
-      for (int k = 0; k <= s; ++k) {
-        const int d = 2 * k - s;
-        const double mag = 3.0 * (-std::log1p(-double(std::abs(d)) / (double(s) + a)));
-        out.push_back(std::copysign(mag, double(d)));
-      }
-      break;
+  const double tnq_a = 3.0 * std::sqrt(6.0) / 2.0;
+  if (codebook == kTnq || codebook >= kRtnq1) {
+    // rtnq{N}: a → a/√N (N = 1 divides by exactly 1.0, so rtnq1's table is tnq's)
+    const double a = codebook == kTnq ? tnq_a : tnq_a / std::sqrt(double(rtnq_clients(codebook)));
+    for (int k = 0; k <= s; ++k) {
+      const int d = 2 * k - s;
+      const double mag = 3.0 * (-std::log1p(-double(std::abs(d)) / (double(s) + a)));
+      out.push_back(std::copysign(mag, double(d)));
     }
+    return out;
+  }
+  if (codebook == kQsgdL2 || codebook == kNuqsgdL2) {
+    if (bits == 1) return {-1.0, 1.0};
+    // sign × magnitude with a shared zero, then one spare level above the top (codebooks._sign_magnitude)
+    const int m = (1 << (bits - 1)) - 1;
+    std::vector<double> mags;
+    for (int j = 1; j <= m; ++j) mags.push_back(codebook == kQsgdL2 ? double(j) / double(m) : std::ldexp(1.0, j - m));
+    const double top = mags.back();
+    const double spare = top + (m > 1 ? top - mags[m - 2] : top);
+    for (int j = m - 1; j >= 0; --j) out.push_back(-mags[j]);
+    out.push_back(0.0);
+    for (int j = 0; j < m; ++j) out.push_back(mags[j]);
+    out.push_back(spare);
+    return out;
+  }
+  switch (codebook) {
     case kTqsgd: {
       const double w = lambert_w0(double(s) * double(s));
       for (int k = 0; k <= s; ++k) out.push_back(w * (2.0 * k / s - 1.0));

@@ -58,7 +58,7 @@ def emit_chunk(g, m, e0, ngroups_valid, r, scale, c0, cs, table_ptr, codes_ptr, 
 
 @triton.jit(do_not_specialize=["key0", "key1"])
 def compress_blocks_kernel(x_ptr, out_ptr, table_ptr, n, block_size, nblocks, codes_w0, key0, key1,
-                           BITS: tl.constexpr, BITS_P2: tl.constexpr, MAX_RULE: tl.constexpr, ROWS: tl.constexpr,
+                           BITS: tl.constexpr, BITS_P2: tl.constexpr, RULE: tl.constexpr, ROWS: tl.constexpr,
                            CHUNK: tl.constexpr):
     """B ≤ 4096: ROWS blocks per program as a [ROWS, CHUNK] register tile (CHUNK = next_pow2(B)), read once.
     x: flat input [n]; out: int32 view of the payload."""
@@ -69,8 +69,9 @@ def compress_blocks_kernel(x_ptr, out_ptr, table_ptr, n, block_size, nblocks, co
     m = col < seg_len[:, None]
     g = tl.load(x_ptr + start[:, None] + col, mask=m, other=0.0).to(tl.float32)
     # ---- job 1: one scale per row ----
-    acc, bad = accumulate(tl.zeros([ROWS, CHUNK], tl.float64), tl.zeros([ROWS, CHUNK], tl.int32), g, MAX_RULE)
-    scale = finish_scale(acc, bad, tl.maximum(seg_len, 1), MAX_RULE, 1)
+    acc, acc2, bad = accumulate(tl.zeros([ROWS, CHUNK], tl.float64), tl.zeros([ROWS, CHUNK], tl.float64),
+                                tl.zeros([ROWS, CHUNK], tl.int32), g, RULE)
+    scale = finish_scale(acc, acc2, bad, tl.maximum(seg_len, 1), RULE, 1)
     live = blk < nblocks
     tl.store(out_ptr + 8 + blk, scale.to(tl.int32, bitcast=True), mask=live)
     tl.atomic_or(out_ptr + 3 + 0 * blk, 1, mask=live & ~(tl.abs(scale) < float("inf")))
@@ -93,7 +94,7 @@ def compress_blocks_kernel(x_ptr, out_ptr, table_ptr, n, block_size, nblocks, co
 
 @triton.jit(do_not_specialize=["key0", "key1"])
 def compress_kernel(x_ptr, out_ptr, part_ptr, table_ptr, n, seg, nparts, block_size, tpb, codes_w0, key0, key1,
-                    BITS: tl.constexpr, BITS_P2: tl.constexpr, MAX_RULE: tl.constexpr, CHUNK: tl.constexpr,
+                    BITS: tl.constexpr, BITS_P2: tl.constexpr, RULE: tl.constexpr, CHUNK: tl.constexpr,
                     TILES: tl.constexpr, NPART: tl.constexpr):
     """B = 0 (not TILES): every program takes the tensor's scale from the partials and handles a SEGMENT_B0
     slice. B > 4096 (TILES): program pid encodes tile pid of its block (scale_truncate.tile_range, seg = the tile
@@ -110,7 +111,7 @@ def compress_kernel(x_ptr, out_ptr, part_ptr, table_ptr, n, seg, nparts, block_s
         scale = tl.load(out_ptr + 8 + blk).to(tl.float32, bitcast=True)
     else:
         start, seg_len = block_start(pid, seg, n)
-        scale = scale_from_partials(part_ptr, nparts, n, NPART, MAX_RULE)
+        scale = scale_from_partials(part_ptr, nparts, n, NPART, RULE)
         tl.store(out_ptr + 8 + pid, scale.to(tl.int32, bitcast=True), mask=pid == 0)
         tl.atomic_or(out_ptr + 3, 1, mask=(pid == 0) & ~(tl.abs(scale) < float("inf")))
     # ---- jobs 1-3 on the data: truncate, round, pack ----
@@ -134,24 +135,24 @@ def header_words(n: int, bits: int, block_size: int, codebook: int, dtype: torch
 def launch_encode(g: torch.Tensor, out: torch.Tensor, table: torch.Tensor, n: int, bits: int, block_size: int,
                   codebook: int, seed: int, nb: int, codes_w0: int) -> None:
     """Scales, flags and codes of the payload `out` (int32 words; header already launched) for flat input g."""
-    max_rule = cb.scale_rule(codebook) == cb.SCALE_MAX_ABS
+    rule = cb.scale_rule(codebook)
     mode, seg, nseg, chunk, tpb = segmentation(n, block_size)
     key0, key1 = C.seed_args(seed)
     if mode == MODE_BLOCK:
         rows = max(1, C.ROWS_TARGET // chunk)
         wrap_triton(compress_blocks_kernel)[(triton.cdiv(nseg, rows),)](
             g, out, table, n, block_size, nb, codes_w0, key0, key1, BITS=bits, BITS_P2=C.next_pow2(bits),
-            MAX_RULE=max_rule, ROWS=rows, CHUNK=chunk, num_warps=C.warps_for(rows * chunk))
+            RULE=rule, ROWS=rows, CHUNK=chunk, num_warps=C.warps_for(rows * chunk))
         return
     part, nparts = table, 1  # unused unless B = 0
     if mode == MODE_WHOLE:
-        part, nparts = launch_partials(g, n, max_rule)
+        part, nparts = launch_partials(g, n, rule)
     else:  # the header kernel zeroed the flags word before block_scale_kernel may set it
-        launch_block_scales(g, n, block_size, tpb, max_rule, out.view(torch.float32)[_SCALE_WORD0:],
+        launch_block_scales(g, n, block_size, tpb, rule, out.view(torch.float32)[_SCALE_WORD0:],
                             out[_FLAGS_WORD:])
     wrap_triton(compress_kernel)[(nseg,)](
         g, out, part, table, n, seg, nparts, block_size, tpb, codes_w0, key0, key1, BITS=bits,
-        BITS_P2=C.next_pow2(bits), MAX_RULE=max_rule, CHUNK=chunk, TILES=mode == MODE_TILES,
+        BITS_P2=C.next_pow2(bits), RULE=rule, CHUNK=chunk, TILES=mode == MODE_TILES,
         NPART=C.next_pow2(nparts), num_warps=C.warps_for(chunk))
 
 

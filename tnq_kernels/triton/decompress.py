@@ -28,6 +28,8 @@ from .pack import unpack_planes
 
 CHUNK = 2048
 MAGIC = tl.constexpr(C.i32(C.MAGIC_WORD))
+#: codebook ids the device-side header check accepts (as format.parse_header)
+NUM_CODEBOOKS = tl.constexpr(fmt.NUM_CODEBOOKS)
 #: how a tile finds its scales: the tensor's one scale, one scale per tile, or a gather per element
 SCALE_WHOLE, SCALE_PER_TILE, SCALE_PER_ELEMENT = 0, 1, 2
 
@@ -64,7 +66,7 @@ def checked_header(in_ptr, n, nbytes):
     nblocks = tl.where(B == 0, 1, (n64 + B - 1) // tl.maximum(B, 1))
     codes_w0 = (32 + (4 * nblocks + 15) // 16 * 16) // 4
     need = 4 * codes_w0 + 4 * bits.to(tl.int64) * ((n64 + 31) // 32)
-    valid = ((tl.load(in_ptr) == MAGIC) & ((w1 & 0xFF) == 1) & (bits >= 1) & (bits <= 8) & (codebook <= 3)
+    valid = ((tl.load(in_ptr) == MAGIC) & ((w1 & 0xFF) == 1) & (bits >= 1) & (bits <= 8) & (codebook < NUM_CODEBOOKS)
              & (((w1 >> 24) & 0xFF) <= 2) & (B >= 0) & (B <= (1 << 30)) & (B % 32 == 0)
              & ((tl.load(in_ptr + 3) & ~1) == 0) & (tl.load(in_ptr + 6) == 0) & (tl.load(in_ptr + 7) == 0)
              & (numel == n64) & (need == tl.cast(nbytes, tl.int64)))

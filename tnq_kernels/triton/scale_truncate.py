@@ -2,10 +2,13 @@
 
 kernel helpers → stage kernels → launcher → registered op (`tnq::triton_scale_truncate`, a triton_op).
 
-Scale rule: mean|g| accumulated in fp64 and divided by the block's element count in fp64 with one correctly rounded
-division, rounded once to fp32 (tnq, tqsgd); or max|g| (nqsgd, qsgd). The fp64 sum runs in a different order
-from the reference's, so SPEC §1 allows the last bit of γ̂ to differ on crafted inputs (random data: equal). A block
-holding NaN/±Inf has a non-finite scale (some NaN, or ±Inf; its bits are not fixed) and z = c_0 there.
+Scale rule (RULE, codebooks.SCALE_*): mean|g| accumulated in fp64 and divided by the block's element count in fp64
+with one correctly rounded division (tnq, tqsgd); max|g| (nqsgd, qsgd); ‖g‖₂ = the IEEE sqrt of the fp64 Σg²
+(qsgd_l2, nuqsgd_l2); Σg²/(2Σ|g|) with one fp64 division, 0 when Σ|g| = 0 (rtnq*); each rounded once to fp32.
+Partials are (Σ|g| or max|g| or Σg², Σg²) pairs, interleaved, so the two-sum rule still reads x once. The fp64
+sums run in a different order from the reference's, so SPEC §1 allows the last bit of γ̂ to differ on crafted inputs
+(random data: equal). A block holding NaN/±Inf has a non-finite scale (some NaN, or ±Inf; its bits are not fixed)
+and z = c_0 there.
 B = 0 (one scale for the whole tensor) takes two kernels: per-program partials, then every program of the
 second kernel re-reduces the (≤ 1024, L2-resident) partials in a fixed order, so all agree on the scale.
 Blocks longer than one register tile (B > 4096) are split into TILE-element tiles, one program each, as the CUDA
@@ -25,38 +28,65 @@ from .. import format as fmt
 from . import _common as C
 
 
+RULE_MEAN: tl.constexpr = tl.constexpr(cb.SCALE_MEAN_ABS)
+RULE_MAX: tl.constexpr = tl.constexpr(cb.SCALE_MAX_ABS)
+RULE_L2: tl.constexpr = tl.constexpr(cb.SCALE_L2)
+RULE_M2M1: tl.constexpr = tl.constexpr(cb.SCALE_M2_M1)
+
+
 @triton.jit
-def finish_scale(acc, bad, count, MAX_RULE: tl.constexpr, AXIS: tl.constexpr):
-    """acc fp64 (|g| sums, or maxima) and bad int32 (NaN seen), reduced over AXIS → the fp32 scale(s);
-    count: elements per scale, shaped like the result."""
-    if MAX_RULE:
+def scale_of(s1, s2, count, RULE: tl.constexpr):
+    """fp64 totals (s1: Σ|g|, max|g| or Σg²; s2: Σg² for RULE_M2M1) → the fp32 scale, rounded once."""
+    if RULE == RULE_MAX:
+        return s1.to(tl.float32)
+    elif RULE == RULE_L2:
+        # tl.sqrt_rn takes fp32 only; for fp64 tl.sqrt lowers to llvm.sqrt.f64 = PTX sqrt.rn.f64 (IEEE, correctly
+        # rounded; only the fp32 sqrt has an approximate lowering), as the reference's torch.sqrt on fp64
+        return tl.sqrt(s1).to(tl.float32)
+    elif RULE == RULE_M2M1:
+        # one correctly rounded fp64 division; an all-zero block has scale 0, not 0/0
+        return tl.where(s1 == 0.0, 0.0, s2 / (2.0 * s1)).to(tl.float32)
+    else:
+        # one correctly rounded fp64 division (Triton's f64 `/` is div.rn.f64), then one rounding to fp32
+        return (s1 / count.to(tl.float64)).to(tl.float32)
+
+
+@triton.jit
+def finish_scale(acc, acc2, bad, count, RULE: tl.constexpr, AXIS: tl.constexpr):
+    """Per-lane accumulators (acc: |g| sums, maxima or g² sums; acc2: g² sums for RULE_M2M1) and bad int32 (NaN
+    seen, max rule), reduced over AXIS → the fp32 scale(s); count: elements per scale, shaped like the result."""
+    if RULE == RULE_MAX:
         s = tl.max(acc, axis=AXIS).to(tl.float32)
         # GPU max drops NaN; the reference's amax propagates it.
         return tl.where(tl.max(bad, axis=AXIS) > 0, float("nan"), s)
     else:
-        # one correctly rounded fp64 division (Triton's f64 `/` is div.rn.f64), then one rounding to fp32
-        return (tl.sum(acc, axis=AXIS) / count.to(tl.float64)).to(tl.float32)
+        return scale_of(tl.sum(acc, axis=AXIS), tl.sum(acc2, axis=AXIS), count, RULE)
 
 
 @triton.jit
-def accumulate(acc, bad, g, MAX_RULE: tl.constexpr):
-    """Fold one loaded chunk g (fp32, masked lanes 0) into the per-lane accumulators."""
+def accumulate(acc, acc2, bad, g, RULE: tl.constexpr):
+    """Fold one loaded chunk g (fp32, masked lanes 0) into the per-lane accumulators. A square of an fp32 value is
+    exact in fp64, so a contracted a·a + acc gives the same bits as the separate multiply and add."""
     a = tl.abs(g).to(tl.float64)
-    if MAX_RULE:
+    if RULE == RULE_MAX:
         acc = tl.maximum(acc, a)
         bad = bad | (g != g).to(tl.int32)
+    elif RULE == RULE_L2:
+        acc = acc + a * a
     else:
         acc = acc + a
-    return acc, bad
+        if RULE == RULE_M2M1:
+            acc2 = acc2 + a * a
+    return acc, acc2, bad
 
 
 @triton.jit
-def fold(acc, bad, MAX_RULE: tl.constexpr):
-    """Per-lane accumulators → one fp64 partial (sum, or max with NaN if any lane saw one)."""
-    if MAX_RULE:
-        return tl.where(tl.max(bad, axis=0) > 0, float("nan"), tl.max(acc, axis=0))
+def fold(acc, acc2, bad, RULE: tl.constexpr):
+    """Per-lane accumulators → one fp64 partial pair (sum or max with NaN if any lane saw one; Σg² or 0)."""
+    if RULE == RULE_MAX:
+        return tl.where(tl.max(bad, axis=0) > 0, float("nan"), tl.max(acc, axis=0)), tl.sum(acc2, axis=0)
     else:
-        return tl.sum(acc, axis=0)
+        return tl.sum(acc, axis=0), tl.sum(acc2, axis=0)
 
 
 @triton.jit
@@ -74,73 +104,83 @@ def tile_range(t, tpb, block_size, n, TILE):
 
 @triton.jit
 def tile_partials_kernel(x_ptr, part_ptr, n, block_size, tpb, TILE: tl.constexpr, CHUNK: tl.constexpr,
-                         MAX_RULE: tl.constexpr):
-    """Blocks longer than one register tile, pass 1: one fp64 partial per TILE-element tile of a block."""
+                         RULE: tl.constexpr):
+    """Blocks longer than one register tile, pass 1: one fp64 partial pair per TILE-element tile of a block."""
     t = tl.program_id(0).to(tl.int64)
     blk, start, seg_len = tile_range(t, tpb, block_size, n, TILE)
     lane = tl.arange(0, CHUNK)
     acc = tl.zeros([CHUNK], tl.float64)
+    acc2 = tl.zeros([CHUNK], tl.float64)
     bad = tl.zeros([CHUNK], tl.int32)
     for c in range(0, seg_len, CHUNK):
         offs = c + lane
         g = tl.load(x_ptr + start + offs, mask=offs < seg_len, other=0.0).to(tl.float32)
-        acc, bad = accumulate(acc, bad, g, MAX_RULE)
-    tl.store(part_ptr + t, fold(acc, bad, MAX_RULE))
+        acc, acc2, bad = accumulate(acc, acc2, bad, g, RULE)
+    p1, p2 = fold(acc, acc2, bad, RULE)
+    tl.store(part_ptr + 2 * t, p1)
+    tl.store(part_ptr + 2 * t + 1, p2)
 
 
 @triton.jit
 def block_scale_kernel(part_ptr, scales_ptr, flags_ptr, n, block_size, tpb, NPART: tl.constexpr,
-                       MAX_RULE: tl.constexpr, HAS_FLAGS: tl.constexpr):
-    """Pass 2: program blk reduces its block's tpb partials in a fixed order → scales[blk] (fp32); with
+                       RULE: tl.constexpr, HAS_FLAGS: tl.constexpr):
+    """Pass 2: program blk reduces its block's tpb partial pairs in a fixed order → scales[blk] (fp32); with
     HAS_FLAGS, a non-finite scale sets bit 0 of *flags_ptr (the payload's flags word)."""
     blk = tl.program_id(0).to(tl.int64)
     tpb = tl.cast(tpb, tl.int64)
     i = tl.arange(0, NPART)
     acc = tl.zeros([NPART], tl.float64)
+    acc2 = tl.zeros([NPART], tl.float64)
     bad = tl.zeros([NPART], tl.int32)
     for j in range(0, tpb, NPART):
         m = j + i < tpb
-        p = tl.load(part_ptr + blk * tpb + j + i, mask=m, other=0.0)
-        if MAX_RULE:
+        p = tl.load(part_ptr + 2 * (blk * tpb + j + i), mask=m, other=0.0)
+        if RULE == RULE_MAX:
             acc = tl.maximum(acc, p)
             bad = bad | (p != p).to(tl.int32)
         else:
             acc = acc + p
+            acc2 = acc2 + tl.load(part_ptr + 2 * (blk * tpb + j + i) + 1, mask=m, other=0.0)
     B = tl.cast(block_size, tl.int64)
-    scale = finish_scale(acc, bad, tl.minimum(B, tl.cast(n, tl.int64) - blk * B), MAX_RULE, 0)
+    scale = finish_scale(acc, acc2, bad, tl.minimum(B, tl.cast(n, tl.int64) - blk * B), RULE, 0)
     tl.store(scales_ptr + blk, scale)
     if HAS_FLAGS:
         tl.atomic_or(flags_ptr, 1, mask=~(tl.abs(scale) < float("inf")))
 
 
 @triton.jit
-def partials_kernel(x_ptr, part_ptr, n, CHUNK: tl.constexpr, MAX_RULE: tl.constexpr):
-    """B = 0, first pass: program q folds chunks q, q + P, … into one fp64 partial (sum or max; NaN if any)."""
+def partials_kernel(x_ptr, part_ptr, n, CHUNK: tl.constexpr, RULE: tl.constexpr):
+    """B = 0, first pass: program q folds chunks q, q + P, … into one fp64 partial pair (sum or max, NaN if any;
+    Σg² for RULE_M2M1) at part[2q], part[2q + 1]."""
     q = tl.program_id(0)
     nprog = tl.num_programs(0)
     lane = tl.arange(0, CHUNK)
     acc = tl.zeros([CHUNK], tl.float64)
+    acc2 = tl.zeros([CHUNK], tl.float64)
     bad = tl.zeros([CHUNK], tl.int32)
     # n < 2^31 arrives as i32, where cdiv's n + CHUNK − 1 would wrap for n > 2^31 − CHUNK: count in i64
     nchunks = tl.cdiv(tl.cast(n, tl.int64), CHUNK)
     for c in range(q, nchunks, nprog):
         offs = tl.cast(c, tl.int64) * CHUNK + lane
         g = tl.load(x_ptr + offs, mask=offs < n, other=0.0).to(tl.float32)
-        acc, bad = accumulate(acc, bad, g, MAX_RULE)
-    tl.store(part_ptr + q, fold(acc, bad, MAX_RULE))
+        acc, acc2, bad = accumulate(acc, acc2, bad, g, RULE)
+    p1, p2 = fold(acc, acc2, bad, RULE)
+    tl.store(part_ptr + 2 * q, p1)
+    tl.store(part_ptr + 2 * q + 1, p2)
 
 
 @triton.jit
-def scale_from_partials(part_ptr, nparts, n, NPART: tl.constexpr, MAX_RULE: tl.constexpr):
-    """B = 0, second pass: the tensor's scale from the fp64 partials (same order in every program)."""
+def scale_from_partials(part_ptr, nparts, n, NPART: tl.constexpr, RULE: tl.constexpr):
+    """B = 0, second pass: the tensor's scale from the fp64 partial pairs (same order in every program)."""
     i = tl.arange(0, NPART)
     m = i < nparts
-    p = tl.load(part_ptr + i, mask=m, other=0.0)
-    if MAX_RULE:
+    p = tl.load(part_ptr + 2 * i, mask=m, other=0.0)
+    if RULE == RULE_MAX:
         s = tl.max(p, axis=0).to(tl.float32)
         return tl.where(tl.max((p != p).to(tl.int32), axis=0) > 0, float("nan"), s)
     else:
-        return (tl.sum(p, axis=0) / tl.cast(n, tl.float64)).to(tl.float32)
+        p2 = tl.load(part_ptr + 2 * i + 1, mask=m, other=0.0)
+        return scale_of(tl.sum(p, axis=0), tl.sum(p2, axis=0), tl.cast(n, tl.int64), RULE)
 
 
 FLT_MAX = tl.constexpr(3.4028234663852886e38)  # fp32 max, exact
@@ -174,7 +214,7 @@ def block_start(pid, seg, n):
 
 @triton.jit
 def scale_truncate_kernel(x_ptr, scales_ptr, z_ptr, part_ptr, table_ptr, n, seg, nparts, block_size, tpb,
-                          BITS: tl.constexpr, MAX_RULE: tl.constexpr, CHUNK: tl.constexpr, MODE: tl.constexpr,
+                          BITS: tl.constexpr, RULE: tl.constexpr, CHUNK: tl.constexpr, MODE: tl.constexpr,
                           NPART: tl.constexpr):
     """z fp32 for one segment per program. MODE_BLOCK: the segment is a block of ≤ CHUNK elements, whose scale
     the program computes and stores (index pid). MODE_WHOLE (B = 0): a slice of `seg` elements; every program
@@ -188,14 +228,15 @@ def scale_truncate_kernel(x_ptr, scales_ptr, z_ptr, part_ptr, table_ptr, n, seg,
         start, seg_len = block_start(pid, seg, n)
         m = lane < seg_len
         g = tl.load(x_ptr + start + lane, mask=m, other=0.0).to(tl.float32)
-        acc, bad = accumulate(tl.zeros([CHUNK], tl.float64), tl.zeros([CHUNK], tl.int32), g, MAX_RULE)
-        scale = finish_scale(acc, bad, seg_len, MAX_RULE, 0)
+        acc, acc2, bad = accumulate(tl.zeros([CHUNK], tl.float64), tl.zeros([CHUNK], tl.float64),
+                                    tl.zeros([CHUNK], tl.int32), g, RULE)
+        scale = finish_scale(acc, acc2, bad, seg_len, RULE, 0)
         tl.store(scales_ptr + pid, scale)
         tl.store(z_ptr + start + lane, truncate(g, inverse_scale(scale), scale, c0, cs), mask=m)
     else:
         if MODE == 1:
             start, seg_len = block_start(pid, seg, n)
-            scale = scale_from_partials(part_ptr, nparts, n, NPART, MAX_RULE)
+            scale = scale_from_partials(part_ptr, nparts, n, NPART, RULE)
             tl.store(scales_ptr + pid, scale, mask=pid == 0)
         else:
             blk, start, seg_len = tile_range(pid.to(tl.int64), tpb, block_size, n, seg)
@@ -208,11 +249,11 @@ def scale_truncate_kernel(x_ptr, scales_ptr, z_ptr, part_ptr, table_ptr, n, seg,
             tl.store(z_ptr + start + offs, truncate(gc, r, scale, c0, cs), mask=mc)
 
 
-def launch_partials(x: torch.Tensor, n: int, max_rule: bool) -> tuple[torch.Tensor, int]:
-    """B = 0 first pass: fp64 partials [P] over the flat input x; returns (partials, P)."""
+def launch_partials(x: torch.Tensor, n: int, rule: int) -> tuple[torch.Tensor, int]:
+    """B = 0 first pass: fp64 partial pairs [2P] over the flat input x; returns (partials, P)."""
     nparts = min(triton.cdiv(n, C.MAX_CHUNK), C.MAX_PARTIALS)
-    part = torch.empty(nparts, dtype=torch.float64, device=x.device)
-    wrap_triton(partials_kernel)[(nparts,)](x, part, n, CHUNK=C.MAX_CHUNK, MAX_RULE=max_rule,
+    part = torch.empty(2 * nparts, dtype=torch.float64, device=x.device)
+    wrap_triton(partials_kernel)[(nparts,)](x, part, n, CHUNK=C.MAX_CHUNK, RULE=rule,
                                             num_warps=C.warps_for(C.MAX_CHUNK))
     return part, nparts
 
@@ -232,17 +273,17 @@ def segmentation(n: int, block_size: int) -> tuple[int, int, int, int, int]:
     return MODE_TILES, C.TILE, fmt.num_blocks(n, block_size) * tpb, chunk, tpb
 
 
-def launch_block_scales(x: torch.Tensor, n: int, block_size: int, tpb: int, max_rule: bool, scales: torch.Tensor,
+def launch_block_scales(x: torch.Tensor, n: int, block_size: int, tpb: int, rule: int, scales: torch.Tensor,
                         flags: torch.Tensor | None) -> None:
     """MODE_TILES passes 1 and 2: tile partials, then every block's scale into scales (fp32 [nblocks]); with
     flags (an int32 tensor whose element 0 is the payload's flags word), bit 0 for a non-finite block."""
     nb = fmt.num_blocks(n, block_size)
-    part = torch.empty(nb * tpb, dtype=torch.float64, device=x.device)
+    part = torch.empty(2 * nb * tpb, dtype=torch.float64, device=x.device)
     wrap_triton(tile_partials_kernel)[(nb * tpb,)](x, part, n, block_size, tpb, TILE=C.TILE, CHUNK=C.MAX_CHUNK,
-                                                   MAX_RULE=max_rule, num_warps=C.warps_for(C.MAX_CHUNK))
+                                                   RULE=rule, num_warps=C.warps_for(C.MAX_CHUNK))
     npart = min(C.MAX_PARTIALS, C.next_pow2(tpb))
     wrap_triton(block_scale_kernel)[(nb,)](part, scales, scales if flags is None else flags, n, block_size, tpb,
-                                           NPART=npart, MAX_RULE=max_rule, HAS_FLAGS=flags is not None,
+                                           NPART=npart, RULE=rule, HAS_FLAGS=flags is not None,
                                            num_warps=C.warps_for(npart))
 
 
@@ -255,16 +296,16 @@ def triton_scale_truncate(x: torch.Tensor, table: torch.Tensor, bits: int, block
     z = torch.empty(n, dtype=torch.float32, device=x.device)
     if n == 0 or not C.launches(g):
         return scales, z
-    max_rule = cb.scale_rule(codebook) == cb.SCALE_MAX_ABS
+    rule = cb.scale_rule(codebook)
     mode, seg, nprog, chunk, tpb = segmentation(n, block_size)
     with C.device_guard(x.device):
         part, nparts = scales, 1  # unused unless B = 0
         if mode == MODE_WHOLE:
-            part, nparts = launch_partials(g, n, max_rule)
+            part, nparts = launch_partials(g, n, rule)
         elif mode == MODE_TILES:
-            launch_block_scales(g, n, block_size, tpb, max_rule, scales, None)
+            launch_block_scales(g, n, block_size, tpb, rule, scales, None)
         wrap_triton(scale_truncate_kernel)[(nprog,)](
-            g, scales, z, part, table, n, seg, nparts, block_size, tpb, BITS=bits, MAX_RULE=max_rule, CHUNK=chunk,
+            g, scales, z, part, table, n, seg, nparts, block_size, tpb, BITS=bits, RULE=rule, CHUNK=chunk,
             MODE=mode, NPART=C.next_pow2(nparts), num_warps=C.warps_for(chunk))
     return scales, z
 
