@@ -213,7 +213,7 @@ def check_out(out: torch.Tensor, numel: int, payloads: Sequence[torch.Tensor]) -
 
 def decompress_into(payload: torch.Tensor, out: torch.Tensor) -> None:
     """decompress into the existing tensor ``out`` (contiguous, numel of the payload; its dtype is the output's)."""
-    h = read_header(payload)
+    h = checks.read_header(payload)
     check_out(out, h.numel, [payload])
     out.copy_(_decode(payload, h).view(out.shape))
 
@@ -223,6 +223,6 @@ def decompress_sum_into(payloads: Sequence[torch.Tensor], weights: Sequence[floa
     """decompress_sum into the existing tensor ``out``: same sum, same fp32 accumulation, one final cast."""
     if len(payloads) == 0:
         raise ValueError("payloads must hold at least one payload, got an empty list")
-    h = read_header(payloads[0], "payloads[0]")
+    h = checks.read_header(payloads[0], "payloads[0]")
     check_out(out, h.numel, payloads)
     out.copy_(decompress_sum(payloads, weights, out.shape, out.dtype))
