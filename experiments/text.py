@@ -31,7 +31,7 @@ CONTEXT = 64
 TRAIN_FRACTION = 0.9
 #: held-out windows of CONTEXT + 1 bytes scored at each evaluation (~16k predicted bytes)
 EVAL_WINDOWS = 256
-DESCRIBE = ("text: byte-level transformer (2 layers, d 64, 4 heads, context 64, 0.11M parameters) on the CPython "
+DESCRIBE = ("text: byte-level transformer (2 layers, d 64, 4 heads, context 64, 0.12M parameters) on the CPython "
             "pydoc topics corpus (English prose)")
 
 

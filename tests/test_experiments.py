@@ -240,3 +240,22 @@ def test_demo_config_is_the_paper_codebooks_on_the_mlp():
     assert base.lr == mnist.DEFAULT_LR[("mnist_mlp", "sgdm")]
     text_base, *_ = mnist.config_from_args(mnist.build_parser(task="text").parse_args([]))
     assert text_base.task == "text" and text_base.batch_size == 8
+
+
+NATIVE_NEW = [c for c in ("rtnq", "qsgd_l2", "nuqsgd_l2") if c in mnist.COMPRESSORS]
+
+
+@needs_data
+@pytest.mark.skipif(tnq.ops.native_error is not None, reason="C++ backend not built")
+@pytest.mark.parametrize("compressor", NATIVE_NEW)
+def test_new_codebooks_train_bit_identically_on_cpp_and_reference(compressor):
+    """Where the C++ build has a new codebook, a run with it equals the reference run bit for bit, so studies that
+    mixed the two backends (the runs.csv column says which) measure one thing."""
+    if mnist.check_backend(mnist.RunConfig(compressor=compressor, backend=mnist.AUTO_ELSE_REFERENCE)) != "auto":
+        pytest.skip(f"this C++ build has no kernel for {compressor}")
+    cfg = dict(compressor=compressor, bits=3, per_tensor=True, block_size=0, **SMALL)
+    ref = mnist.simulate(mnist.RunConfig(**cfg), MNIST_DATA, max_steps=2, progress=False)
+    nat = mnist.simulate(mnist.RunConfig(**{**cfg, "backend": "auto"}), MNIST_DATA, max_steps=2, progress=False)
+    for k in ref.state:
+        assert torch.equal(ref.state[k], nat.state[k]), k
+    assert nat.records[-1]["backend"] == "auto" and ref.records[-1]["backend"] == "reference"
