@@ -1,6 +1,7 @@
 """One page over every study folder: the 3-bit table at a glance, seed-paired differences, the fp32 lr check.
 
     python -m experiments.summary                 # reads experiments/results/*/ -> experiments/results/summary.md
+    python -m experiments.summary --merge SRC DST # fold a study run in a parallel folder (other seeds) into DST
 
 A study folder is one written by experiments.mnist / experiments.text (results.csv + runs.csv); its runs.csv says
 the task, optimizer, lr, granularity, partition and the backend each codebook ran with.
@@ -16,16 +17,16 @@ from collections import defaultdict
 from typing import Sequence
 
 from . import report
-from .mnist import read_csv
+from .mnist import RunConfig, read_csv, write_csv
 
-SKIP = {"lr_check", "mnist", "grad_stats"}  # "mnist": the earlier block-2048, 2-epoch sweep, kept as it was
+SKIP = {"lr_check", "mnist", "grad_stats", "codebooks"}  # "mnist": the earlier block-2048, 2-epoch sweep, kept as it was
 
 
 def studies(root: str) -> list[str]:
     out = []
     for name in sorted(os.listdir(root)):
         d = os.path.join(root, name)
-        if name not in SKIP and os.path.isfile(os.path.join(d, "results.csv")) and \
+        if name not in SKIP and not name.endswith("_s2") and os.path.isfile(os.path.join(d, "results.csv")) and \
                 os.path.isfile(os.path.join(d, "runs.csv")):
             out.append(name)
     return out
@@ -96,11 +97,42 @@ def lr_table(root: str) -> str:
     return "\n".join(lines)
 
 
+def config_of(run: dict) -> RunConfig:
+    """The shared configuration of a study, rebuilt from one runs.csv row (for the table's setup line)."""
+    part = run.get("partition", "iid")
+    alpha = float(part[len("dirichlet("):-1]) if part.startswith("dirichlet(") else 0.0
+    task = run.get("task", "mnist")
+    return RunConfig(task=task, optimizer=run.get("optimizer", "sgdm"), lr=float(run.get("lr", 0.05)),
+                     block_size=int(run.get("block_size", 2048)), per_tensor=run.get("per_tensor") == "1",
+                     dirichlet=alpha, iid=part != "two-digit", steps=int(run["steps"]),
+                     batch_size=8 if task == "text" else 32)
+
+
+def merge(src: str, dst: str) -> None:
+    """Append SRC's runs (those DST lacks) to DST's results.csv / runs.csv and rewrite DST's table and plots."""
+    recs, runs = read_csv(os.path.join(dst, "results.csv")), report.read_runs(os.path.join(dst, "runs.csv"))
+    have = {(r["compressor"], int(r["bits"]), int(r["seed"])) for r in runs}
+    new_runs = [r for r in report.read_runs(os.path.join(src, "runs.csv"))
+                if (r["compressor"], int(r["bits"]), int(r["seed"])) not in have]
+    keys = {(r["compressor"], int(r["bits"]), int(r["seed"])) for r in new_runs}
+    recs += [r for r in read_csv(os.path.join(src, "results.csv"))
+             if (r["compressor"], int(r["bits"]), int(r["seed"])) in keys]
+    runs += new_runs
+    write_csv(os.path.join(dst, "results.csv"), recs)
+    report.write_runs(os.path.join(dst, "runs.csv"), runs)
+    report.write_all(recs, dst, config=config_of(runs[0]), timings=runs, threads=1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.summary", description=__doc__.split("\n")[0])
     p.add_argument("--root", default="experiments/results")
     p.add_argument("--bits", type=int, default=3)
+    p.add_argument("--merge", nargs=2, metavar=("SRC", "DST"), default=None)
     a = p.parse_args(argv)
+    if a.merge:
+        merge(*a.merge)
+        print(f"merged {a.merge[0]} into {a.merge[1]}", file=sys.stderr)
+        return 0
     names = studies(a.root)
     out = [f"# Results at a glance ({a.bits} bits)", "",
            "Final metric, mean ± std over seeds (number of seeds). MNIST: test accuracy (higher is better); text: "
