@@ -194,7 +194,7 @@ def check_out(out: torch.Tensor, numel: int, payloads: Sequence[torch.Tensor]) -
     no memory with any payload. Raises ValueError naming `out`."""
     if not isinstance(out, torch.Tensor):
         raise ValueError(f"out must be a torch.Tensor, got {type(out).__name__}")
-    _check_float(out, "out")
+    checks.check_float(out, "out")
     if out.device != payloads[0].device:
         raise ValueError(f"out must be on the payload's device {payloads[0].device}, got {out.device}")
     if not out.is_contiguous():
