@@ -139,6 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
            "held-out bits per byte (lower is better).", ""]
     out += [f"- **{n}**: {_describe(_runs(os.path.join(a.root, n)))}" for n in names] + [""]
     out += [glance(a.root, names, a.bits), ""]
+    paper = os.path.join(a.root, "mnist_paper_sgdm")
+    if "mnist_paper_sgdm" in names:
+        out += ["## The paper's setting next to the paper's numbers", "",
+                f"{_describe(_runs(paper))}; these runs stop at the step count shown and do not "
+                f"match the paper's training length.", "", report.table(read_csv(os.path.join(paper, "results.csv"))), ""]
     for n in names:
         d = os.path.join(a.root, n)
         runs = _runs(d)
