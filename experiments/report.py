@@ -147,8 +147,8 @@ def paired(records: list[dict], metric: str = "test_accuracy", higher_better: bo
 def paired_table(records: list[dict], metric: str = "test_accuracy", higher_better: bool = True) -> str:
     """Markdown of ``paired``: mean ± std over seeds and the per-seed values. Accuracy in points (×100)."""
     scale, digits, unit = (100.0, 2, "points") if metric == "test_accuracy" else (1.0, 4, "")
-    lines = [f"| compressor | bits | seeds | − fp32 ({unit or metric}) | per seed | best other baseline | − best baseline"
-             f" | per seed |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| compressor | bits | seeds | − fp32 ({unit or metric}) | per seed | best other baseline "
+             f"| − best baseline | per seed |", "|---|---|---|---|---|---|---|---|"]
     for r in paired(records, metric, higher_better):
         per = lambda v: ", ".join(f"{x * scale:+.{digits}f}" for x in v) or "–"  # noqa: E731
         lines.append(f"| {label(r['compressor'])} | {r['bits']} | {r['n']} | {_spread(r['vs_fp32'], scale, digits)}"

@@ -19,7 +19,8 @@ from typing import Sequence
 from . import report
 from .mnist import RunConfig, read_csv, write_csv
 
-SKIP = {"lr_check", "mnist", "grad_stats", "codebooks"}  # "mnist": the earlier block-2048, 2-epoch sweep, kept as it was
+#: "mnist": the earlier block-2048, 2-epoch sweep, kept as it was; "codebooks": the codebook helper's tables
+SKIP = {"lr_check", "mnist", "grad_stats", "codebooks"}
 
 
 def studies(root: str) -> list[str]:
@@ -143,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "mnist_paper_sgdm" in names:
         out += ["## The paper's setting next to the paper's numbers", "",
                 f"{_describe(_runs(paper))}; these runs stop at the step count shown and do not "
-                f"match the paper's training length.", "", report.table(read_csv(os.path.join(paper, "results.csv"))), ""]
+                f"match the paper's training length.", "",
+                report.table(read_csv(os.path.join(paper, "results.csv"))), ""]
     for n in names:
         d = os.path.join(a.root, n)
         runs = _runs(d)
