@@ -705,7 +705,9 @@ def build_parser(prog: str = "python -m experiments.mnist", task: str = "mnist")
     p.add_argument("--backend", default=None,
                    help="tnq backend, or a default plus per-codebook overrides, e.g. 'auto,rtnq=reference' "
                         "(default: C++ if built, else reference); recorded per run, never replaced silently")
-    p.add_argument("--threads", type=int, default=2, help="torch threads of the simulation (default 2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the simulation (default 2; --demo: 1, since two threads on a busy 2-core "
+                        "machine ran the MLP 20x slower than one)")
     p.add_argument("--out", default=None,
                    help="output folder (default experiments/results/<task>; --quick/--demo: out/<task>-quick)")
     p.add_argument("--resume", action="store_true", help="skip runs already in OUT/runs.csv")
@@ -750,6 +752,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[RunConfig, list[str], list[
 def main(argv: Sequence[str] | None = None, prog: str = "python -m experiments.mnist", task: str = "mnist") -> int:
     p = build_parser(prog, task)
     a = p.parse_args(argv)
+    a.threads = a.threads or (1 if a.demo else 2)
     torch.set_num_threads(a.threads)
     try:
         base, comps, bits, seeds = config_from_args(a)
