@@ -38,7 +38,7 @@ $(BUILD_STAMP): $(DEPS) $(BUILD_INPUTS)
 	touch $@
 
 demo: build
-	$(PY) -m experiments.mnist --quick
+	$(PY) -m experiments.mnist --demo
 
 test: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)

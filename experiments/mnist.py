@@ -4,6 +4,9 @@
     python -m experiments.mnist --sweep              # none + 4 codebooks x bits 2..5 x 3 seeds, 2 epochs
     python -m experiments.mnist --mode ddp ...       # the same runs over torch.distributed (gloo)
     python -m experiments.mnist --error-feedback ... # clients re-inject their residuals (not the paper's)
+    python -m experiments.mnist --preset paper ...   # the paper's setting: one scale per parameter tensor
+    python -m experiments.mnist --optimizer adamw --dirichlet 0.3 ...  # AdamW; label-skewed clients
+    python -m experiments.mnist --demo               # the codebook comparison at 3 bits, ~3 min on 2 cores
 
 Each step every client computes the gradient of its own mini-batch, flattens it into the DDP bucket layout,
 compresses each bucket with seed derive_seed(seed, client, step, bucket); the server decodes and averages the
@@ -26,29 +29,50 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 import tnq_kernels as tnq
-from .data import MNIST, load_mnist, split_clients
-from .model import MnistCNN
+from tnq_kernels import api as tnq_api
+from tnq_kernels import codebooks as cb
+from .data import MNIST, dirichlet_split, load_mnist, split_clients
+from .model import MnistCNN, MnistMLP
 
-COMPRESSORS = ("none", "tnq", "tqsgd", "nqsgd", "qsgd")
+#: "none" (fp32, DDP's default all-reduce), every codebook the installed tnq_kernels knows, and the family name
+#: "rtnq" (bias-aware robust TNQ), which the simulation resolves with clients = the run's client count, as the DDP
+#: hook does with the world size.
+RTNQ = getattr(cb, "RTNQ", None)
+COMPRESSORS = ("none",) + tuple(cb.CODEBOOK_IDS) + ((RTNQ,) if RTNQ else ())
+#: what a sweep runs when --compressors is not given: fp32, the TNQ family, the papers' baselines, the practical ones
+DEFAULT_COMPRESSORS = tuple(c for c in ("none", "tnq", "rtnq", "tqsgd", "qsgd_l2", "nuqsgd_l2", "nqsgd", "qsgd")
+                            if c in COMPRESSORS)
+OPTIMIZERS = ("sgdm", "adamw")
+#: what the simulation can train: "mnist" (the paper's CNN), "mnist_mlp" (a 2-hidden-layer MLP, another model
+#: family on the same data) and "text" (a byte-level transformer on real English text, experiments/text.py).
+TASKS = ("mnist", "mnist_mlp", "text")
 #: Large enough that DDP puts the whole model (1.27 MB) in one bucket, and explicit, so DDP also drops its 1 MiB
 #: first-bucket cap: one payload per client per step.
 BUCKET_CAP_MB = 64
 #: The paper's final MNIST accuracies at 3 bits (the only two it publishes).
 PAPER_3BIT = {"tnq": 0.9595, "tqsgd": 0.9487}
-CSV_FIELDS = ("compressor", "bits", "seed", "epoch", "step", "train_loss", "test_accuracy", "bits_per_client_step")
+#: test_loss: mean cross-entropy on the test set (MNIST: nats per image; text: bits per byte); backend: the tnq
+#: backend that encoded and decoded ("none" for fp32), recorded so no run can fall back to another silently.
+CSV_FIELDS = ("compressor", "bits", "seed", "epoch", "step", "train_loss", "test_loss", "test_accuracy",
+              "bits_per_client_step", "backend")
 
 Layout = list[list[int]]  # buckets in DDP order, each a list of parameter indices in bucket order
 
 
 @dataclass
 class RunConfig:
-    """One training run. ``bits`` is ignored (reported as 32) for compressor "none"."""
+    """One training run. ``bits`` is ignored (reported as 32) for compressor "none".
+
+    ``per_tensor``: compress every parameter tensor as its own payload (with ``block_size``; 0 = one scale per
+    tensor, the paper's setting) instead of the whole DDP bucket. ``dirichlet`` > 0: label-skewed clients with that
+    Dirichlet concentration (overrides ``iid``).
+    """
     compressor: str = "tnq"
     bits: int = 3
     seed: int = 0
@@ -64,15 +88,31 @@ class RunConfig:
     test_subset: int = 0
     backend: str | None = None  # None: C++ if built, else the reference (same bits)
     error_feedback: bool = False  # each client re-injects its own compression residual (TNQState's option)
+    optimizer: str = "sgdm"  # "sgdm": SGD with ``momentum``; "adamw": AdamW, betas (0.9, 0.999)
+    weight_decay: float = 0.0
+    per_tensor: bool = False
+    dirichlet: float = 0.0
+    task: str = "mnist"
+    steps: int = 0  # > 0: train exactly this many steps (``epochs`` is then ignored)
 
     def __post_init__(self):
         if self.compressor not in COMPRESSORS:
             raise ValueError(f"compressor must be one of {COMPRESSORS}, got {self.compressor!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if not self.dirichlet >= 0 or not math.isfinite(self.dirichlet):
+            raise ValueError(f"dirichlet must be 0 (off) or a finite alpha > 0, got {self.dirichlet!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.compressor == "none":
             self.bits = 32
             self.error_feedback = False  # nothing is lost, so there is no residual
         elif not 2 <= self.bits <= 5:
             raise ValueError(f"bits must be in 2..5 for compressor {self.compressor!r}, got {self.bits}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0 (0: use epochs), got {self.steps}")
         for name in ("clients", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -90,68 +130,190 @@ class RunResult:
     steps: int = 0
 
 
-def resolve_backend(backend: str | None) -> str:
-    """"auto" when the C++ CPU backend is built, else "reference" (the same bits, ~10x slower)."""
-    if backend is not None:
-        return backend
-    from tnq_kernels import ops
-    return "auto" if ops.native_error is None else "reference"
+#: backend spec: the C++ backend where this build has the codebook, else the reference (same bits, slower)
+AUTO_ELSE_REFERENCE = "auto-else-reference"
+
+
+def resolve_backend(backend: str | None, compressor: str | None = None) -> str:
+    """The tnq backend of ``compressor`` under the spec ``backend``.
+
+    ``backend``: None, a backend name, or a comma list of a default and per-codebook overrides, e.g.
+    "auto,rtnq=reference". Without a default: "auto" when the C++ CPU backend is built, else "reference" (the same
+    bits, ~10x slower). AUTO_ELSE_REFERENCE asks for "auto" where the C++ build has the codebook and "reference"
+    elsewhere (``check_backend`` decides; the run records which). ``check_backend`` proves the pair can run.
+    """
+    default, per = None, {}
+    for part in (backend or "").split(","):
+        part = part.strip()
+        if "=" in part:
+            k, v = part.split("=", 1)
+            per[k.strip()] = v.strip()
+        elif part:
+            default = part
+    name = per.get(compressor or "") or default
+    if name is None:
+        from tnq_kernels import ops
+        name = "auto" if ops.native_error is None else "reference"
+    if name not in tnq_api.BACKENDS + (AUTO_ELSE_REFERENCE,):
+        raise ValueError(f"backend must be one of {tnq_api.BACKENDS + (AUTO_ELSE_REFERENCE,)} (or "
+                         f"'DEFAULT,CODEBOOK=NAME,...'), got {name!r} "
+                         f"in {backend!r}")
+    return name
+
+
+def check_backend(cfg: "RunConfig") -> str:
+    """The backend ``cfg`` runs with ("none" for fp32), after one tiny compress/decompress proves it supports the
+    codebook, so an unsupported pair fails before training instead of falling back to another backend."""
+    if cfg.compressor == "none":
+        return "none"
+    name = resolve_backend(cfg.backend, cfg.compressor)
+    if name == AUTO_ELSE_REFERENCE:
+        try:
+            return _probe(cfg, "auto")
+        except RuntimeError:
+            return _probe(cfg, "reference")
+    return _probe(cfg, name)
+
+
+def _probe(cfg: "RunConfig", name: str) -> str:
+    try:
+        x = torch.linspace(-1.0, 1.0, 64)
+        p = compress_piece(x, cfg, 0, name)
+        tnq.decompress_sum([p, p], [0.5, 0.5], (64,), torch.float32, backend=name)
+    except Exception as e:  # noqa: BLE001 - any failure means this backend cannot run the codebook
+        raise RuntimeError(f"backend {name!r} cannot run codebook {cfg.compressor!r} at {cfg.bits} bits ({e}); pass "
+                           f"it explicitly, e.g. --backend auto,{cfg.compressor}=reference") from e
+    return name
+
+
+def compress_piece(g: torch.Tensor, cfg: "RunConfig", seed: int, backend: str) -> torch.Tensor:
+    """One client's payload of ``g`` under ``cfg``'s codebook, bits and block size (``clients`` picks the member of
+    the rtnq family; the other codebooks ignore it)."""
+    if RTNQ:
+        return tnq.compress(g, cfg.bits, cfg.block_size, cfg.compressor, seed=seed, backend=backend,
+                            clients=cfg.clients)
+    return tnq.compress(g, cfg.bits, cfg.block_size, cfg.compressor, seed=seed, backend=backend)
 
 
 # ---- data order ----
 
 class ClientBatches:
-    """Mini-batches of each client's shard: a fresh permutation per (client, epoch), drop-last."""
+    """Mini-batches of each client's shard: a fresh permutation per (client, client epoch), drop-last.
+
+    An epoch is len(train) / (clients · batch) steps; with Dirichlet shards of unequal size each client cycles
+    through its own shard at its own pace (a small shard is revisited more often).
+    """
 
     def __init__(self, data: MNIST, cfg: RunConfig):
         x, y = data.train_x, data.train_y
         if cfg.train_subset:
             x, y = x[: cfg.train_subset], y[: cfg.train_subset]
         self.x, self.y, self.cfg = x, y, cfg
-        self.shards = split_clients(y, cfg.clients, cfg.iid, cfg.seed)
-        self.steps_per_epoch = self.shards[0].numel() // cfg.batch_size
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"each client's shard ({self.shards[0].numel()} images) is smaller than one batch "
-                             f"of {cfg.batch_size}")
+        if cfg.dirichlet > 0:
+            self.shards = dirichlet_split(y, cfg.clients, cfg.dirichlet, cfg.seed,
+                                          min_size=min(2 * cfg.batch_size, y.numel() // cfg.clients))
+            self.steps_per_epoch = y.numel() // cfg.clients // cfg.batch_size
+        else:
+            self.shards = split_clients(y, cfg.clients, cfg.iid, cfg.seed)
+            self.steps_per_epoch = self.shards[0].numel() // cfg.batch_size
+        self._client_steps = [s.numel() // cfg.batch_size for s in self.shards]
+        if min(self._client_steps + [self.steps_per_epoch]) < 1:
+            raise ValueError(f"each client's shard ({min(s.numel() for s in self.shards)} images at least) must hold "
+                             f"one batch of {cfg.batch_size}")
         self._perm: dict[tuple[int, int], torch.Tensor] = {}
 
     def total_steps(self) -> int:
-        return max(1, round(self.cfg.epochs * self.steps_per_epoch))
+        return self.cfg.steps or max(1, round(self.cfg.epochs * self.steps_per_epoch))
 
     def batch(self, client: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """x float32 [batch, 1, 28, 28], y int64 [batch] of ``client`` at global ``step``."""
-        epoch, j = divmod(step, self.steps_per_epoch)
+        epoch, j = divmod(step, self._client_steps[client])
         key = (client, epoch)
         if key not in self._perm:
-            self._perm = {k: v for k, v in self._perm.items() if k[1] >= epoch}
+            self._perm = {k: v for k, v in self._perm.items() if k[0] != client or k[1] >= epoch}
             gen = torch.Generator().manual_seed(tnq.derive_seed(self.cfg.seed, client, epoch, 0xDA7A))
             self._perm[key] = self.shards[client][torch.randperm(self.shards[client].numel(), generator=gen)]
         idx = self._perm[key][j * self.cfg.batch_size: (j + 1) * self.cfg.batch_size]
         return self.x[idx], self.y[idx]
 
 
-def build_model(seed: int) -> MnistCNN:
+def build_model(seed: int, task: str = "mnist") -> torch.nn.Module:
     torch.manual_seed(seed)
-    return MnistCNN()
+    return MnistMLP() if task == "mnist_mlp" else MnistCNN()
 
 
-def evaluate(model: torch.nn.Module, data: MNIST, subset: int = 0) -> float:
-    """Top-1 accuracy on the test set (or its first ``subset`` images)."""
+def evaluate_loss(model: torch.nn.Module, data: MNIST, subset: int = 0) -> tuple[float, float]:
+    """(top-1 accuracy, mean cross-entropy in nats) on the test set (or its first ``subset`` images)."""
     x, y = data.test_x, data.test_y
     if subset:
         x, y = x[:subset], y[:subset]
     model.eval()
-    correct = 0
+    correct, loss = 0, 0.0
     with torch.no_grad():
         for i in range(0, x.shape[0], 2000):
-            correct += int((model(x[i: i + 2000]).argmax(1) == y[i: i + 2000]).sum())
+            out = model(x[i: i + 2000])
+            correct += int((out.argmax(1) == y[i: i + 2000]).sum())
+            loss += float(F.cross_entropy(out, y[i: i + 2000], reduction="sum"))
     model.train()
-    return correct / x.shape[0]
+    return correct / x.shape[0], loss / x.shape[0]
+
+
+def evaluate(model: torch.nn.Module, data: MNIST, subset: int = 0) -> float:
+    """Top-1 accuracy on the test set (or its first ``subset`` images)."""
+    return evaluate_loss(model, data, subset)[0]
+
+
+@dataclass
+class Task:
+    """What the client simulation trains: the same loop serves MNIST, the MLP and the text transformer.
+
+    ``batches``: ``batch(client, step) -> (x, y)``, ``steps_per_epoch``, ``total_steps()`` (as ClientBatches);
+    ``loss``: (model output, y) -> scalar; ``evaluate``: model -> (test accuracy, test loss).
+    """
+    name: str
+    describe: str
+    build_model: Callable[[], torch.nn.Module]
+    batches: Any
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    evaluate: Callable[[torch.nn.Module], tuple[float, float]]
+
+
+def make_task(cfg: RunConfig, data: Any = None) -> Task:
+    """The Task of ``cfg.task``; ``data`` (MNIST, or the text corpus) is loaded when None."""
+    if cfg.task == "text":
+        from . import text
+        return text.text_task(cfg, data)
+    data = data or load_mnist()
+    return Task(cfg.task, make_task_description(cfg), lambda: build_model(cfg.seed, cfg.task), ClientBatches(data, cfg),
+                F.cross_entropy, lambda m: evaluate_loss(m, data, cfg.test_subset))
+
+
+def make_task_description(cfg: RunConfig) -> str:
+    """The task's one-line description (data and model) without loading its data."""
+    if cfg.task == "text":
+        from . import text
+        return text.DESCRIBE
+    return ("MNIST, AlexNet-style CNN (0.32M parameters)" if cfg.task == "mnist" else
+            "MNIST, MLP 784-256-128-10 (0.24M parameters)")
+
+
+def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def pieces(cfg: RunConfig, layout: Layout) -> list[tuple[int, list[int]]]:
+    """(seed id, parameter indices) of each payload a client sends in one step: one per bucket, or with
+    ``per_tensor`` one per parameter tensor (seed id = the parameter's index)."""
+    if cfg.per_tensor:
+        return [(i, [i]) for bucket in layout for i in bucket]
+    return list(enumerate(layout))
 
 
 def bits_per_client_step(cfg: RunConfig, layout: Layout, numels: Sequence[int]) -> int:
-    """Bits one client sends per step: 32·n uncompressed, else 8·(payload bytes) summed over buckets."""
-    sizes = [sum(numels[i] for i in bucket) for bucket in layout]
+    """Bits one client sends per step: 32·n uncompressed, else 8·(payload bytes) summed over the payloads."""
+    sizes = [sum(numels[i] for i in idx) for _, idx in pieces(cfg, layout)]
     if cfg.compressor == "none":
         return 32 * sum(sizes)
     return sum(8 * tnq.payload_bytes(n, cfg.bits, cfg.block_size) for n in sizes)
@@ -202,21 +364,22 @@ def _scatter(params: list[torch.Tensor], bucket: list[int], flat: torch.Tensor) 
 
 # ---- single-process simulation ----
 
-def simulate(cfg: RunConfig, data: MNIST | None = None, buckets: Layout | None = None, max_steps: int = 0,
+def simulate(cfg: RunConfig, data: Any = None, buckets: Layout | None = None, max_steps: int = 0,
              progress: bool = True) -> RunResult:
     """Train with ``cfg.clients`` simulated clients in this process; returns CSV rows, final state and layouts.
 
-    ``buckets``: a fixed layout (list of parameter-index lists, in DDP's bucket order) for every step; None
-    replays DDP's own layout (``ddp_bucket_layouts``). ``max_steps`` > 0 stops early (tests).
+    ``data``: the task's data (MNIST, or the text corpus), loaded when None. ``buckets``: a fixed layout (list of
+    parameter-index lists, in DDP's bucket order) for every step; None replays DDP's own layout
+    (``ddp_bucket_layouts``). ``max_steps`` > 0 stops early (tests).
     """
-    data = data or load_mnist()
-    backend = resolve_backend(cfg.backend)
-    batches = ClientBatches(data, cfg)
+    task = make_task(cfg, data)
+    backend = check_backend(cfg)
+    batches = task.batches
     total = batches.total_steps() if not max_steps else min(max_steps, batches.total_steps())
-    model = build_model(cfg.seed)
+    model = task.build_model()
     params = list(model.parameters())
     numels = [p.numel() for p in params]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+    opt = make_optimizer(cfg, params)
     ddp_layout = ddp_bucket_layouts(model) if buckets is None else None
     w = [1.0 / cfg.clients] * cfg.clients
     # error feedback: residuals per client and parameter, so they survive DDP's bucket rebuild as the hook's do
@@ -227,50 +390,50 @@ def simulate(cfg: RunConfig, data: MNIST | None = None, buckets: Layout | None =
     for step in range(total):
         layout = ddp_layout(step) if ddp_layout is not None else buckets
         layouts.append(layout)
-        payloads: list[list[torch.Tensor]] = [[] for _ in layout]
+        parts = pieces(cfg, layout)
+        payloads: list[list[torch.Tensor]] = [[] for _ in parts]
         for c in range(cfg.clients):
             x, y = batches.batch(c, step)
             for p in params:
                 p.grad = None
-            loss = F.cross_entropy(model(x), y)
+            loss = task.loss(model(x), y)
             if step == 0 and c == 0 and ddp_layout is not None:
                 ddp_layout.record_ready_order(loss.backward)
             else:
                 loss.backward()
             loss_sum += loss.item() / cfg.clients
-            for b, bucket in enumerate(layout):
-                g = _flat(params, bucket)
+            for b, (sid, idx) in enumerate(parts):
+                g = _flat(params, idx)
                 if cfg.compressor == "none":
                     # DDP's default hook divides by the world size before its sum-allreduce
                     payloads[b].append(g / cfg.clients)
                 else:
                     if residual is not None:
-                        g = g + torch.cat([residual[c][i] for i in bucket])
-                    payload = tnq.compress(g, cfg.bits, cfg.block_size, cfg.compressor,
-                                           seed=tnq.derive_seed(cfg.seed, c, step, b), backend=backend)
+                        g = g + torch.cat([residual[c][i] for i in idx])
+                    payload = compress_piece(g, cfg, tnq.derive_seed(cfg.seed, c, step, sid), backend)
                     payloads[b].append(payload)
                     if residual is not None:
                         r = g - tnq.decompress(payload, (g.numel(),), torch.float32, backend=backend)
                         r = torch.where(torch.isfinite(r), r, torch.zeros(()))
                         off = 0
-                        for i in bucket:
+                        for i in idx:
                             residual[c][i] = r[off: off + numels[i]]
                             off += numels[i]
         loss_n += 1
-        for b, bucket in enumerate(layout):
+        for b, (_, idx) in enumerate(parts):
             if cfg.compressor == "none":
                 avg = payloads[b][0]
                 for g in payloads[b][1:]:
                     avg = avg + g
             else:
-                n = sum(numels[i] for i in bucket)
+                n = sum(numels[i] for i in idx)
                 avg = tnq.decompress_sum(payloads[b], w, (n,), torch.float32, backend=backend)
-            _scatter(params, bucket, avg)
+            _scatter(params, idx, avg)
         opt.step()
         if (step + 1) % cfg.eval_every == 0 or step + 1 == total:
-            acc = evaluate(model, data, cfg.test_subset)
-            records.append(_record(cfg, step + 1, batches.steps_per_epoch, loss_sum / loss_n, acc,
-                                   bits_per_client_step(cfg, layout, numels)))
+            acc, test_loss = task.evaluate(model)
+            records.append(_record(cfg, step + 1, batches.steps_per_epoch, loss_sum / loss_n, test_loss, acc,
+                                   bits_per_client_step(cfg, layout, numels), backend))
             loss_sum, loss_n = 0.0, 0
             _postfix(bar, records[-1])
         if bar is not None:
@@ -281,10 +444,11 @@ def simulate(cfg: RunConfig, data: MNIST | None = None, buckets: Layout | None =
                      time.perf_counter() - t0, total)
 
 
-def _record(cfg, step, steps_per_epoch, loss, acc, bits):
+def _record(cfg, step, steps_per_epoch, loss, test_loss, acc, bits, backend):
     return {"compressor": cfg.compressor, "bits": cfg.bits, "seed": cfg.seed,
             "epoch": round(step / steps_per_epoch, 4), "step": step, "train_loss": round(loss, 6),
-            "test_accuracy": acc, "bits_per_client_step": bits}
+            "test_loss": round(test_loss, 6), "test_accuracy": acc, "bits_per_client_step": bits,
+            "backend": backend}
 
 
 def _progress(cfg: RunConfig, total: int, enabled: bool):
@@ -317,11 +481,11 @@ def _ddp_worker(rank: int, cfg: RunConfig, port: int, out_path: str, max_steps: 
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=cfg.clients)
     try:
-        data = load_mnist()
-        backend = resolve_backend(cfg.backend)
-        batches = ClientBatches(data, cfg)
+        task = make_task(cfg)
+        backend = check_backend(cfg)
+        batches = task.batches
         total = batches.total_steps() if not max_steps else min(max_steps, batches.total_steps())
-        model = build_model(cfg.seed)
+        model = task.build_model()
         params = list(model.parameters())
         numels = [p.numel() for p in params]
         index = {id(p): i for i, p in enumerate(params)}
@@ -342,7 +506,7 @@ def _ddp_worker(rank: int, cfg: RunConfig, port: int, out_path: str, max_steps: 
                 layout[bucket.index()] = [index[id(p)] for p in bucket.parameters()]
                 return tnq_ddp.tnq_hook(state, bucket)
             ddp.register_comm_hook(state, hook)
-        opt = torch.optim.SGD(ddp.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+        opt = make_optimizer(cfg, ddp.parameters())
         records, loss_sum, loss_n = [], 0.0, 0
         bar = _progress(cfg, total, progress and rank == 0)
         t0 = time.perf_counter()
@@ -351,7 +515,7 @@ def _ddp_worker(rank: int, cfg: RunConfig, port: int, out_path: str, max_steps: 
                 box["step"] = step
             x, y = batches.batch(rank, step)
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(ddp(x), y)
+            loss = task.loss(ddp(x), y)
             loss.backward()
             opt.step()
             lt = loss.detach().reshape(1) / cfg.clients
@@ -361,9 +525,9 @@ def _ddp_worker(rank: int, cfg: RunConfig, port: int, out_path: str, max_steps: 
             if (step + 1) % cfg.eval_every == 0 or step + 1 == total:
                 if rank == 0:
                     layout = seen.get(step) or [list(range(len(params)))]
-                    records.append(_record(cfg, step + 1, batches.steps_per_epoch, loss_sum / loss_n,
-                                           evaluate(model, data, cfg.test_subset),
-                                           bits_per_client_step(cfg, layout, numels)))
+                    acc, test_loss = task.evaluate(model)
+                    records.append(_record(cfg, step + 1, batches.steps_per_epoch, loss_sum / loss_n, test_loss,
+                                           acc, bits_per_client_step(cfg, layout, numels), backend))
                     _postfix(bar, records[-1])
                 loss_sum, loss_n = 0.0, 0
             if bar is not None:
@@ -397,6 +561,9 @@ def run_ddp(cfg: RunConfig, max_steps: int = 0, progress: bool = True, threads: 
     ``layouts`` of the result holds the bucket layout the hook saw at each step (empty for "none").
     """
     import torch.multiprocessing as mp
+    if cfg.per_tensor:
+        raise ValueError("per_tensor=True (one payload per parameter tensor) is simulation-only: the DDP hook "
+                         "compresses whole buckets; use mode 'sim'")
     if cfg.compressor != "none":
         try:
             from tnq_kernels import ddp as _  # noqa: F401
@@ -425,8 +592,9 @@ def read_csv(path: str) -> list[dict]:
     for r in rows:
         for k in ("bits", "seed", "step", "bits_per_client_step"):
             r[k] = int(r[k])
-        for k in ("epoch", "train_loss", "test_accuracy"):
-            r[k] = float(r[k])
+        for k in ("epoch", "train_loss", "test_loss", "test_accuracy"):
+            r[k] = float(r[k]) if r.get(k) not in (None, "") else float("nan")
+        r.setdefault("backend", "")
     return rows
 
 
@@ -441,7 +609,7 @@ def plan(compressors: Sequence[str], bits: Sequence[int], seeds: Sequence[int], 
 
 
 def sweep(runs: list[RunConfig], out_dir: str, mode: str = "sim", resume: bool = False,
-          progress: bool = True, data: MNIST | None = None, max_steps: int = 0) -> list[dict]:
+          progress: bool = True, data: Any = None, max_steps: int = 0) -> list[dict]:
     """Run ``runs`` one after another, rewriting results.csv / runs.csv / table.md / PNGs after each run."""
     from . import report
     os.makedirs(out_dir, exist_ok=True)
@@ -449,7 +617,7 @@ def sweep(runs: list[RunConfig], out_dir: str, mode: str = "sim", resume: bool =
     records = read_csv(csv_path) if resume and os.path.exists(csv_path) else []
     timings = report.read_runs(runs_path) if resume and os.path.exists(runs_path) else []
     done = {(r["compressor"], int(r["bits"]), int(r["seed"])) for r in timings}
-    if mode == "sim" and data is None:
+    if mode == "sim" and data is None and runs and runs[0].task != "text":
         data = load_mnist()
     for cfg in runs:
         key = (cfg.compressor, cfg.bits, cfg.seed)
@@ -459,73 +627,157 @@ def sweep(runs: list[RunConfig], out_dir: str, mode: str = "sim", resume: bool =
             run_ddp(cfg, max_steps=max_steps, progress=progress)
         records = [r for r in records if (r["compressor"], r["bits"], r["seed"]) != key] + res.records
         timings.append({"compressor": cfg.compressor, "bits": cfg.bits, "seed": cfg.seed, "mode": mode,
-                        "backend": resolve_backend(cfg.backend), "steps": res.steps,
+                        "backend": res.records[-1]["backend"], "steps": res.steps,
                         "seconds": round(res.seconds, 2), "ms_per_step": round(1000 * res.seconds / res.steps, 2),
-                        "final_accuracy": res.records[-1]["test_accuracy"]})
+                        "final_accuracy": res.records[-1]["test_accuracy"],
+                        "final_test_loss": res.records[-1]["test_loss"], "task": cfg.task,
+                        "optimizer": cfg.optimizer, "lr": cfg.lr, "block_size": cfg.block_size,
+                        "per_tensor": int(cfg.per_tensor), "partition": partition(cfg)})
         write_csv(csv_path, records)
         report.write_runs(runs_path, timings)
         report.write_all(records, out_dir, config=runs[0], timings=timings)
     return records
 
 
+def partition(cfg: RunConfig) -> str:
+    """"iid", "two-digit" (the FedAvg split) or "dirichlet(ALPHA)"."""
+    if cfg.dirichlet > 0:
+        return f"dirichlet({cfg.dirichlet:g})"
+    return "iid" if cfg.iid else "two-digit"
+
+
 def _ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",") if v]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m experiments.mnist", description=__doc__.split("\n")[0],
+#: Learning rates chosen on fp32 alone, before any compressed run (experiments/results/lr_check/), then used for
+#: every codebook: (task, optimizer) -> lr.
+DEFAULT_LR = {("mnist", "sgdm"): 0.1, ("mnist", "adamw"): 3e-3, ("mnist_mlp", "sgdm"): 0.1,
+              ("mnist_mlp", "adamw"): 1e-3, ("text", "sgdm"): 0.1, ("text", "adamw"): 3e-3}
+#: --preset paper: the paper's MNIST setting (one scale per layer tensor, 8 clients, momentum SGD, the CNN), with
+#: the paper's baselines as their own papers define them (L2-norm scaled) next to the practical max-scaled ones.
+PAPER_COMPRESSORS = ("none", "tnq", "rtnq", "tqsgd", "qsgd_l2", "nuqsgd_l2", "nqsgd", "qsgd")
+PRESETS = {
+    "paper": dict(task="mnist", per_tensor=True, block_size=0, clients=8, optimizer="sgdm",
+                  compressors=PAPER_COMPRESSORS),
+}
+#: --demo: the paper preset's codebooks at 3 bits on the MLP (fast, and past its initial plateau in 300 steps,
+#: which the CNN is not in 60), one seed: a quick look, not evidence (experiments/results/ is).
+DEMO = dict(task="mnist_mlp", steps=300, eval_every=100, bits="3", seeds="0", backend=AUTO_ELSE_REFERENCE)
+
+
+def build_parser(prog: str = "python -m experiments.mnist", task: str = "mnist") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=TASKS, default=None, help=f"default {task} (--demo: {DEMO['task']})")
+    p.set_defaults(default_task=task)
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="paper: one scale per parameter tensor (block 0), 8 clients, momentum SGD, the paper's "
+                        "baselines (explicit flags override)")
     p.add_argument("--quick", action="store_true",
                    help="every compressor at 3 bits, one seed, 0.25 epoch (< 2 min on 2 CPU cores)")
+    p.add_argument("--demo", action="store_true",
+                   help="the paper preset's codebooks at 3 bits on the MLP, 300 steps, one seed (~2 min on 2 cores "
+                        "with the C++ backend)")
     p.add_argument("--sweep", action="store_true", help="the full sweep: bits 2..5, seeds 0,1,2, 2 epochs")
     p.add_argument("--mode", choices=("sim", "ddp"), default="sim")
-    p.add_argument("--compressors", default=",".join(COMPRESSORS))
+    p.add_argument("--compressors", default=None,
+                   help=f"comma list of {COMPRESSORS} (default: {','.join(DEFAULT_COMPRESSORS)})")
     p.add_argument("--bits", default=None, help="comma list, default 3 (--sweep: 2,3,4,5)")
     p.add_argument("--seeds", default=None, help="comma list, default 0 (--sweep: 0,1,2)")
     p.add_argument("--epochs", type=float, default=None, help="default 1 (--quick: 0.25, --sweep: 2)")
-    p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=RunConfig.lr)
+    p.add_argument("--steps", type=int, default=None, help="train exactly N steps (overrides --epochs)")
+    p.add_argument("--clients", type=int, default=None, help="default 8")
+    p.add_argument("--batch-size", type=int, default=None, help="per client; default 32 (text: 8 sequences)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help="default sgdm")
+    p.add_argument("--lr", type=float, default=None, help="default: DEFAULT_LR[(task, optimizer)], chosen on fp32")
     p.add_argument("--momentum", type=float, default=RunConfig.momentum)
-    p.add_argument("--block-size", type=int, default=tnq.DEFAULT_BLOCK_SIZE)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--block-size", type=int, default=None, help=f"default {tnq.DEFAULT_BLOCK_SIZE} (paper: 0)")
+    p.add_argument("--per-tensor", action="store_true", default=None,
+                   help="one payload per parameter tensor instead of one per DDP bucket (paper preset)")
     p.add_argument("--non-iid", action="store_true", help="each client holds mostly two digits")
+    p.add_argument("--dirichlet", type=float, default=0.0, metavar="ALPHA",
+                   help="label-skewed clients: class shares ~ Dirichlet(ALPHA), e.g. 0.3 (0: off)")
     p.add_argument("--error-feedback", action="store_true",
                    help="each client adds its previous compression residual to its gradient (off in the sweep)")
     p.add_argument("--eval-every", type=int, default=None, help="steps between test evaluations")
-    p.add_argument("--backend", default=None, help="tnq backend (default: C++ if built, else reference)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads of the simulation (default 2)")
+    p.add_argument("--backend", default=None,
+                   help="tnq backend, or a default plus per-codebook overrides, e.g. 'auto,rtnq=reference' "
+                        "(default: C++ if built, else reference); recorded per run, never replaced silently")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the simulation (default 2; --demo: 1, since two threads on a busy 2-core "
+                        "machine ran the MLP 20x slower than one)")
     p.add_argument("--out", default=None,
-                   help="output folder (default experiments/results/mnist; --quick: out/mnist-quick)")
+                   help="output folder (default experiments/results/<task>; --quick/--demo: out/<task>-quick)")
     p.add_argument("--resume", action="store_true", help="skip runs already in OUT/runs.csv")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (smoke tests)")
-    p.add_argument("--test-subset", type=int, default=0, help="evaluate on the first N test images (smoke tests)")
-    a = p.parse_args(argv)
-    for c in a.compressors.split(","):
+    p.add_argument("--train-subset", type=int, default=0, help="use only the first N training items (smoke tests)")
+    p.add_argument("--test-subset", type=int, default=0, help="evaluate on the first N test items (smoke tests)")
+    return p
+
+
+def config_from_args(a: argparse.Namespace) -> tuple[RunConfig, list[str], list[int], list[int]]:
+    """(base config, compressors, bits, seeds) from parsed arguments: explicit flags, then the preset, then the
+    mode's (--demo / --quick / --sweep) defaults, then the plain defaults."""
+    preset = dict(PRESETS[a.preset or ("paper" if a.demo else "")] if a.preset or a.demo else {})
+
+    def pick(name, default):
+        v = getattr(a, name)
+        return v if v is not None else preset.get(name, default)
+    task = a.task or (DEMO["task"] if a.demo else a.default_task)
+    comps = pick("compressors", DEFAULT_COMPRESSORS)
+    comps = comps.split(",") if isinstance(comps, str) else [c for c in comps if c in COMPRESSORS]
+    for c in comps:
         if c not in COMPRESSORS:
-            p.error(f"--compressors: {c!r} is not one of {COMPRESSORS}")
-    torch.set_num_threads(a.threads)
-    bits = _ints(a.bits) if a.bits else ([2, 3, 4, 5] if a.sweep else [3])
-    seeds = _ints(a.seeds) if a.seeds else ([0, 1, 2] if a.sweep else [0])
+            raise ValueError(f"--compressors: {c!r} is not one of {COMPRESSORS}")
+    bits = _ints(a.bits or (DEMO["bits"] if a.demo else "")) or ([2, 3, 4, 5] if a.sweep else [3])
+    seeds = _ints(a.seeds or (DEMO["seeds"] if a.demo else "")) or ([0, 1, 2] if a.sweep else [0])
     epochs = a.epochs if a.epochs is not None else (0.25 if a.quick else 2.0 if a.sweep else 1.0)
-    eval_every = a.eval_every or (29 if a.quick else 78)
-    out = a.out or ("out/mnist-quick" if a.quick else "experiments/results/mnist")
+    steps = a.steps if a.steps is not None else (DEMO["steps"] if a.demo else 0)
+    optimizer = pick("optimizer", "sgdm")
+    lr = a.lr if a.lr is not None else DEFAULT_LR[(task, optimizer)]
+    eval_every = a.eval_every or (DEMO["eval_every"] if a.demo else 29 if a.quick else 78)
+    batch = a.batch_size or (8 if task == "text" else 32)
+    base = RunConfig(epochs=epochs, steps=steps, clients=pick("clients", 8), batch_size=batch, lr=lr,
+                     momentum=a.momentum, block_size=pick("block_size", tnq.DEFAULT_BLOCK_SIZE), iid=not a.non_iid,
+                     eval_every=eval_every, backend=a.backend or (DEMO["backend"] if a.demo else None),
+                     error_feedback=a.error_feedback,
+                     train_subset=a.train_subset, test_subset=a.test_subset, optimizer=optimizer,
+                     weight_decay=a.weight_decay, per_tensor=bool(pick("per_tensor", False)), dirichlet=a.dirichlet,
+                     task=task)
+    return base, comps, bits, seeds
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m experiments.mnist", task: str = "mnist") -> int:
+    p = build_parser(prog, task)
+    a = p.parse_args(argv)
+    a.threads = a.threads or (1 if a.demo else 2)
+    torch.set_num_threads(a.threads)
     try:
-        base = RunConfig(epochs=epochs, clients=a.clients, batch_size=a.batch_size, lr=a.lr, momentum=a.momentum,
-                         block_size=a.block_size, iid=not a.non_iid, eval_every=eval_every, backend=a.backend,
-                         error_feedback=a.error_feedback,
-                         train_subset=a.train_subset, test_subset=a.test_subset)
-        runs = plan(a.compressors.split(","), bits, seeds, base)
-        data = load_mnist() if a.mode == "sim" else None
+        base, comps, bits, seeds = config_from_args(a)
+    except ValueError as e:
+        p.error(str(e))
+    out = a.out or (f"out/{base.task}-quick" if a.quick or a.demo else f"experiments/results/{base.task}")
+    try:
+        runs = plan(comps, bits, seeds, base)
+        for c in dict.fromkeys(r.compressor for r in runs):  # fail before any training, not after an hour
+            check_backend(replace(base, compressor=c, bits=bits[0] if c != "none" else base.bits))
+        data = load_mnist() if a.mode == "sim" and base.task != "text" else None
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"MNIST, {a.clients} clients ({'IID' if base.iid else 'non-IID'}), {len(runs)} runs x {epochs} epochs, "
-          f"mode={a.mode}, backend={resolve_backend(a.backend)}, threads={a.threads} -> {out}", file=sys.stderr)
+    backends = ", ".join(f"{c}={check_backend(replace(base, compressor=c, bits=bits[0]))}" for c in comps
+                         if c != "none")
+    length = f"{base.steps} steps" if base.steps else f"{base.epochs} epochs"
+    print(f"{base.task}, {base.clients} clients ({partition(base)}), {len(runs)} runs x {length}, "
+          f"{base.optimizer} lr {base.lr}, block {base.block_size}{' per tensor' if base.per_tensor else ''}, "
+          f"mode={a.mode}, backends: {backends or '-'}, threads={a.threads} -> {out}", file=sys.stderr)
     t0 = time.perf_counter()
     records = sweep(runs, out, a.mode, a.resume, not a.no_progress, data)
     from . import report
-    print(report.table(records), flush=True)
+    metric, _ = report.metric_of(base)
+    print(report.table(records, metric, paper=base.task == "mnist"), flush=True)
     print(f"\n{len(runs)} runs in {time.perf_counter() - t0:.0f} s; results in {out}/", file=sys.stderr)
     return 0
 

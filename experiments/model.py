@@ -24,3 +24,21 @@ class MnistCNN(nn.Module):
         x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
         x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+class MnistMLP(nn.Module):
+    """x float32 [B, 1, 28, 28] → logits float32 [B, 10]: fc(784→256)-relu, fc(256→128)-relu, fc(128→10).
+
+    Another model family on the same data (no weight sharing, no pooling): its gradients are outer products of
+    activations and back-propagated errors, with the exact zeros of inactive ReLUs and of the image's blank border.
+    """
+
+    def __init__(self, hidden: tuple[int, int] = (256, 128)):
+        super().__init__()
+        h1, h2 = hidden
+        self.fc1 = nn.Linear(784, h1)
+        self.fc2 = nn.Linear(h1, h2)
+        self.fc3 = nn.Linear(h2, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x.flatten(1))))))

