@@ -230,7 +230,7 @@ def triton_sass(kernel: str, dtype: str, bits: int) -> list:
         fn = mod.compress_blocks_kernel
         types = dict(x_ptr=ptr, out_ptr="*i32", table_ptr="*fp32", n="i64", block_size="i32", nblocks="i64",
                      codes_w0="i64", key0="i32", key1="i32")
-        consts = dict(BITS=bits, BITS_P2=4 if bits <= 4 else 8, MAX_RULE=False, ROWS=1, CHUNK=BLOCK)
+        consts = dict(BITS=bits, BITS_P2=4 if bits <= 4 else 8, RULE=0, ROWS=1, CHUNK=BLOCK)
     else:
         mod = importlib.import_module("tnq_kernels.triton.decompress")
         fn = mod.decompress_kernel

@@ -138,8 +138,8 @@ def resolve_backend(backend: str | None, compressor: str | None = None) -> str:
     """The tnq backend of ``compressor`` under the spec ``backend``.
 
     ``backend``: None, a backend name, or a comma list of a default and per-codebook overrides, e.g.
-    "auto,rtnq=reference". Without a default: "auto" when the C++ CPU backend is built, else "reference" (the same
-    bits, ~10x slower). AUTO_ELSE_REFERENCE asks for "auto" where the C++ build has the codebook and "reference"
+    "auto,rtnq=reference". Without a default: "auto" — never the reference silently: without the C++ build the run
+    stops at ``check_backend`` with how to build it (ask for "reference" to run the oracle). AUTO_ELSE_REFERENCE asks for "auto" where the C++ build has the codebook and "reference"
     elsewhere (``check_backend`` decides; the run records which). ``check_backend`` proves the pair can run.
     """
     default, per = None, {}
@@ -152,8 +152,7 @@ def resolve_backend(backend: str | None, compressor: str | None = None) -> str:
             default = part
     name = per.get(compressor or "") or default
     if name is None:
-        from tnq_kernels import ops
-        name = "auto" if ops.native_error is None else "reference"
+        name = "auto"
     if name not in tnq_api.BACKENDS + (AUTO_ELSE_REFERENCE,):
         raise ValueError(f"backend must be one of {tnq_api.BACKENDS + (AUTO_ELSE_REFERENCE,)} (or "
                          f"'DEFAULT,CODEBOOK=NAME,...'), got {name!r} "

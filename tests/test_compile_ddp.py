@@ -55,7 +55,7 @@ def _run(compile_backend, steps=STEPS, outer=False, **state_kw):
     model = _model()
     inner = torch.compile(model, backend=_counting(compile_backend)) if compile_backend and not outer else model
     net = DDP(inner, bucket_cap_mb=BUCKET_MB)
-    state = tnq_ddp.TNQState(bits=3, block_size=BLOCK, seed=SEED, min_bucket_numel=0, backend=BACKEND, **state_kw)
+    state = tnq_ddp.TNQState(codebook="tnq", bits=3, block_size=BLOCK, seed=SEED, min_bucket_numel=0, backend=BACKEND, **state_kw)
     rec = Recorder(state)
     net.register_comm_hook(state, rec.hook)
     run = torch.compile(net, backend=_counting(compile_backend)) if compile_backend and outer else net

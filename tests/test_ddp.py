@@ -136,7 +136,7 @@ def _check_identical(model):
 # ---- the checks every rank runs ----
 
 def check_matches_simulation(scheme, dtype, steps=3, bits=3):
-    state = tnq_ddp.TNQState(bits=bits, block_size=BLOCK, scheme=scheme, seed=SEED, min_bucket_numel=0,
+    state = tnq_ddp.TNQState(codebook="tnq", bits=bits, block_size=BLOCK, scheme=scheme, seed=SEED, min_bucket_numel=0,
                              backend=BACKEND)
     rec = Recorder(state)
     model = _model(dtype)
@@ -177,7 +177,7 @@ def check_bits8_tracks_uncompressed():
     plain = _model()
     ref_losses = _train(_ddp(plain), plain, steps)
     model = _model()
-    state = tnq_ddp.TNQState(bits=8, block_size=BLOCK, scheme="allgather", seed=SEED, min_bucket_numel=0,
+    state = tnq_ddp.TNQState(codebook="tnq", bits=8, block_size=BLOCK, scheme="allgather", seed=SEED, min_bucket_numel=0,
                              backend=BACKEND)
     losses = _train(_ddp(model, state), model, steps)
     for a, b in zip(losses, ref_losses):
@@ -188,7 +188,7 @@ def check_bits8_tracks_uncompressed():
 
 def check_loss_decreases(scheme):
     model = _model()
-    state = tnq_ddp.TNQState(bits=3, block_size=BLOCK, scheme=scheme, seed=SEED, min_bucket_numel=0,
+    state = tnq_ddp.TNQState(codebook="tnq", bits=3, block_size=BLOCK, scheme=scheme, seed=SEED, min_bucket_numel=0,
                              backend=BACKEND)
     losses = _train(_ddp(model, state), model, 30, lr=0.5)
     assert losses[-1] < 0.5 * losses[0], losses
@@ -197,7 +197,7 @@ def check_loss_decreases(scheme):
 
 def check_error_feedback_rebuild(scheme):
     W = dist.get_world_size()
-    state = tnq_ddp.TNQState(bits=2, block_size=BLOCK, scheme=scheme, seed=SEED, min_bucket_numel=0,
+    state = tnq_ddp.TNQState(codebook="tnq", bits=2, block_size=BLOCK, scheme=scheme, seed=SEED, min_bucket_numel=0,
                              error_feedback=True, backend=BACKEND)
     rec = Recorder(state)
     model = _model()
@@ -225,7 +225,7 @@ def check_error_feedback_rebuild(scheme):
 
 def check_nan_reaches_every_rank(scheme):
     model = _model()
-    state = tnq_ddp.TNQState(bits=3, block_size=BLOCK, scheme=scheme, seed=SEED, min_bucket_numel=0,
+    state = tnq_ddp.TNQState(codebook="tnq", bits=3, block_size=BLOCK, scheme=scheme, seed=SEED, min_bucket_numel=0,
                              backend=BACKEND)
     net = _ddp(model, state)
     opt = torch.optim.SGD(net.parameters(), lr=0.05)
@@ -248,7 +248,7 @@ def check_nan_reaches_every_rank(scheme):
 
 def check_small_bucket_and_warmup():
     W = dist.get_world_size()
-    state = tnq_ddp.TNQState(bits=3, block_size=BLOCK, scheme="allgather", seed=SEED, warmup_steps=1,
+    state = tnq_ddp.TNQState(codebook="tnq", bits=3, block_size=BLOCK, scheme="allgather", seed=SEED, warmup_steps=1,
                              min_bucket_numel=2000, backend=BACKEND)
     rec = Recorder(state)
     model = _model()
@@ -381,7 +381,7 @@ def test_chunk_size(n, w, chunk):
 def test_auto_scheme_by_world_size():
     s = tnq_ddp.TNQState()
     assert [s.scheme_for(w) for w in (1, 2, 3, 8)] == ["allgather", "allgather", "two_phase", "two_phase"]
-    assert tnq_ddp.TNQState(scheme="allgather").scheme_for(8) == "allgather"
+    assert tnq_ddp.TNQState(codebook="tnq", scheme="allgather").scheme_for(8) == "allgather"
 
 
 @pytest.mark.parametrize("compressor", ["tnq"])

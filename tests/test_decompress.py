@@ -100,7 +100,7 @@ _BAD_CODEBOOK = max(CODEBOOKS) + 1
 # (byte offset, struct format, value written there, field named)
 CORRUPT = [
     (0, "4s", b"TNQX", "magic"), (0, "B", ord("X"), "magic"), (4, "B", 2, "version"), (5, "B", 0, "bits"),
-    (5, "B", 9, "bits"), (6, "B", _BAD_CODEBOOK, "codebook"), (6, "B", 7, "codebook"), (7, "B", 3, "dtype"),
+    (5, "B", 9, "bits"), (6, "B", _BAD_CODEBOOK, "codebook"), (6, "B", 255, "codebook"), (7, "B", 3, "dtype"),
     (8, "I", 33, "block_size"), (8, "I", 2**31, "block_size"), (12, "I", 2, "flags"), (24, "Q", 1, "reserved"),
     (16, "Q", 2**63, "numel"), (16, "Q", 200, "length"), (5, "B", 4, "length"),
     (17, "B", 16, "length"),  # numel 100 -> 4196: more groups than the bytes hold

@@ -205,7 +205,7 @@ def test_capture_path_decodes_without_host_reads(monkeypatch, dtype):
 
 
 @pytest.mark.parametrize("field,offset,value", [("magic", 0, 0x41), ("version", 4, 2), ("bits", 5, 9),
-                                                ("codebook", 6, 4), ("block_size", 8, 33), ("numel", 16, 99)])
+                                                ("codebook", 6, 200), ("block_size", 8, 33), ("numel", 16, 99)])
 def test_capture_path_decodes_a_corrupted_payload_to_nan(monkeypatch, field, offset, value):
     p = R.compress(laplace(1000, seed=1), 3, 96, 0, 1)
     p[offset] = value
@@ -266,13 +266,14 @@ def _cuda_host_function(name, restype, argtypes):
 
 def test_cuda_large_block_workspace_and_grid_follow_min_B_n():
     import ctypes
-    # the tiled path launches workspace/8 tile CTAs (one fp64 partial each), so this pins the grid too
+    # the tiled path launches workspace/16 tile CTAs (one pair of fp64 partials each: Σ|g| or max|g|, and Σg² for
+    # the L2 and second-moment scales), so this pins the grid too
     ws = _cuda_host_function("_ZN3tnq4cuda24compress_workspace_bytesEll", ctypes.c_int64,
                              [ctypes.c_int64, ctypes.c_int64])
     assert ws(100, 2**30) == 0  # B >= n, n small: the fused path, one CTA, no workspace (was 512 KiB)
-    assert ws(2**20, 2**30) == 8 * 64  # one block of 2^20 elements: 64 tiles of 2^14 (was 65,536)
-    assert ws(2**20, 0) == 8 * 64  # B = 0 is the same single block
-    assert ws(2**24, 2**20) == 8 * 16 * 64  # B < n: unchanged
+    assert ws(2**20, 2**30) == 16 * 64  # one block of 2^20 elements: 64 tiles of 2^14 (was 65,536)
+    assert ws(2**20, 0) == 16 * 64  # B = 0 is the same single block
+    assert ws(2**24, 2**20) == 16 * 16 * 64  # B < n: unchanged
     assert ws(40000, 2048) == 0
 
 

@@ -32,7 +32,7 @@ def _view_bits(t):
 @pytest.mark.parametrize("n", SIZES + [5000])
 def test_compressor_round_trip(bits, dtype, n):
     x = laplace(n, dtype=dtype)
-    c = tnq_hvd.TNQCompressor(bits=bits, block_size=1024, seed=5, rank=1, backend=BACKEND)
+    c = tnq_hvd.TNQCompressor(codebook="tnq", bits=bits, block_size=1024, seed=5, rank=1, backend=BACKEND)
     payload, ctx = c.compress(x)
     assert payload.dtype == torch.uint8 and payload.numel() == tnq.payload_bytes(n, bits, 1024)
     y = c.decompress(payload, ctx)
@@ -48,7 +48,7 @@ def test_compressor_round_trip(bits, dtype, n):
 
 def test_compressor_non_contiguous_and_shape():
     x = laplace(64 * 33).view(64, 33).t()
-    c = tnq_hvd.TNQCompressor(backend=BACKEND)
+    c = tnq_hvd.TNQCompressor(backend=BACKEND)  # the library's default codebook on both sides
     payload, ctx = c.compress(x, seed=9)
     assert ctx == ((33, 64), torch.float32)
     y = c.decompress(payload, ctx)
@@ -59,7 +59,7 @@ def test_compressor_non_contiguous_and_shape():
 
 def test_compressor_draws_a_new_seed_per_call():
     x = laplace(4096)
-    c = tnq_hvd.TNQCompressor(backend=BACKEND)
+    c = tnq_hvd.TNQCompressor(codebook="tnq", backend=BACKEND)
     assert not torch.equal(c.compress(x)[0], c.compress(x)[0])
 
 
@@ -119,7 +119,7 @@ def test_optimizer_averages_decoded_payloads(bits, dtype):
     models = [_net(dtype) for _ in range(W)]
     opts = [tnq_hvd.DistributedOptimizer(
         torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), named_parameters=m.named_parameters(),
-        compression=tnq_hvd.TNQCompressor(bits=bits, block_size=256, seed=3, backend=BACKEND),
+        compression=tnq_hvd.TNQCompressor(codebook="tnq", bits=bits, block_size=256, seed=3, backend=BACKEND),
         hvd=FakeHvd(hub, r)) for r, m in enumerate(models)]
     assert isinstance(opts[0], torch.optim.SGD)
     for t in range(steps):
@@ -143,7 +143,7 @@ def test_optimizer_backward_passes_per_step():
     hub = Hub(1)
     model = _net(torch.float32)
     opt = tnq_hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), backward_passes_per_step=2,
-                                       compression=tnq_hvd.TNQCompressor(backend=BACKEND), hvd=FakeHvd(hub, 0))
+                                       compression=tnq_hvd.TNQCompressor(codebook="tnq", backend=BACKEND), hvd=FakeHvd(hub, 0))
     _backward(model, 0, torch.float32)
     assert not hub.sent, "sent after the first of two backward passes"
     _backward(model, 1, torch.float32)
@@ -159,7 +159,7 @@ def test_optimizer_sum_and_unused_parameter():
     model = _net(torch.float32)
     extra = torch.nn.Parameter(torch.ones(5))  # never receives a gradient: still all-gathered (as zeros)
     opt = tnq_hvd.DistributedOptimizer(torch.optim.SGD(list(model.parameters()) + [extra], lr=0.1),
-                                       compression=tnq_hvd.TNQCompressor(backend=BACKEND), op=FakeHvd.Sum,
+                                       compression=tnq_hvd.TNQCompressor(codebook="tnq", backend=BACKEND), op=FakeHvd.Sum,
                                        hvd=FakeHvd(hub, 0))
     _backward(model, 0, torch.float32)
     opt.step()
@@ -192,7 +192,7 @@ def test_missing_horovod_raises_at_call_not_import():
 
 def test_compress_refuses_horovods_allreduce_paths():
     """Horovod calls compression.compress only on its way to an allreduce; the call site's module is horovod.*."""
-    c = tnq_hvd.TNQCompressor(backend=BACKEND)
+    c = tnq_hvd.TNQCompressor(codebook="tnq", backend=BACKEND)
     scope = {"__name__": "horovod.torch.optimizer", "c": c, "x": laplace(4096)}
     with pytest.raises(RuntimeError, match="allreduce.*DistributedOptimizer"):
         exec("c.compress(x)", scope)  # noqa: S102  (a call made from a module of that name)
@@ -208,7 +208,7 @@ def test_with_horovod_single_process():
     model = _net(torch.float32)
     opt = tnq_hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
                                        named_parameters=model.named_parameters(),
-                                       compression=tnq_hvd.TNQCompressor(seed=1, backend=BACKEND))
+                                       compression=tnq_hvd.TNQCompressor(codebook="tnq", seed=1, backend=BACKEND))
     _backward(model, 0, torch.float32)
     local = [p.grad.clone() for p in model.parameters()]
     opt.step()
@@ -241,7 +241,7 @@ def test_with_horovod_matches_simulation(dtype):
     model = _net(dtype)
     opt = tnq_hvd.DistributedOptimizer(
         torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), named_parameters=model.named_parameters(),
-        compression=tnq_hvd.TNQCompressor(bits=bits, block_size=256, seed=3, backend=BACKEND))
+        compression=tnq_hvd.TNQCompressor(codebook="tnq", bits=bits, block_size=256, seed=3, backend=BACKEND))
     for t in range(steps):
         opt.zero_grad()
         _backward(model, r, dtype)
@@ -266,7 +266,7 @@ def test_with_horovod_trains():
     model = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
     opt = tnq_hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.2),
                                        named_parameters=model.named_parameters(),
-                                       compression=tnq_hvd.TNQCompressor(bits=3, block_size=256, backend=BACKEND))
+                                       compression=tnq_hvd.TNQCompressor(codebook="tnq", bits=3, block_size=256, backend=BACKEND))
     g = torch.Generator().manual_seed(100 + hvd.rank())
     x = torch.randn(64, 16, generator=g)
     y = x @ (torch.randn(16, 4, generator=torch.Generator().manual_seed(7)) / 4)
@@ -287,10 +287,10 @@ def test_with_horovod_refuses_payload_in_allreduce():
     model = _net(torch.float32)
     wrong = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
                                      named_parameters=model.named_parameters(),
-                                     compression=tnq_hvd.TNQCompressor(backend=BACKEND))
+                                     compression=tnq_hvd.TNQCompressor(codebook="tnq", backend=BACKEND))
     if hvd.size() > 1:  # in a 1-process job hvd.DistributedOptimizer registers no hooks and reduces nothing
         with pytest.raises(RuntimeError, match="tnq_kernels.horovod.DistributedOptimizer"):
             _backward(model, hvd.rank(), torch.float32)
     with pytest.raises(RuntimeError, match="allreduce"):
-        hvd.allreduce(laplace(1024), compression=tnq_hvd.TNQCompressor(backend=BACKEND), name="tnq.test.wrong")
+        hvd.allreduce(laplace(1024), compression=tnq_hvd.TNQCompressor(codebook="tnq", backend=BACKEND), name="tnq.test.wrong")
     del wrong

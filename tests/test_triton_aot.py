@@ -52,31 +52,31 @@ def cases():
         for dt, ptr in FLOATS.items():
             add(f"partials-{dt}", _case("scale_truncate", "partials_kernel",
                                         dict(x_ptr=ptr, part_ptr="*fp64", n="i64"),
-                                        dict(CHUNK=4096, MAX_RULE=False), 8))
+                                        dict(CHUNK=4096, RULE=0), 8))
             for mode, chunk in [(0, 2048), (1, 4096), (2, 4096)]:  # one block / B = 0 / tiles of long blocks
                 add(f"scale_truncate-{dt}-m{mode}", _case(
                     "scale_truncate", "scale_truncate_kernel",
                     dict(x_ptr=ptr, scales_ptr="*fp32", z_ptr="*fp32", part_ptr="*fp64", table_ptr="*fp32",
                          n="i64", seg="i32", nparts="i32", block_size="i32", tpb="i32"),
-                    dict(BITS=3, MAX_RULE=False, CHUNK=chunk, MODE=mode, NPART=1024 if mode == 1 else 1), 4,
+                    dict(BITS=3, RULE=0, CHUNK=chunk, MODE=mode, NPART=1024 if mode == 1 else 1), 4,
                     ["div.rn.f32"] + (["div.rn.f64"] if mode < 2 else [])))
             add(f"tile_partials-{dt}", _case("scale_truncate", "tile_partials_kernel",
                                              dict(x_ptr=ptr, part_ptr="*fp64", n="i64", block_size="i32",
-                                                  tpb="i64"), dict(TILE=16384, CHUNK=4096, MAX_RULE=True), 8))
+                                                  tpb="i64"), dict(TILE=16384, CHUNK=4096, RULE=1), 8))
             for bits in BITS:
                 for rows, chunk, max_rule in [(1, 2048, False), (16, 128, True)]:
                     add(f"compress_blocks-{dt}-b{bits}-c{chunk}", _case(
                         "compress", "compress_blocks_kernel",
                         dict(x_ptr=ptr, out_ptr="*i32", table_ptr="*fp32", n="i64", block_size="i32",
                              nblocks="i64", codes_w0="i64", key0="i32", key1="i32"),
-                        dict(BITS=bits, BITS_P2=4 if bits <= 4 else 8, MAX_RULE=max_rule, ROWS=rows, CHUNK=chunk),
+                        dict(BITS=bits, BITS_P2=4 if bits <= 4 else 8, RULE=int(max_rule), ROWS=rows, CHUNK=chunk),
                         4, ["div.rn.f32"] + ([] if max_rule else ["div.rn.f64"])))
                 for tiles in (False, True):
                     add(f"compress_{'tiles' if tiles else 'b0'}-{dt}-b{bits}", _case(
                         "compress", "compress_kernel",
                         dict(x_ptr=ptr, out_ptr="*i32", part_ptr="*fp64", table_ptr="*fp32", n="i64", seg="i32",
                              nparts="i32", block_size="i32", tpb="i32", codes_w0="i64", key0="i32", key1="i32"),
-                        dict(BITS=bits, BITS_P2=4 if bits <= 4 else 8, MAX_RULE=False, CHUNK=4096, TILES=tiles,
+                        dict(BITS=bits, BITS_P2=4 if bits <= 4 else 8, RULE=0, CHUNK=4096, TILES=tiles,
                              NPART=1 if tiles else 1024), 8, ["div.rn.f32"] + ([] if tiles else ["div.rn.f64"])))
                 add(f"decompress-{dt}-b{bits}", _case(
                     "decompress", "decompress_kernel",
@@ -86,7 +86,7 @@ def cases():
             add(f"block_scale-max{int(max_rule)}", _case(
                 "scale_truncate", "block_scale_kernel",
                 dict(part_ptr="*fp64", scales_ptr="*fp32", flags_ptr="*i32", n="i64", block_size="i32", tpb="i64"),
-                dict(NPART=64, MAX_RULE=max_rule, HAS_FLAGS=True), 2, [] if max_rule else ["div.rn.f64"]))
+                dict(NPART=64, RULE=int(max_rule), HAS_FLAGS=True), 2, [] if max_rule else ["div.rn.f64"]))
         for dt, ptr in FLOATS.items():
             add(f"checked-{dt}", _case(
                 "decompress", "checked_kernel",
@@ -112,7 +112,7 @@ def cases():
     seen = set()
     for name in sorted(out):
         spec = out[name]
-        key = (spec["kernel"],) + tuple(spec["consts"].get(k) for k in ("MODE", "TILES", "ROWS", "MAX_RULE"))
+        key = (spec["kernel"],) + tuple(spec["consts"].get(k) for k in ("MODE", "TILES", "ROWS", "RULE"))
         if spec["arch"] == 90 and key not in seen and any(a in SIZE_ARGS for a in spec["types"]):
             seen.add(key)
             out[name + "-i32"] = _as_i32(spec)

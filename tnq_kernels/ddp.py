@@ -113,7 +113,8 @@ class TNQState:
     """
 
     def __init__(self, process_group=None, bits: int = api.DEFAULT_BITS, block_size: int = api.DEFAULT_BLOCK_SIZE,
-                 codebook: str | int = "tnq", scheme: str = "auto", seed: int = 0, error_feedback: bool = False,
+                 codebook: str | int = api.DEFAULT_CODEBOOK, scheme: str = "auto", seed: int = 0,
+                 error_feedback: bool = False,
                  warmup_steps: int = 0, min_bucket_numel: int = DEFAULT_MIN_BUCKET_NUMEL,
                  backend: str | None = None):
         if scheme not in SCHEMES:

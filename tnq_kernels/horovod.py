@@ -55,7 +55,7 @@ class TNQCompressor:
     """
 
     def __init__(self, bits: int = api.DEFAULT_BITS, block_size: int = api.DEFAULT_BLOCK_SIZE,
-                 codebook: str | int = "tnq", seed: int = 0, rank: int = 0, backend: str | None = None,
+                 codebook: str | int = api.DEFAULT_CODEBOOK, seed: int = 0, rank: int = 0, backend: str | None = None,
                  clients: int | None = None):
         self.bits = cb.check_bits(bits)
         self.block_size = fmt.check_block_size(block_size)
