@@ -37,6 +37,7 @@ import torch.nn.functional as F
 import tnq_kernels as tnq
 from tnq_kernels import api as tnq_api
 from tnq_kernels import codebooks as cb
+from tnq_kernels import ddp as tnq_ddp
 from .data import MNIST, dirichlet_split, load_mnist, split_clients
 from .model import MnistCNN, MnistMLP
 
@@ -407,17 +408,16 @@ def simulate(cfg: RunConfig, data: Any = None, buckets: Layout | None = None, ma
                     # DDP's default hook divides by the world size before its sum-allreduce
                     payloads[b].append(g / cfg.clients)
                 else:
-                    if residual is not None:
-                        g = g + torch.cat([residual[c][i] for i in idx])
+                    if residual is not None:  # the DDP hook's own error-feedback helpers, so both stay one logic
+                        g = g + tnq_ddp.gather_residual([residual[c][i] for i in idx], [numels[i] for i in idx],
+                                                        g.device)
                     payload = compress_piece(g, cfg, tnq.derive_seed(cfg.seed, c, step, sid), backend)
                     payloads[b].append(payload)
                     if residual is not None:
-                        r = g - tnq.decompress(payload, (g.numel(),), torch.float32, backend=backend)
-                        r = torch.where(torch.isfinite(r), r, torch.zeros(()))
-                        off = 0
-                        for i in idx:
-                            residual[c][i] = r[off: off + numels[i]]
-                            off += numels[i]
+                        r = tnq_ddp.feedback_residual(g, tnq.decompress(payload, (g.numel(),), torch.float32,
+                                                                        backend=backend))
+                        for i, piece in zip(idx, tnq_ddp.split_residual(r, [numels[i] for i in idx])):
+                            residual[c][i] = piece
         loss_n += 1
         for b, (_, idx) in enumerate(parts):
             if cfg.compressor == "none":
@@ -491,7 +491,6 @@ def _ddp_worker(rank: int, cfg: RunConfig, port: int, out_path: str, max_steps: 
         ddp = DDP(model, bucket_cap_mb=BUCKET_CAP_MB)
         seen: dict[int, Layout] = {}  # step -> layout the hook saw
         if cfg.compressor != "none":
-            from tnq_kernels import ddp as tnq_ddp
             state = tnq_ddp.TNQState(process_group=None, bits=cfg.bits, block_size=cfg.block_size,
                                      codebook=cfg.compressor, scheme="allgather", seed=cfg.seed,
                                      error_feedback=cfg.error_feedback, warmup_steps=0, min_bucket_numel=0,

@@ -88,6 +88,29 @@ def _check_int(name: str, value, lo: int = 0) -> int:
     return value
 
 
+def feedback_residual(corrected: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+    """Error feedback's residual e = corrected − decoded (fp32). Entries of a non-finite block are reset to 0: a step
+    that GradScaler skips for an overflow must not poison every later step."""
+    res = corrected - decoded
+    return torch.where(torch.isfinite(res), res, torch.zeros((), dtype=res.dtype, device=res.device))
+
+
+def gather_residual(pieces, numels, device) -> torch.Tensor:
+    """One flat fp32 residual from per-parameter pieces (None: no residual yet, zeros)."""
+    value = torch.zeros(sum(numels), dtype=torch.float32, device=device)
+    off = 0
+    for piece, n in zip(pieces, numels):
+        if piece is not None:
+            value[off: off + n].copy_(piece)
+        off += n
+    return value
+
+
+def split_residual(value: torch.Tensor, numels) -> list:
+    """The inverse of gather_residual: per-parameter views of a flat residual."""
+    return list(value.split(list(numels)))
+
+
 @dataclass
 class _Residual:
     params: tuple  # the bucket's parameters, in buffer order (identity: DDP hands back the same Parameter objects)
@@ -203,15 +226,10 @@ class TNQState:
             return r.value
         if r is not None or self._pool:
             self._dissolve()
-        value = torch.zeros(numel, dtype=torch.float32, device=device)
-        if self._pool and sum(p.numel() for p in params) == numel:
-            off = 0
-            for p in params:
-                piece = self._pool.pop(id(p), None)
-                if piece is not None:
-                    value[off: off + p.numel()].copy_(piece)
-                off += p.numel()
-        return value
+        numels = [p.numel() for p in params]
+        if not self._pool or sum(numels) != numel:
+            return torch.zeros(numel, dtype=torch.float32, device=device)
+        return gather_residual([self._pool.pop(id(p), None) for p in params], numels, device)
 
     def _dissolve(self) -> None:
         # DDP changed which parameters sit under some bucket index: split every stored residual per parameter so
@@ -220,18 +238,14 @@ class TNQState:
         # (or restored) layout from re-dissolving every step.
         for i in [i for i in self._residuals if i not in self._fresh]:
             r = self._residuals.pop(i)
-            if sum(p.numel() for p in r.params) != r.value.numel():
+            numels = [p.numel() for p in r.params]
+            if sum(numels) != r.value.numel():
                 continue  # layout unknown (buffer with padding): the residual cannot be attributed, drop it
-            off = 0
-            for p in r.params:
-                self._pool[id(p)] = r.value[off: off + p.numel()]
-                off += p.numel()
+            for p, piece in zip(r.params, split_residual(r.value, numels)):
+                self._pool[id(p)] = piece
 
     def _keep_residual(self, index: int, params: tuple, corrected: torch.Tensor, decoded: torch.Tensor) -> None:
-        res = corrected - decoded
-        # a non-finite block (skipped step under GradScaler) must not poison every later step
-        res = torch.where(torch.isfinite(res), res, torch.zeros((), dtype=res.dtype, device=res.device))
-        self._residuals[index] = _Residual(params, res)
+        self._residuals[index] = _Residual(params, feedback_residual(corrected, decoded))
         self._fresh.add(index)
 
     def _observe(self, index: int, params: tuple) -> None:
