@@ -364,6 +364,18 @@ def _scatter(params: list[torch.Tensor], bucket: list[int], flat: torch.Tensor) 
 
 # ---- single-process simulation ----
 
+def _setup(cfg: RunConfig, data, max_steps: int):
+    """What a simulated and a real-process run share before their first step: the task, the checked backend, the
+    batches, the step count, the model (same init for both modes) and its parameters."""
+    task = make_task(cfg, data)
+    backend = check_backend(cfg)
+    batches = task.batches
+    total = batches.total_steps() if not max_steps else min(max_steps, batches.total_steps())
+    model = task.build_model()
+    params = list(model.parameters())
+    return task, backend, batches, total, model, params, [p.numel() for p in params]
+
+
 def simulate(cfg: RunConfig, data: Any = None, buckets: Layout | None = None, max_steps: int = 0,
              progress: bool = True) -> RunResult:
     """Train with ``cfg.clients`` simulated clients in this process; returns CSV rows, final state and layouts.
@@ -372,13 +384,7 @@ def simulate(cfg: RunConfig, data: Any = None, buckets: Layout | None = None, ma
     parameter-index lists, in DDP's bucket order) for every step; None replays DDP's own layout
     (``ddp_bucket_layouts``). ``max_steps`` > 0 stops early (tests).
     """
-    task = make_task(cfg, data)
-    backend = check_backend(cfg)
-    batches = task.batches
-    total = batches.total_steps() if not max_steps else min(max_steps, batches.total_steps())
-    model = task.build_model()
-    params = list(model.parameters())
-    numels = [p.numel() for p in params]
+    task, backend, batches, total, model, params, numels = _setup(cfg, data, max_steps)
     opt = make_optimizer(cfg, params)
     ddp_layout = ddp_bucket_layouts(model) if buckets is None else None
     w = [1.0 / cfg.clients] * cfg.clients
@@ -480,13 +486,7 @@ def _ddp_worker(rank: int, cfg: RunConfig, port: int, out_path: str, max_steps: 
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=cfg.clients)
     try:
-        task = make_task(cfg)
-        backend = check_backend(cfg)
-        batches = task.batches
-        total = batches.total_steps() if not max_steps else min(max_steps, batches.total_steps())
-        model = task.build_model()
-        params = list(model.parameters())
-        numels = [p.numel() for p in params]
+        task, backend, batches, total, model, params, numels = _setup(cfg, None, max_steps)
         index = {id(p): i for i, p in enumerate(params)}
         ddp = DDP(model, bucket_cap_mb=BUCKET_CAP_MB)
         seen: dict[int, Layout] = {}  # step -> layout the hook saw
