@@ -122,3 +122,14 @@ def test_compile_fullgraph_compress_decompress(backend):
     assert torch.equal(y, round_trip(x))
     assert torch.equal(y.cpu(), tnq.decompress(tnq.compress(x.cpu(), 3, 96, seed=11, backend="reference"), x.shape,
                                                x.dtype, backend="reference"))
+
+
+def test_decompress_under_compile_without_shape_and_dtype_says_what_to_pass(native):
+    # the header read is a host read that dynamo cannot trace; the error must say how to avoid it
+    torch._dynamo.reset()
+
+    def round_trip(x):
+        return tnq.decompress(tnq.compress(x, bits=3, seed=11))
+
+    with pytest.raises(Exception, match="shape= and dtype="):
+        torch.compile(round_trip, fullgraph=True, backend="aot_eager")(laplace(500, seed=1))
