@@ -1,7 +1,7 @@
 """Argument checks of the Python backends (the reference and Triton): one copy of each check and its message.
 
-The C++ backends check the same things in csrc/validate.h with the same wording; tests/test_checks.py holds the two
-to the same messages. The public API (api.py) only normalises arguments (names to ids, seeds, defaults) and leaves
+The C++ backends check the same things in csrc/validate.h with the same wording (the per-op tests match each error on
+every backend by the field it names). The public API (api.py) only normalises arguments (names to ids, seeds, defaults) and leaves
 every check to the backend it calls, so each check runs once per call.
 """
 from __future__ import annotations

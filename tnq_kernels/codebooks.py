@@ -103,6 +103,13 @@ def codebook_id(codebook: str | int, clients: int | None = None) -> int:
                      f"got {codebook!r}")
 
 
+def codebook_name(codebook: str | int, clients: int | None = None) -> str:
+    """The name a configuration keeps: ``"rtnq"`` stays the family (its member follows the client count of each
+    call), any other name or id becomes its canonical name. Raises ValueError as codebook_id does."""
+    cid = codebook_id(codebook, clients)
+    return RTNQ if isinstance(codebook, str) and codebook == RTNQ else CODEBOOK_NAMES[cid]
+
+
 def rtnq_clients(codebook: str | int) -> int | None:
     """The client class N of an rtnq member (its id or name), None for any other codebook."""
     cid = codebook_id(codebook)

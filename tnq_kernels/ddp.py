@@ -149,8 +149,7 @@ class TNQState:
         self.process_group = process_group
         self.bits = cb.check_bits(bits)
         self.block_size = fmt.check_block_size(block_size)
-        cb.codebook_id(codebook)  # validates; the "rtnq" family stays a family, resolved per call with W
-        self.codebook = codebook if codebook == cb.RTNQ else cb.CODEBOOK_NAMES[cb.codebook_id(codebook)]
+        self.codebook = cb.codebook_name(codebook)  # "rtnq" stays the family: its member follows the world size
         self.scheme = scheme
         self.seed = seed
         self.error_feedback = bool(error_feedback)

@@ -59,8 +59,7 @@ class TNQCompressor:
                  clients: int | None = None):
         self.bits = cb.check_bits(bits)
         self.block_size = fmt.check_block_size(block_size)
-        cb.codebook_id(codebook, clients)  # validates; the "rtnq" family is resolved per call with its clients
-        self.codebook = codebook if codebook == cb.RTNQ else cb.CODEBOOK_NAMES[cb.codebook_id(codebook)]
+        self.codebook = cb.codebook_name(codebook, clients)  # "rtnq" stays the family, sized per call
         #: payloads the receiver averages (sizes codebook="rtnq"); DistributedOptimizer passes its world size
         self.clients = clients
         if isinstance(seed, bool) or not isinstance(seed, int):
