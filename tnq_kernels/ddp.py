@@ -124,7 +124,7 @@ class TNQState:
         process_group: the group to reduce over (None: the default group).
         bits: bits per element, 1-8 (2-5 are the fast paths).
         block_size: elements per fp32 scale (a multiple of 32; 0: one scale per compressed tensor).
-        codebook: "tnq" (default), "tqsgd", "nqsgd", "qsgd", "qsgd_l2", "nuqsgd_l2" or "rtnq" (docs/codebooks.md);
+        codebook: "rtnq" (default), "tnq", "tqsgd", "nqsgd", "qsgd", "qsgd_l2" or "nuqsgd_l2" (docs/codebooks.md);
             "rtnq" is sized for the world size of each call (the number of payloads averaged).
         scheme: "allgather", "two_phase" or "auto" (two_phase when the world size is > 2).
         seed: base seed; per-rank/step/bucket seeds are derived from it (module docstring).
@@ -292,13 +292,12 @@ class TNQState:
         residuals = {}
         pieces = dict(self._pool)
         for r in self._residuals.values():
-            if sum(p.numel() for p in r.params) != r.value.numel():
+            numels = [p.numel() for p in r.params]
+            if sum(numels) != r.value.numel():
                 raise RuntimeError(f"TNQState.state_dict: a residual of {r.value.numel()} elements does not match "
                                    f"its bucket's {len(r.params)} parameters; it cannot be saved per parameter")
-            off = 0
-            for p in r.params:
-                pieces[id(p)] = r.value[off: off + p.numel()]
-                off += p.numel()
+            for p, piece in zip(r.params, split_residual(r.value, numels)):
+                pieces[id(p)] = piece
         if pieces and module is None:
             raise ValueError("TNQState.state_dict: module=None, but error feedback holds residuals for "
                              f"{len(pieces)} parameters; pass the model so they can be saved by parameter name")
