@@ -7,16 +7,14 @@ all ranks) using only the public API, which is the single-process simulation the
 """
 from __future__ import annotations
 
-import datetime
 import os
-import socket
 import sys
-import tempfile
-import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
+
+import multiproc
 
 import tnq_kernels as tnq
 from tnq_kernels import ddp as tnq_ddp
@@ -295,69 +293,24 @@ CHECKS_4 = ["sim_allgather_fp32", "sim_two_phase_fp32", "traffic", "ef_rebuild_t
             "loss_two_phase"]
 
 
-def _worker(rank, world, port, out_dir, names):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
-    results = {}
-    try:
-        for name in names:
-            try:
-                CHECKS[name]()
-                results[name] = None
-            except Exception:  # noqa: BLE001  (reported per check by the tests below)
-                results[name] = traceback.format_exc()
-            dist.barrier()
-    finally:
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.barrier()
-        dist.destroy_process_group()
-    # results are on disk; leave without the interpreter's teardown (gloo's threads once aborted a rank at exit on
-    # a loaded 2-core CI box, which would fail the whole group for no fault of the checks)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run_group(world: int, names: list[str]) -> list[dict]:
-    import torch.multiprocessing as mp
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx = mp.start_processes(_worker, args=(world, _free_port(), tmp, names), nprocs=world, join=False,
-                                 start_method="spawn")
-        while not ctx.join(timeout=300):
-            pass
-        return [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
-
-
 @pytest.fixture(scope="module")
 def group2():
-    return _run_group(2, list(CHECKS))
+    return multiproc.run_group(2, __name__, list(CHECKS))
 
 
 @pytest.fixture(scope="module")
 def group4():
-    return _run_group(4, CHECKS_4)
-
-
-def _assert_ok(results, name):
-    errors = [f"rank {r}:\n{res[name]}" for r, res in enumerate(results) if res.get(name, "not run") is not None]
-    assert not errors, "\n".join(errors)
+    return multiproc.run_group(4, __name__, CHECKS_4)
 
 
 @pytest.mark.parametrize("name", list(CHECKS))
 def test_two_ranks(group2, name):
-    _assert_ok(group2, name)
+    multiproc.assert_ok(group2, name)
 
 
 @pytest.mark.parametrize("name", CHECKS_4)
 def test_four_ranks(group4, name):
-    _assert_ok(group4, name)
+    multiproc.assert_ok(group4, name)
 
 
 # ---- no processes needed ----
