@@ -53,6 +53,16 @@ def _worker(rank, world, port, out_dir, module_name, names, env):
     os._exit(0)
 
 
+def assert_replicas_identical(tensors) -> None:
+    """Inside a check: every rank holds bit-identical values (a tensor, or a model's parameters)."""
+    if isinstance(tensors, torch.nn.Module):
+        tensors = torch.cat([p.detach().reshape(-1) for p in tensors.parameters()])
+    out = [torch.empty_like(tensors) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, tensors)
+    for r, other in enumerate(out):
+        assert torch.equal(other, tensors), f"replica of rank {r} differs from rank {dist.get_rank()}"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

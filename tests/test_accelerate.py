@@ -9,7 +9,6 @@ import importlib.util
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from tnq_kernels import ddp as tnq_ddp
 from tnq_kernels import ops
@@ -52,10 +51,7 @@ def check_prepared_model_takes_the_hook():
                 break
     assert state.step == STEPS, f"the hook ran {state.step} steps of {STEPS}"
     assert state.compression_ratio > 5, state.stats()
-    mine = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    out = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, mine)
-    assert all(torch.equal(o, mine) for o in out), "replicas differ"
+    multiproc.assert_replicas_identical(model)
     assert sum(losses[-4:]) / 4 < 0.6 * sum(losses[:4]) / 4, losses
 
 

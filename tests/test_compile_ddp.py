@@ -72,12 +72,6 @@ def _run(compile_backend, steps=STEPS, outer=False, **state_kw):
     return state, losses, snaps, rec
 
 
-def _identical_across_ranks(t):
-    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, t)
-    return all(torch.equal(o, t) for o in out)
-
-
 def check_compiled(compile_backend, **state_kw):
     _, _, want, _ = _run(None, **state_kw)
     _compiled.clear()
@@ -87,7 +81,7 @@ def check_compiled(compile_backend, **state_kw):
     # DDPOptimizer split the forward graph at bucket boundaries (one submodule per bucket)
     # DDPOptimizer hands the backend one subgraph per bucket boundary it split the forward at
     assert len(_compiled) >= len(state.last_bucket_layout), (len(_compiled), state.last_bucket_layout)
-    assert _identical_across_ranks(got[-1]), "replicas differ"
+    multiproc.assert_replicas_identical(got[-1])
     assert losses[-1] < 0.7 * losses[0], losses
     # The compiled backward hands DDP its gradients in another order than eager autograd, so DDP rebuilds other
     # buckets (other blocks, other seeds): the run is not the eager run bit for bit, but every bucket is exactly

@@ -56,21 +56,13 @@ def _fit(strategy, steps=STEPS):
     return model
 
 
-def _replicas_identical(model):
-    mine = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    out = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, mine)
-    for r, other in enumerate(out):
-        assert torch.equal(other, mine), f"replica of rank {r} differs from rank {dist.get_rank()}"
-
-
 def check_tnq_strategy_trains():
     from tnq_kernels.lightning import TNQDDPStrategy
     state = tnq_ddp.TNQState(bits=3, block_size=256, seed=1, min_bucket_numel=0, backend=BACKEND)
     model = _fit(TNQDDPStrategy(state, process_group_backend="gloo"))
     assert state.step == STEPS, f"the hook ran {state.step} steps, the trainer {STEPS}"
     assert state.compression_ratio > 5, state.stats()
-    _replicas_identical(model)
+    multiproc.assert_replicas_identical(model)
     first, last = sum(model.losses[:3]) / 3, sum(model.losses[-3:]) / 3
     assert last < 0.6 * first, model.losses
 
