@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -67,16 +68,8 @@ def final_by_seed(records: list[dict], metric: str = "test_accuracy") -> dict[tu
 
 
 def final_rows(records: list[dict], metric: str = "test_accuracy") -> dict[tuple[str, int], list[float]]:
-    """(compressor, bits) -> final test accuracies, one per seed (the row with the largest step of each run)."""
-    last: dict[tuple[str, int, int], dict] = {}
-    for r in records:
-        key = (r["compressor"], int(r["bits"]), int(r["seed"]))
-        if key not in last or int(r["step"]) > int(last[key]["step"]):
-            last[key] = r
-    out: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for (comp, bits, _), r in sorted(last.items()):
-        out[(comp, bits)].append(float(r[metric]))
-    return out
+    """(compressor, bits) -> final ``metric``, one per seed in seed order (``final_by_seed`` without the seeds)."""
+    return {k: list(v.values()) for k, v in final_by_seed(records, metric).items()}
 
 
 def _fmt(accs: list[float]) -> str:
@@ -159,6 +152,38 @@ def paired_table(records: list[dict], metric: str = "test_accuracy", higher_bett
                   f"seed's run minus the same seed's fp32 run (same init, same data order), and minus the same "
                   f"seed's run of the best other baseline (the non-TNQ codebook with the best mean at that width)."]
     return "\n".join(lines)
+
+
+def verdict(records: list[dict], codebook: str, bits: int, metric: str = "test_accuracy",
+            higher_better: bool = True) -> dict | None:
+    """The default codebook's standing at ``bits``, seed-paired: against fp32 and against *every* baseline.
+
+    A difference d is oriented so that d > 0 means ``codebook`` is better. "Below beyond noise" means the mean
+    paired difference is more than two standard errors (std / sqrt(n)) below zero, with n >= 3 seeds; the worst
+    baseline is the one with the lowest mean / standard error (the lowest mean with fewer than 3 seeds). Returns None without fp32 or the codebook's runs.
+    """
+    fin = final_by_seed(records, metric)
+    mine, fp32 = fin.get((codebook, bits)), fin.get(("none", 32))
+    if not mine or not fp32:
+        return None
+    sign = 1.0 if higher_better else -1.0
+
+    def diff(other: dict[int, float]) -> dict:
+        d = [sign * (mine[s] - other[s]) for s in sorted(mine) if s in other]
+        n = len(d)
+        sd = statistics.stdev(d) if n > 1 else float("nan")
+        se = sd / math.sqrt(n) if n > 1 else float("nan")
+        below = n >= 3 and statistics.fmean(d) + 2 * se < 0
+        return {"n": n, "mean": statistics.fmean(d) if d else float("nan"), "sd": sd, "se": se, "below": below}
+
+    base = {c: diff(v) for (c, b), v in fin.items() if b == bits and c != "none" and not tnq_family(c)}
+    def rank(c: str) -> float:  # t with >= 3 seeds, else the mean (a t from 2 seeds says nothing)
+        v = base[c]
+        return v["mean"] / v["se"] if v["n"] >= 3 and v["se"] > 0 else v["mean"]
+
+    worst = min(base, key=rank, default=None)
+    return {"codebook": codebook, "bits": bits, "vs_fp32": diff(fp32), "baselines": base, "worst": worst,
+            "below_any": [c for c, v in base.items() if v["below"]]}
 
 
 def _curves(records, bits, metric="test_accuracy"):

@@ -16,10 +16,14 @@ import sys
 from collections import defaultdict
 from typing import Sequence
 
+from tnq_kernels.api import DEFAULT_CODEBOOK
+
 from . import report
 from .mnist import RunConfig, read_csv, write_csv
 
 #: "mnist": the earlier block-2048, 2-epoch sweep, kept as it was; "codebooks": the codebook helper's tables
+#: the codebook the done criteria are checked for: the library's default
+DEFAULT = DEFAULT_CODEBOOK
 SKIP = {"lr_check", "mnist", "grad_stats", "codebooks"}
 
 
@@ -76,6 +80,34 @@ def glance(root: str, names: Sequence[str], bits: int = 3) -> str:
             sd = f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else ""
             row.append(f"{statistics.fmean(v):.4f}{sd} ({len(v)})")
         lines.append(f"| {report.label(c)} | " + " | ".join(row) + f" | {'/'.join(sorted(backends[c]))} |")
+    return "\n".join(lines)
+
+
+def verdicts(root: str, names: Sequence[str], codebook: str) -> str:
+    """One row per study and bit width: ``codebook`` against fp32 and against its worst baseline (report.verdict)."""
+    lines = ["| study | bits | seeds | − fp32 | worst baseline | − worst baseline (t) | below a baseline beyond noise |",
+             "|---|---|---|---|---|---|---|"]
+    for n in names:
+        d = os.path.join(root, n)
+        runs = _runs(d)
+        metric, higher = ("test_loss", False) if runs[0].get("task") == "text" else ("test_accuracy", True)
+        scale, digits = (100.0, 2) if higher else (1.0, 4)
+        recs = read_csv(os.path.join(d, "results.csv"))
+        for bits in sorted({int(r["bits"]) for r in recs if r["compressor"] == codebook}):
+            v = report.verdict(recs, codebook, bits, metric, higher)
+            if v is None:
+                continue
+            f, w = v["vs_fp32"], v["baselines"].get(v["worst"])
+            fmt = lambda x: f"{x['mean'] * scale:+.{digits}f} ± {x['sd'] * scale:.{digits}f}"  # noqa: E731
+            worst = "–" if not w else fmt(w) + (f" ({w['mean'] / w['se']:+.1f})" if w["n"] >= 3 and w["se"] > 0
+                                                 else "")
+            below = ", ".join(report.label(c) for c in v["below_any"]) or ("no" if f["n"] >= 3 else "– (< 3 seeds)")
+            lines.append(f"| {n} | {bits} | {f['n']} | {fmt(f)} | {report.label(v['worst']) if w else '–'} | "
+                         f"{worst} | {below} |")
+    lines += ["", f"Differences are {report.label(codebook)} minus the other run of the same seed, signed so that "
+                  f"positive means {codebook} is better (accuracy in points, bits per byte as is); t = mean / "
+                  f"standard error (std / sqrt(seeds)). \"Below beyond noise\": the mean is more than two standard "
+                  f"errors below zero, with at least 3 seeds; the worst baseline is the one with the lowest t (the lowest mean with fewer than 3 seeds)."]
     return "\n".join(lines)
 
 
@@ -153,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         recs = [r for r in read_csv(os.path.join(d, "results.csv")) if r["bits"] in (a.bits, 32)]
         out += [f"## {n}: seed-paired differences at {a.bits} bits", "", _describe(runs), "",
                 report.paired_table(recs, metric, higher), ""]
+    out += [f"## The default codebook ({DEFAULT}) against fp32 and every baseline, every bit width", "",
+            verdicts(a.root, names, DEFAULT), ""]
     lr = lr_table(a.root)
     if lr:
         out += ["## fp32 learning-rate check (chosen before any compressed run)", "", lr, ""]

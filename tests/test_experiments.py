@@ -196,6 +196,34 @@ def test_paired_differences_per_seed():
     assert {r["compressor"]: r["best"] for r in lower}["tnq"] == "nqsgd"
 
 
+def test_verdict_flags_a_codebook_below_a_baseline_only_beyond_two_standard_errors():
+    def rows(diffs_qsgd, diffs_nqsgd, n=4):
+        out = []
+        for s in range(n):
+            base = 0.95 + 0.003 * s  # seeds differ; the paired differences are what counts
+            out += [{"compressor": "none", "bits": 32, "seed": s, "step": 10, "test_accuracy": base},
+                    {"compressor": "rtnq", "bits": 3, "seed": s, "step": 10, "test_accuracy": base},
+                    {"compressor": "tnq", "bits": 3, "seed": s, "step": 10, "test_accuracy": base + 0.05},
+                    {"compressor": "qsgd", "bits": 3, "seed": s, "step": 10, "test_accuracy": base + diffs_qsgd[s]},
+                    {"compressor": "nqsgd", "bits": 3, "seed": s, "step": 10, "test_accuracy": base + diffs_nqsgd[s]}]
+        return out
+
+    # qsgd better on every seed by 0.01 ± small: rtnq is below it beyond noise; nqsgd's +-0.01 swings are noise
+    v = report.verdict(rows([0.010, 0.011, 0.009, 0.010], [0.01, -0.01, 0.01, -0.005]), "rtnq", 3)
+    assert v["below_any"] == ["qsgd"] and v["worst"] == "qsgd"
+    assert v["baselines"]["qsgd"]["mean"] == pytest.approx(-0.010) and v["vs_fp32"]["mean"] == pytest.approx(0.0)
+    assert "tnq" not in v["baselines"]  # the TNQ family is not a baseline
+    v = report.verdict(rows([0.01, -0.01, 0.01, -0.005], [0.01, -0.01, 0.01, -0.005]), "rtnq", 3)
+    assert v["below_any"] == []
+    # lower-is-better metrics flip the sign; fewer than 3 seeds never count as beyond noise
+    lower = [dict(r, test_loss=r["test_accuracy"]) for r in rows([0.010, 0.011, 0.009, 0.010], [0, 0, 0, 0])]
+    v = report.verdict(lower, "rtnq", 3, "test_loss", higher_better=False)
+    assert v["baselines"]["qsgd"]["mean"] == pytest.approx(0.010) and v["below_any"] == []
+    v = report.verdict(rows([0.010, 0.011], [0, 0], n=2), "rtnq", 3)
+    assert v["below_any"] == [] and v["worst"] == "qsgd"
+    assert report.verdict(rows([0.0] * 4, [0.0] * 4), "tqsgd", 3) is None
+
+
 # ---- gradient statistics ----
 
 def test_laplace_stats_on_laplace_and_on_zero_inflated_data():
