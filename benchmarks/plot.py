@@ -43,8 +43,11 @@ def latest_run(rows: list[dict], all_runs: bool = False, pick: tuple[str, ...] =
     """The rows of the latest run, or of the latest run named in ``pick`` when the rows hold one of those."""
     if all_runs or not rows:
         return rows
-    runs = {r.get("run", "") for r in rows}
-    last = max(runs & set(pick) or runs)
+    when: dict[str, str] = {}  # run id -> its newest ISO date: run ids changed format, so they do not sort by time
+    for r in rows:
+        run = r.get("run", "")
+        when[run] = max(when.get(run, ""), r.get("date", ""))
+    last = max(set(when) & set(pick) or set(when), key=lambda run: (when[run], run))
     return [r for r in rows if r.get("run", "") == last]
 
 

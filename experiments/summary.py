@@ -1,6 +1,7 @@
 """One page over every study folder: the 3-bit table at a glance, seed-paired differences, the fp32 lr check.
 
     python -m experiments.summary                 # reads experiments/results/*/ -> experiments/results/summary.md
+    python -m experiments.summary --rewrite       # also rewrite each study's table.md and plots first
     python -m experiments.summary --merge SRC DST # fold a study run in a parallel folder (other seeds) into DST
 
 A study folder is one written by experiments.mnist / experiments.text (results.csv + runs.csv); its runs.csv says
@@ -141,6 +142,12 @@ def config_of(run: dict) -> RunConfig:
                      batch_size=8 if task == "text" else 32)
 
 
+def rewrite(d: str) -> None:
+    """Rewrite a study's table.md (with its hand-written notes.md) and plots from its CSVs."""
+    runs = report.read_runs(os.path.join(d, "runs.csv"))
+    report.write_all(read_csv(os.path.join(d, "results.csv")), d, config=config_of(runs[0]), timings=runs, threads=1)
+
+
 def merge(src: str, dst: str) -> None:
     """Append SRC's runs (those DST lacks) to DST's results.csv / runs.csv and rewrite DST's table and plots."""
     recs, runs = read_csv(os.path.join(dst, "results.csv")), report.read_runs(os.path.join(dst, "runs.csv"))
@@ -153,7 +160,7 @@ def merge(src: str, dst: str) -> None:
     runs += new_runs
     write_csv(os.path.join(dst, "results.csv"), recs)
     report.write_runs(os.path.join(dst, "runs.csv"), runs)
-    report.write_all(recs, dst, config=config_of(runs[0]), timings=runs, threads=1)
+    rewrite(dst)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,12 +168,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--root", default="experiments/results")
     p.add_argument("--bits", type=int, default=3)
     p.add_argument("--merge", nargs=2, metavar=("SRC", "DST"), default=None)
+    p.add_argument("--rewrite", action="store_true",
+                   help="first rewrite every study's table.md (with its notes.md) and plots from its CSVs")
     a = p.parse_args(argv)
     if a.merge:
         merge(*a.merge)
         print(f"merged {a.merge[0]} into {a.merge[1]}", file=sys.stderr)
         return 0
     names = studies(a.root)
+    if a.rewrite:
+        for n in names:
+            rewrite(os.path.join(a.root, n))
     out = [f"# Results at a glance ({a.bits} bits)", "",
            "Final metric, mean ± std over seeds (number of seeds). MNIST: test accuracy (higher is better); text: "
            "held-out bits per byte (lower is better).", ""]

@@ -205,3 +205,13 @@ def test_bench_gpu_smoke_rows(tmp_path):
     else:
         assert nf4["status"] == "ok" and int(nf4["bytes_written"]) == n // 2 + 4 * (n // 64)
     assert "no verdict" in res.stdout  # no CUDA row ran, so no default-backend verdict
+
+
+def test_plot_latest_run_is_the_newest_by_date_not_by_run_id():
+    # the run-id format changed ("cpu-2026…" then "2026…"): the newer id sorts first as a string
+    rows = [{"run": "cpu-20261122T193218", "date": "2026-11-22T19:32:18", "gbps": 1.0},
+            {"run": "20261130T044705", "date": "2026-11-30T04:47:05", "gbps": 2.0},
+            {"run": "20261130T044705", "date": "2026-11-30T04:48:00", "gbps": 3.0}]
+    assert [r["gbps"] for r in plot.latest_run(rows)] == [2.0, 3.0]
+    assert [r["gbps"] for r in plot.latest_run(rows, pick=("cpu-20261122T193218",))] == [1.0]
+    assert plot.latest_run(rows, all_runs=True) == rows
