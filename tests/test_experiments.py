@@ -248,6 +248,18 @@ def test_summary_rewrites_tables_with_notes_and_checks_the_default_codebook(tmp_
     assert "| study | 3 | 3 | +0.00 ± 0.00 | QSGD | -1.10 ± 0.10 (-19.1) | QSGD |" in page
 
 
+def test_grad_error_measures_the_transformer(capsys):
+    from experiments import grad_error
+    assert grad_error.main(["--task", "text", "--points", "0", "--bits", "3", "--reps", "1", "--codebooks",
+                            "tnq,rtnq", "--threads", "1"]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("# text: byte-level transformer") and "--task text" in md
+    rows = {line.split("|")[2].strip(): line.split("|") for line in md.splitlines()
+            if line.startswith("| 3 | ") and line.count("|") == 10}
+    # truncation at the one-client threshold shrinks the average; rtnq's N-client threshold keeps its length
+    assert float(rows["tnq"][6]) < 0.8 < float(rows["rtnq"][6]) <= 1.0
+
+
 # ---- gradient statistics ----
 
 def test_laplace_stats_on_laplace_and_on_zero_inflated_data():
