@@ -45,7 +45,10 @@ from .model import MnistCNN, MnistMLP
 #: "rtnq" (bias-aware robust TNQ), which the simulation resolves with clients = the run's client count, as the DDP
 #: hook does with the world size.
 RTNQ = getattr(cb, "RTNQ", None)
-COMPRESSORS = ("none",) + tuple(cb.CODEBOOK_IDS) + ((RTNQ,) if RTNQ else ())
+#: diagnostics, not wire formats: the fp32 gradient truncated exactly as the codebook truncates it (its scale and
+#: threshold per block), with no rounding — what the truncation alone does to training (simulation only)
+CLIPPED = ("clip_tnq",) + (("clip_rtnq",) if RTNQ else ())
+COMPRESSORS = ("none",) + tuple(cb.CODEBOOK_IDS) + ((RTNQ,) if RTNQ else ()) + CLIPPED
 #: what a sweep runs when --compressors is not given: fp32, the TNQ family, the papers' baselines, the practical ones
 DEFAULT_COMPRESSORS = tuple(c for c in ("none", "tnq", "rtnq", "tqsgd", "qsgd_l2", "nuqsgd_l2", "nqsgd", "qsgd")
                             if c in COMPRESSORS)
@@ -110,6 +113,8 @@ class RunConfig:
         if self.compressor == "none":
             self.bits = 32
             self.error_feedback = False  # nothing is lost, so there is no residual
+        elif self.compressor in CLIPPED and self.error_feedback:
+            raise ValueError(f"compressor {self.compressor!r} (truncation only) has no error-feedback residual")
         elif not 2 <= self.bits <= 5:
             raise ValueError(f"bits must be in 2..5 for compressor {self.compressor!r}, got {self.bits}")
         if self.steps < 0:
@@ -166,6 +171,8 @@ def check_backend(cfg: "RunConfig") -> str:
     codebook, so an unsupported pair fails before training instead of falling back to another backend."""
     if cfg.compressor == "none":
         return "none"
+    if cfg.compressor in CLIPPED:  # runs the codebook's scale_truncate: the codebook's backend
+        return check_backend(replace(cfg, compressor=clipped_codebook(cfg)))
     name = resolve_backend(cfg.backend, cfg.compressor)
     if name == AUTO_ELSE_REFERENCE:
         try:
@@ -193,6 +200,18 @@ def compress_piece(g: torch.Tensor, cfg: "RunConfig", seed: int, backend: str) -
         return tnq.compress(g, cfg.bits, cfg.block_size, cfg.compressor, seed=seed, backend=backend,
                             clients=cfg.clients)
     return tnq.compress(g, cfg.bits, cfg.block_size, cfg.compressor, seed=seed, backend=backend)
+
+
+def clipped_codebook(cfg: "RunConfig") -> str | None:
+    """The codebook a "clip_<codebook>" diagnostic truncates like, else None."""
+    return cfg.compressor[len("clip_"):] if cfg.compressor in CLIPPED else None
+
+
+def truncate_piece(g: torch.Tensor, cfg: "RunConfig", backend: str) -> torch.Tensor:
+    """fp32 ``g`` truncated as ``clipped_codebook(cfg)`` truncates it (scale · z per block), without rounding."""
+    scales, z = tnq.scale_truncate(g, cfg.bits, cfg.block_size, clipped_codebook(cfg), backend=backend,
+                                   clients=cfg.clients if RTNQ else None)
+    return torch.repeat_interleave(scales, cfg.block_size or g.numel())[: g.numel()] * z
 
 
 # ---- data order ----
@@ -314,7 +333,7 @@ def pieces(cfg: RunConfig, layout: Layout) -> list[tuple[int, list[int]]]:
 def bits_per_client_step(cfg: RunConfig, layout: Layout, numels: Sequence[int]) -> int:
     """Bits one client sends per step: 32·n uncompressed, else 8·(payload bytes) summed over the payloads."""
     sizes = [sum(numels[i] for i in idx) for _, idx in pieces(cfg, layout)]
-    if cfg.compressor == "none":
+    if cfg.compressor == "none" or cfg.compressor in CLIPPED:
         return 32 * sum(sizes)
     return sum(8 * tnq.payload_bytes(n, cfg.bits, cfg.block_size) for n in sizes)
 
@@ -413,6 +432,8 @@ def simulate(cfg: RunConfig, data: Any = None, buckets: Layout | None = None, ma
                 if cfg.compressor == "none":
                     # DDP's default hook divides by the world size before its sum-allreduce
                     payloads[b].append(g / cfg.clients)
+                elif cfg.compressor in CLIPPED:
+                    payloads[b].append(truncate_piece(g, cfg, backend) / cfg.clients)
                 else:
                     if residual is not None:  # the DDP hook's own error-feedback helpers, so both stay one logic
                         g = g + tnq_ddp.gather_residual([residual[c][i] for i in idx], [numels[i] for i in idx],
@@ -426,7 +447,7 @@ def simulate(cfg: RunConfig, data: Any = None, buckets: Layout | None = None, ma
                             residual[c][i] = piece
         loss_n += 1
         for b, (_, idx) in enumerate(parts):
-            if cfg.compressor == "none":
+            if cfg.compressor == "none" or cfg.compressor in CLIPPED:
                 avg = payloads[b][0]
                 for g in payloads[b][1:]:
                     avg = avg + g
@@ -562,6 +583,8 @@ def run_ddp(cfg: RunConfig, max_steps: int = 0, progress: bool = True, threads: 
     if cfg.per_tensor:
         raise ValueError("per_tensor=True (one payload per parameter tensor) is simulation-only: the DDP hook "
                          "compresses whole buckets; use mode 'sim'")
+    if cfg.compressor in CLIPPED:
+        raise ValueError(f"compressor {cfg.compressor!r} is a simulation-only diagnostic; use mode 'sim'")
     if cfg.compressor != "none":
         try:
             from tnq_kernels import ddp as _  # noqa: F401

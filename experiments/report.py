@@ -11,10 +11,11 @@ from collections import defaultdict
 
 RUN_FIELDS = ("compressor", "bits", "seed", "mode", "backend", "steps", "seconds", "ms_per_step", "final_accuracy",
               "final_test_loss", "task", "optimizer", "lr", "block_size", "per_tensor", "partition")
-_KNOWN = ("none", "tnq", "rtnq", "tqsgd", "qsgd_l2", "nuqsgd_l2", "nqsgd", "qsgd")
+_KNOWN = ("none", "clip_tnq", "clip_rtnq", "tnq", "rtnq", "tqsgd", "qsgd_l2", "nuqsgd_l2", "nqsgd", "qsgd")
 LABEL = {"none": "none (fp32)", "tnq": "TNQ (ours)", "rtnq": "RTNQ (robust TNQ)", "tqsgd": "TQSGD",
          "nqsgd": "NQSGD", "qsgd": "QSGD", "qsgd_l2": "QSGD-L2 (Alistarh)",
-         "nuqsgd_l2": "NUQSGD-L2 (Ramezani-Kebrya)"}
+         "nuqsgd_l2": "NUQSGD-L2 (Ramezani-Kebrya)", "clip_tnq": "fp32, TNQ's truncation only",
+         "clip_rtnq": "fp32, RTNQ's truncation only"}
 
 
 def _order() -> tuple[str, ...]:

@@ -118,6 +118,37 @@ def test_simulation_deterministic_and_seed_sensitive(compressor, bits):
     assert any(not torch.equal(a.state[k], c.state[k]) for k in a.state)
 
 
+@pytest.mark.parametrize("codebook", ["tnq", "rtnq"])
+def test_truncation_only_diagnostic_is_the_codebooks_expected_decode(codebook):
+    """clip_<codebook> sends g truncated exactly as <codebook> truncates it: the mean of its unbiased decodes."""
+    cfg = mnist.RunConfig(compressor=f"clip_{codebook}", bits=3, block_size=1024, clients=8)
+    torch.manual_seed(0)
+    g = torch.distributions.Laplace(0.0, 1.0).sample((4096,)) * torch.linspace(0.2, 3.0, 4096)
+    t = mnist.truncate_piece(g, cfg, "reference")
+    bound = t.abs().view(4, 1024).amax(1, keepdim=True)
+    small = g.abs().view(4, 1024) < 0.5 * bound
+    assert torch.allclose(t.view(4, 1024)[small], g.view(4, 1024)[small], rtol=1e-5, atol=1e-6)
+    assert (g.abs() > t.abs() * (1 + 1e-5)).sum() > 0  # something was clipped
+    reps = 256
+    dec = sum(tnq.decompress(tnq.compress(g, 3, 1024, codebook, seed=s, backend="reference", clients=8))
+              for s in range(reps)) / reps
+    assert (dec - t).abs().max() < 6 * float(bound.max()) / 7 / reps ** 0.5  # 6 sigma of the widest cell
+    with pytest.raises(ValueError, match="error-feedback"):
+        mnist.RunConfig(compressor="clip_tnq", error_feedback=True)
+    with pytest.raises(ValueError, match="simulation-only"):
+        mnist.run_ddp(cfg)
+
+
+@needs_data
+def test_truncation_only_diagnostic_trains_in_fp32():
+    cfg = mnist.RunConfig(compressor="clip_tnq", bits=3, **SMALL)
+    res = mnist.simulate(cfg, MNIST_DATA, max_steps=2, progress=False)
+    n = sum(p.numel() for p in mnist.MnistCNN().parameters())
+    assert [r["bits_per_client_step"] for r in res.records] == [32 * n]
+    fp32 = mnist.simulate(mnist.RunConfig(compressor="none", **SMALL), MNIST_DATA, max_steps=2, progress=False)
+    assert any(not torch.equal(res.state[k], fp32.state[k]) for k in res.state)  # the truncation changed the step
+
+
 @needs_data
 def test_simulation_compression_matches_manual_aggregation():
     """One step by hand: per-client compress with derive_seed(seed, client, 0, bucket), decompress_sum(1/N)."""
