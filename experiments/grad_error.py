@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rel MSE = E‖ĝ−g‖²/‖g‖²; bias = ‖E[ĝ]−g‖/‖g‖ (exact); bias² share = ‖E[ĝ]−g‖²/E‖ĝ−g‖²; "
             "shrink = ⟨E[ĝ],g⟩/‖g‖²; cos(E) = cos(E[ĝ],g), the direction error left by truncation alone; "
             "cos = E cos(ĝ,g); clipped = fraction of client entries changed by "
-            "truncation. 'SGD noise' = the mini-batch noise of the same 256-image average, ‖g_c−g‖²/(8·7)/‖g‖² "
+            "truncation. 'SGD noise' = the mini-batch noise of the same 8-client average, ‖g_c−g‖²/(8·7)/‖g‖² "
             "summed over clients — the error the uncompressed run already lives with.", ""]
     for step in points:
         rows = [r for r in agg_rows if r["step"] == step and r["block"] == 2048]
