@@ -73,11 +73,22 @@ def final_rows(records: list[dict], metric: str = "test_accuracy") -> dict[tuple
     return {k: list(v.values()) for k, v in final_by_seed(records, metric).items()}
 
 
+def mean_sd(vals: list[float]) -> tuple[float, float]:
+    """(mean, sample std; 0 for one value). A run that diverged (NaN metric) makes both NaN ("nan" in the tables):
+    ``statistics.stdev`` cannot take a NaN."""
+    if any(math.isnan(v) for v in vals):
+        return math.nan, math.nan
+    return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def _nan_low(v: float) -> float:
+    return -math.inf if math.isnan(v) else v
+
+
 def _fmt(accs: list[float]) -> str:
     if not accs:
         return "–"
-    m = statistics.fmean(accs)
-    sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    m, sd = mean_sd(accs)
     return f"{m:.4f} ± {sd:.4f}" if len(accs) > 1 else f"{m:.4f}"
 
 
@@ -109,8 +120,7 @@ def table(records: list[dict], metric: str = "test_accuracy", paper: bool = True
 def _spread(vals: list[float], scale: float, digits: int) -> str:
     if not vals:
         return "–"
-    m = statistics.fmean(vals) * scale
-    sd = statistics.stdev(vals) * scale if len(vals) > 1 else 0.0
+    m, sd = (v * scale for v in mean_sd(vals))
     return f"{m:+.{digits}f} ± {sd:.{digits}f}" if len(vals) > 1 else f"{m:+.{digits}f}"
 
 
@@ -130,7 +140,7 @@ def paired(records: list[dict], metric: str = "test_accuracy", higher_better: bo
             mine = fin[(comp, bits)]
             others = {c: v for (c, b), v in fin.items() if b == bits and c != comp and c != "none"
                       and not tnq_family(c)}
-            best = max(others, key=lambda c: sign * statistics.fmean(others[c].values()), default=None)
+            best = max(others, key=lambda c: _nan_low(sign * mean_sd(list(others[c].values()))[0]), default=None)
             rows.append({"compressor": comp, "bits": bits, "n": len(mine),
                          "vs_fp32": [mine[s] - fp32[s] for s in sorted(mine) if s in fp32],
                          "best": best,
@@ -172,14 +182,17 @@ def verdict(records: list[dict], codebook: str, bits: int, metric: str = "test_a
     def diff(other: dict[int, float]) -> dict:
         d = [sign * (mine[s] - other[s]) for s in sorted(mine) if s in other]
         n = len(d)
-        sd = statistics.stdev(d) if n > 1 else float("nan")
-        se = sd / math.sqrt(n) if n > 1 else float("nan")
-        below = n >= 3 and statistics.fmean(d) + 2 * se < 0
-        return {"n": n, "mean": statistics.fmean(d) if d else float("nan"), "sd": sd, "se": se, "below": below}
+        mean, sd = mean_sd(d) if d else (math.nan, math.nan)
+        sd = sd if n > 1 else math.nan
+        se = sd / math.sqrt(n) if n > 1 else math.nan
+        below = n >= 3 and mean + 2 * se < 0  # False whenever a run diverged (NaN)
+        return {"n": n, "mean": mean, "sd": sd, "se": se, "below": below}
 
     base = {c: diff(v) for (c, b), v in fin.items() if b == bits and c != "none" and not tnq_family(c)}
     def rank(c: str) -> float:  # t with >= 3 seeds, else the mean (a t from 2 seeds says nothing)
         v = base[c]
+        if math.isnan(v["mean"]):  # a run that diverged (NaN metric) is never the worst comparison
+            return math.inf
         return v["mean"] / v["se"] if v["n"] >= 3 and v["se"] > 0 else v["mean"]
 
     worst = min(base, key=rank, default=None)
@@ -237,8 +250,7 @@ def plot_accuracy_vs_bits(records: list[dict], path: str, metric: str = "test_ac
         if not pts:
             continue
         xs = [b for b, _ in pts]
-        ms = [statistics.fmean(v) for _, v in pts]
-        sds = [statistics.stdev(v) if len(v) > 1 else 0.0 for _, v in pts]
+        ms, sds = zip(*(mean_sd(v) for _, v in pts)) if pts else ((), ())
         ax.errorbar(xs, ms, yerr=sds, marker="o", capsize=3, label=label(comp))
     if ("none", 32) in finals:
         ax.axhline(statistics.fmean(finals[("none", 32)]), color="k", linestyle="--", label=label("none"))

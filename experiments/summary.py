@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import statistics
 import sys
 from collections import defaultdict
 from typing import Sequence
@@ -78,8 +77,8 @@ def glance(root: str, names: Sequence[str], bits: int = 3) -> str:
             if not v:
                 row.append("–")
                 continue
-            sd = f" ± {statistics.stdev(v):.4f}" if len(v) > 1 else ""
-            row.append(f"{statistics.fmean(v):.4f}{sd} ({len(v)})")
+            m, sd = report.mean_sd(v)
+            row.append(f"{m:.4f}" + (f" ± {sd:.4f}" if len(v) > 1 else "") + f" ({len(v)})")
         lines.append(f"| {report.label(c)} | " + " | ".join(row) + f" | {'/'.join(sorted(backends[c]))} |")
     return "\n".join(lines)
 

@@ -219,6 +219,11 @@ def test_verdict_flags_a_codebook_below_a_baseline_only_beyond_two_standard_erro
     lower = [dict(r, test_loss=r["test_accuracy"]) for r in rows([0.010, 0.011, 0.009, 0.010], [0, 0, 0, 0])]
     v = report.verdict(lower, "rtnq", 3, "test_loss", higher_better=False)
     assert v["baselines"]["qsgd"]["mean"] == pytest.approx(0.010) and v["below_any"] == []
+    v = report.verdict(rows([0.010, 0.011, 0.009, 0.010], [float("nan")] * 4), "rtnq", 3)
+    assert v["below_any"] == ["qsgd"] and v["worst"] == "qsgd"  # a diverged baseline (NaN) is never the worst
+    diverged = rows([0.010, 0.011, 0.009, 0.010], [float("nan")] * 4)  # the tables print it, they do not crash
+    assert "| NQSGD | nan ± nan |" in report.table(diverged, paper=False)
+    assert "| RTNQ (robust TNQ) | 3 | 4 | +0.00 ± 0.00 |" in report.paired_table(diverged)
     v = report.verdict(rows([0.010, 0.011], [0, 0], n=2), "rtnq", 3)
     assert v["below_any"] == [] and v["worst"] == "qsgd"
     assert report.verdict(rows([0.0] * 4, [0.0] * 4), "tqsgd", 3) is None
