@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 import tnq_kernels as tnq
 from tnq_kernels import codebooks as cb
-from .mnist import DEFAULT_LR, TASKS, RunConfig, make_task, resolve_backend
+from .mnist import DEFAULT_LR, TASKS, RunConfig, default_batch_size, make_task, resolve_backend
 
 #: "rtnq" is sized for the number of clients (rtnq8 with 8); qsgd_l2 / nuqsgd_l2 are the papers' L2-scaled ones
 CODEBOOKS = ("tnq", "rtnq", "tqsgd", "nqsgd", "qsgd", "nuqsgd_l2", "qsgd_l2")
@@ -186,10 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bits_list = [int(v) for v in a.bits.split(",")]
     books = [c for c in CODEBOOKS if c in a.codebooks.split(",")]
     backend = resolve_backend(a.backend)
-    cfg = RunConfig(compressor="none", seed=a.seed, task=a.task)
-    if a.task != "mnist":  # "mnist" keeps the earlier sweep's lr (RunConfig's default), as its tables were made
-        cfg = RunConfig(compressor="none", seed=a.seed, task=a.task, lr=DEFAULT_LR[(a.task, "sgdm")],
-                        batch_size=8 if a.task == "text" else 32)
+    # "mnist" keeps the earlier sweep's lr (RunConfig's default), as its tables were made
+    lr = {} if a.task == "mnist" else {"lr": DEFAULT_LR[(a.task, "sgdm")]}
+    cfg = RunConfig(compressor="none", seed=a.seed, task=a.task, batch_size=default_batch_size(a.task), **lr)
     task = make_task(cfg)
     names = [k for k, _ in task.build_model().named_parameters()]
     sizes = [q.numel() for q in task.build_model().parameters()]

@@ -30,7 +30,7 @@ import torch
 
 from tnq_kernels import codebooks as cb
 from . import report
-from .mnist import DEFAULT_LR, RunConfig, make_optimizer, make_task
+from .mnist import DEFAULT_LR, RunConfig, default_batch_size, make_optimizer, make_task
 
 FIELDS = ("task", "tensor", "numel", "zeros", "ratio", "ratio_nonzero", "ks", "q999_ratio", "clip3_ratio")
 
@@ -61,7 +61,7 @@ def laplace_stats(v: torch.Tensor) -> dict | None:
 def collect(task_name: str, points: Sequence[int], clients: int = 8, seed: int = 0) -> list[dict]:
     """Rows (FIELDS) per parameter tensor plus one "(all, pooled per tensor)" row: means over clients and points."""
     cfg = RunConfig(task=task_name, compressor="none", clients=clients, seed=seed, optimizer="sgdm",
-                    lr=DEFAULT_LR[(task_name, "sgdm")], batch_size=8 if task_name == "text" else 32,
+                    lr=DEFAULT_LR[(task_name, "sgdm")], batch_size=default_batch_size(task_name),
                     steps=max(points) + 1)
     task = make_task(cfg)
     model = task.build_model()

@@ -202,6 +202,16 @@ def compress_piece(g: torch.Tensor, cfg: "RunConfig", seed: int, backend: str) -
     return tnq.compress(g, cfg.bits, cfg.block_size, cfg.compressor, seed=seed, backend=backend)
 
 
+def sends_fp32(cfg: "RunConfig") -> bool:
+    """fp32 on the wire: the uncompressed run and the truncation-only diagnostics (summed, not decompressed)."""
+    return cfg.compressor == "none" or cfg.compressor in CLIPPED
+
+
+def default_batch_size(task: str) -> int:
+    """Per-client batch: 8 windows of 64 bytes for the transformer, 32 images for the MNIST models."""
+    return 8 if task == "text" else 32
+
+
 def clipped_codebook(cfg: "RunConfig") -> str | None:
     """The codebook a "clip_<codebook>" diagnostic truncates like, else None."""
     return cfg.compressor[len("clip_"):] if cfg.compressor in CLIPPED else None
@@ -333,7 +343,7 @@ def pieces(cfg: RunConfig, layout: Layout) -> list[tuple[int, list[int]]]:
 def bits_per_client_step(cfg: RunConfig, layout: Layout, numels: Sequence[int]) -> int:
     """Bits one client sends per step: 32·n uncompressed, else 8·(payload bytes) summed over the payloads."""
     sizes = [sum(numels[i] for i in idx) for _, idx in pieces(cfg, layout)]
-    if cfg.compressor == "none" or cfg.compressor in CLIPPED:
+    if sends_fp32(cfg):
         return 32 * sum(sizes)
     return sum(8 * tnq.payload_bytes(n, cfg.bits, cfg.block_size) for n in sizes)
 
@@ -447,7 +457,7 @@ def simulate(cfg: RunConfig, data: Any = None, buckets: Layout | None = None, ma
                             residual[c][i] = piece
         loss_n += 1
         for b, (_, idx) in enumerate(parts):
-            if cfg.compressor == "none" or cfg.compressor in CLIPPED:
+            if sends_fp32(cfg):
                 avg = payloads[b][0]
                 for g in payloads[b][1:]:
                     avg = avg + g
@@ -759,7 +769,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[RunConfig, list[str], list[
     optimizer = pick("optimizer", "sgdm")
     lr = a.lr if a.lr is not None else DEFAULT_LR[(task, optimizer)]
     eval_every = a.eval_every or (DEMO["eval_every"] if a.demo else 29 if a.quick else 78)
-    batch = a.batch_size or (8 if task == "text" else 32)
+    batch = a.batch_size or default_batch_size(task)
     base = RunConfig(epochs=epochs, steps=steps, clients=pick("clients", 8), batch_size=batch, lr=lr,
                      momentum=a.momentum, block_size=pick("block_size", tnq.DEFAULT_BLOCK_SIZE), iid=not a.non_iid,
                      eval_every=eval_every, backend=a.backend or (DEMO["backend"] if a.demo else None),

@@ -171,7 +171,8 @@ def verdict(records: list[dict], codebook: str, bits: int, metric: str = "test_a
 
     A difference d is oriented so that d > 0 means ``codebook`` is better. "Below beyond noise" means the mean
     paired difference is more than two standard errors (std / sqrt(n)) below zero, with n >= 3 seeds; the worst
-    baseline is the one with the lowest mean / standard error (the lowest mean with fewer than 3 seeds). Returns None without fp32 or the codebook's runs.
+    baseline is the one with the lowest mean / standard error (the lowest mean with fewer than 3 seeds).
+    Returns None without fp32 or the codebook's runs.
     """
     fin = final_by_seed(records, metric)
     mine, fp32 = fin.get((codebook, bits)), fin.get(("none", 32))
@@ -189,6 +190,7 @@ def verdict(records: list[dict], codebook: str, bits: int, metric: str = "test_a
         return {"n": n, "mean": mean, "sd": sd, "se": se, "below": below}
 
     base = {c: diff(v) for (c, b), v in fin.items() if b == bits and c != "none" and not tnq_family(c)}
+
     def rank(c: str) -> float:  # t with >= 3 seeds, else the mean (a t from 2 seeds says nothing)
         v = base[c]
         if math.isnan(v["mean"]):  # a run that diverged (NaN metric) is never the worst comparison
@@ -250,7 +252,7 @@ def plot_accuracy_vs_bits(records: list[dict], path: str, metric: str = "test_ac
         if not pts:
             continue
         xs = [b for b, _ in pts]
-        ms, sds = zip(*(mean_sd(v) for _, v in pts)) if pts else ((), ())
+        ms, sds = zip(*(mean_sd(v) for _, v in pts))
         ax.errorbar(xs, ms, yerr=sds, marker="o", capsize=3, label=label(comp))
     if ("none", 32) in finals:
         ax.axhline(statistics.fmean(finals[("none", 32)]), color="k", linestyle="--", label=label("none"))
@@ -300,9 +302,14 @@ def setup_line(config) -> str:
             f"{', error feedback' if getattr(config, 'error_feedback', False) else ''}.")
 
 
+def task_metric(task: str) -> tuple[str, bool]:
+    """(headline metric, higher is better) of a task: held-out loss for the transformer, else test accuracy."""
+    return ("test_loss", False) if task == "text" else ("test_accuracy", True)
+
+
 def metric_of(config) -> tuple[str, bool]:
-    """(headline metric, higher is better) of a task."""
-    return ("test_loss", False) if getattr(config, "task", "mnist") == "text" else ("test_accuracy", True)
+    """``task_metric`` of a run configuration."""
+    return task_metric(getattr(config, "task", "mnist"))
 
 
 def write_all(records: list[dict], out_dir: str, config=None, timings: list[dict] | None = None,

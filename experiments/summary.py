@@ -19,7 +19,7 @@ from typing import Sequence
 from tnq_kernels.api import DEFAULT_CODEBOOK
 
 from . import report
-from .mnist import RunConfig, read_csv, write_csv
+from .mnist import RunConfig, default_batch_size, read_csv, write_csv
 
 #: "mnist": the earlier block-2048, 2-epoch sweep, kept as it was; "codebooks": the codebook helper's tables
 #: the codebook the done criteria are checked for: the library's default
@@ -56,7 +56,7 @@ def glance(root: str, names: Sequence[str], bits: int = 3) -> str:
     for name in names:
         d = os.path.join(root, name)
         runs = _runs(d)
-        metric = "test_loss" if runs[0].get("task") == "text" else "test_accuracy"
+        metric, _ = report.task_metric(runs[0].get("task", "mnist"))
         fin = report.final_rows(read_csv(os.path.join(d, "results.csv")), metric)
         cols.append((name, metric))
         for (c, b), v in fin.items():
@@ -90,7 +90,7 @@ def verdicts(root: str, names: Sequence[str], codebook: str) -> str:
     for n in names:
         d = os.path.join(root, n)
         runs = _runs(d)
-        metric, higher = ("test_loss", False) if runs[0].get("task") == "text" else ("test_accuracy", True)
+        metric, higher = report.task_metric(runs[0].get("task", "mnist"))
         scale, digits = (100.0, 2) if higher else (1.0, 4)
         recs = read_csv(os.path.join(d, "results.csv"))
         for bits in sorted({int(r["bits"]) for r in recs if r["compressor"] == codebook}):
@@ -138,7 +138,7 @@ def config_of(run: dict) -> RunConfig:
     return RunConfig(task=task, optimizer=run.get("optimizer", "sgdm"), lr=float(run.get("lr", 0.05)),
                      block_size=int(run.get("block_size", 2048)), per_tensor=run.get("per_tensor") == "1",
                      dirichlet=alpha, iid=part != "two-digit", steps=int(run["steps"]),
-                     batch_size=8 if task == "text" else 32)
+                     batch_size=default_batch_size(task))
 
 
 def rewrite(d: str) -> None:
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in names:
         d = os.path.join(a.root, n)
         runs = _runs(d)
-        metric, higher = ("test_loss", False) if runs[0].get("task") == "text" else ("test_accuracy", True)
+        metric, higher = report.task_metric(runs[0].get("task", "mnist"))
         recs = [r for r in read_csv(os.path.join(d, "results.csv")) if r["bits"] in (a.bits, 32)]
         out += [f"## {n}: seed-paired differences at {a.bits} bits", "", _describe(runs), "",
                 report.paired_table(recs, metric, higher), ""]
