@@ -120,7 +120,8 @@ def worst_case(root: str, names: Sequence[str]) -> str:
     for c in sorted({k[0] for k in worst}, key=report.order_key):
         lines.append(f"| `{c}` | " + " | ".join(worst[(c, u)][1] if (c, u) in worst else "–" for u in units) + " |")
     best = {u: max((k[0] for k in worst if k[1] == u), key=lambda c: worst[(c, u)][0]) for u in units}
-    lines += ["", "Smallest worst case: " + "; ".join(f"`{c}` ({u})" for u, c in best.items()) + ". Seed-paired means over "
+    lines += ["", "Smallest worst case: " + "; ".join(f"`{c}` ({u})" for u, c in best.items()) +
+              ". Seed-paired means over "
               "the seeds both runs have (their number in parentheses), at every width of the studies named here (the "
               "longest run of each setting)."]
     return "\n".join(lines)
@@ -191,8 +192,8 @@ def default_table(root: str, names: Sequence[str], codebook: str = DEFAULT) -> s
 def verdicts(root: str, names: Sequence[str], codebook: str) -> str:
     """One row per study and bit width: ``codebook`` against fp32 (and the fp32 target where the metric has one) and
     against every other codebook (report.verdict)."""
-    margin = f"within {report.FP32_MARGIN['test_accuracy'] * 100:g} points of fp32"
-    lines = [f"| study | bits | seeds | − fp32 | {margin} | worst other codebook | − it (t) | "
+    margin = f"{report.FP32_MARGIN['test_accuracy'] * 100:g} points"
+    lines = [f"| study | bits | seeds | − fp32 | within {margin} of fp32 | worst other codebook | − it (t) | "
              "below another codebook beyond noise | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for n in names:
         d = os.path.join(root, n)
@@ -212,7 +213,7 @@ def verdicts(root: str, names: Sequence[str], codebook: str) -> str:
     lines += ["", f"Differences are {report.label(codebook)} minus the other run of the same seed, signed so that "
                   f"positive means {codebook} is better (accuracy in points, bits per byte as is), mean ± std over "
                   f"the seeds both have; t = mean / standard error (std / sqrt(seeds)). The fp32 target (MNIST "
-                  f"only) is met when the mean difference to fp32 is at least −{margin[len('within '):-len(' of fp32')]}. \"Below beyond noise\": "
+                  f"only) is met when the mean difference to fp32 is at least −{margin}. \"Below beyond noise\": "
                   f"the mean is more than two standard errors below zero, with at least 3 seeds; every other "
                   f"codebook counts, the TNQ family included. The worst other codebook is the one with the lowest "
                   f"t (the lowest mean with fewer than 3 seeds). A diverged (NaN) run of {codebook} fails."]
