@@ -389,8 +389,10 @@ def metric_of(config) -> tuple[str, bool]:
 
 
 def write_all(records: list[dict], out_dir: str, config=None, timings: list[dict] | None = None,
-              threads: int | None = None) -> None:
-    """table.md (plus ``out_dir``/notes.md if present), accuracy_vs_step_<b>bit.png, accuracy_vs_bits.png."""
+              threads: int | None = None, hardware: str | None = None) -> None:
+    """table.md (plus ``out_dir``/notes.md if present), accuracy_vs_step_<b>bit.png, accuracy_vs_bits.png.
+    ``hardware``: the machine line to print (a rewrite from the CSVs keeps the one the runs were made on); default:
+    this machine, now."""
     metric, higher = metric_of(config) if config is not None else ("test_accuracy", True)
     title = "8 clients" if config is None else f"{config.task}, {config.clients} clients"
     head = ("# MNIST, 8 clients: final test accuracy" if config is None or config.task == "mnist" else
@@ -403,7 +405,7 @@ def write_all(records: list[dict], out_dir: str, config=None, timings: list[dict
         text += "\n## Seed-paired differences\n\n" + paired_table(records, metric, higher) + "\n"
     if config is not None:
         text += "\n" + setup_line(config) + "\n"
-    text += f"\nHardware: {environment(threads)}.\n"
+    text += f"\nHardware: {hardware or environment(threads)}.\n"
     if timings:
         total = sum(float(t["seconds"]) for t in timings)
         modes = sorted({t["mode"] for t in timings})

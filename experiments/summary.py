@@ -253,7 +253,13 @@ def config_of(run: dict) -> RunConfig:
 def rewrite(d: str) -> None:
     """Rewrite a study's table.md (with its hand-written notes.md) and plots from its CSVs."""
     runs = report.read_runs(os.path.join(d, "runs.csv"))
-    report.write_all(read_csv(os.path.join(d, "results.csv")), d, config=config_of(runs[0]), timings=runs, threads=1)
+    hardware = None  # the machine the runs were made on, as the table said it, not today's
+    if os.path.exists(os.path.join(d, "table.md")):
+        with open(os.path.join(d, "table.md")) as f:
+            hardware = next((line[len("Hardware: "):].rstrip().rstrip(".") for line in f
+                             if line.startswith("Hardware: ")), None)
+    report.write_all(read_csv(os.path.join(d, "results.csv")), d, config=config_of(runs[0]), timings=runs, threads=1,
+                     hardware=hardware)
 
 
 def merge(src: str, dst: str) -> None:
