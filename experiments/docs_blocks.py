@@ -33,11 +33,19 @@ COMMAND = "python -m experiments.summary --docs"
 _BLOCK = re.compile(r"(<!-- generated: ([\w.-]+)[^>]*-->\n)(.*?)(<!-- end: \2 -->)", re.S)
 
 
-def _cpu_kernels(bench: str) -> str:
-    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "benchmarks")))
-    import _helper  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
+def bench_modules():
+    """benchmarks/plot.py and benchmarks/_helper.py (benchmarks/ is a folder of scripts, not a package)."""
+    where = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    if where not in sys.path:
+        sys.path.insert(0, where)
+    import _helper  # noqa: E402
     import plot  # noqa: E402
-    return plot.readme_table(_helper.read_csv(os.path.join(bench, "cpu_throughput.csv")))
+    return plot, _helper
+
+
+def _cpu_kernels(bench: str) -> str:
+    plot, helper = bench_modules()
+    return plot.readme_table(helper.read_csv(os.path.join(bench, "cpu_throughput.csv")))
 
 
 def _mnist_sweep(root: str) -> str:

@@ -308,6 +308,10 @@ def test_summary_rewrites_tables_with_notes_and_checks_the_default_codebook(tmp_
     # rtnq is 1.0-1.2 points below qsgd on every seed: below beyond noise
     assert ("| study | 3 | 3 | +0.00 ± 0.00 | met | QSGD | -1.10 ± 0.10 (t -19.1) | QSGD | **missed**: below QSGD "
             "beyond noise |") in page
+    # a rewrite from the CSVs keeps the machine the runs were made on, not today's
+    (d / "table.md").write_text(table.replace(table.split("Hardware: ")[1].split("\n")[0], "Old box; 2020-01-01."))
+    assert summary.main(["--root", str(tmp_path), "--rewrite"]) == 0
+    assert "\nHardware: Old box; 2020-01-01.\n" in (d / "table.md").read_text()
 
 
 def test_grad_error_measures_the_transformer(capsys):

@@ -97,7 +97,7 @@ def _bench_rows(run, date, scale):
 
 
 def test_the_cpu_table_comes_from_one_run(tmp_path):
-    import plot  # benchmarks/plot.py (docs_blocks puts benchmarks/ on the path)
+    plot, _ = docs_blocks.bench_modules()
     rows = _bench_rows("old", "2026-11-01T00:00:00Z", 0.001) + _bench_rows("new", "2026-12-01T00:00:00Z", 0.002)
     with open(tmp_path / "cpu_throughput.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
