@@ -49,7 +49,7 @@ def _runs(d: str) -> list[dict]:
 
 #: what a runs.csv from before a column existed (the earlier "mnist" sweep) ran with
 SETTING_DEFAULTS = {"task": "mnist", "optimizer": "sgdm", "partition": "iid", "per_tensor": "0", "block_size": "2048",
-                    "lr": "?"}
+                    "lr": "not recorded"}
 
 
 def setting(run: dict) -> dict:
