@@ -148,6 +148,61 @@ def throughput_table(rows: list[dict]) -> str:
     return head + H.format_table(table, list(table[0])) if table else head
 
 
+def readme_table(rows: list[dict], run: str | None = None) -> str:
+    """The README's CPU table, from ONE run: ``run``, else the latest 1-thread run (else the latest run).
+
+    Per op and dtype over b = 2..5: ns per element at the run's largest n, and the fraction of a copy into a
+    preallocated tensor (GB/s read + written over the copy's GB/s at that n, same run); decodes into ``out=``
+    (impl "native-out"). Then compress against the reference at the largest n the reference was timed at.
+    """
+    rows = [r for r in rows if r.get("gbps")]
+    if run is not None:
+        rows = [r for r in rows if r.get("run") == run]
+    else:
+        groups = latest_per_threads(rows)
+        rows = next((g for g in groups if g[0].get("threads") == "1"), groups[0] if groups else [])
+    if not rows:
+        return "No CPU benchmark run in benchmarks/results/cpu_throughput.csv: run `make bench`."
+    top = max(int(r["n"]) for r in rows)
+    dtypes = [d for d in ("float32", "bfloat16") if any(r["dtype"] == d for r in rows)]
+
+    def sel(op, impl, dt, bits=None, n=top):
+        return [r for r in rows if r["op"] == op and r["impl"] == impl and r["dtype"] == dt and int(r["n"]) == n
+                and (bits is None or int(r["bits"]) == bits)]
+
+    def span(vals, fmt):
+        vals = [v for v in vals if not math.isnan(v)]
+        return "—" if not vals else fmt(min(vals)) if len(vals) == 1 or fmt(min(vals)) == fmt(max(vals)) else \
+            f"{fmt(min(vals))}–{fmt(max(vals))}"
+
+    short = {"float32": "fp32", "bfloat16": "bf16"}
+    world = max((int(r["world"]) for r in rows if r["op"] == "decompress_sum"), default=0)
+    ops = [("compress", "native", "compress"), ("decompress", "native-out", "decompress into `out`"),
+           ("decompress_sum", "native-out", f"decompress_sum, {world} payloads, into `out`")]
+    bits = sorted({int(r["bits"]) for r in rows if r["op"] == "compress"})
+    b = " / ".join(map(str, bits))
+    head = "| op | " + " | ".join(f"{short.get(dt, dt)}, b = {b} | of copy" for dt in dtypes) + " |"
+    lines = [head, "|---|" + "---|---|" * len(dtypes)]
+    for op, impl, name in ops:
+        cells = []
+        for dt in dtypes:
+            ns = [_median(sel(op, impl, dt, k), "median_s") * 1e9 / top for k in bits]
+            copy = _median(sel("copy", "torch", dt))
+            cells += [" / ".join("—" if math.isnan(x) else f"{x:.2f}" for x in ns),
+                      span([_median(sel(op, impl, dt, k)) / copy for k in bits], lambda x: f"{x:.2f}")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    ref_n = max((int(r["n"]) for r in rows if r["impl"] == "reference" and r["op"] == "compress"), default=0)
+    ratio = [_median(sel("compress", "native", dt, k, ref_n)) / _median(sel("compress", "reference", dt, k, ref_n))
+             for dt in dtypes for k in bits] if ref_n else []
+    r0 = rows[0]
+    intro = (f"Run `{r0.get('run', '?')}` ({_stamp(rows)}, 1-minute load average): n = 2^{int(math.log2(top))}, "
+             f"block {r0.get('block_size', '?')}; ns per element (median wall-clock time) and \"of copy\" (GB/s read "
+             f"+ written over that of a copy into a preallocated tensor, same n, same run) over b = {b}.")
+    tail = (f"Compress is {span(ratio, lambda x: f'{x:.0f}')}× the reference at n = 2^{int(math.log2(ref_n))} (the "
+            f"largest n the reference is timed at), same run." if ref_n else "")
+    return "\n".join([intro, ""] + lines + ([""] + [tail] if tail else []))
+
+
 # ---- end to end ----
 
 def plot_e2e(rows: list[dict], out: Path) -> Path:

@@ -16,7 +16,7 @@ their average g. For each compressor × bits × block size it measures what the 
 next to the mini-batch noise of the same 8×32-image average (Σ_c ||g_c − g||² / (8·7) / ||g||²) for scale.
 It also checks the Laplace model per block of a client's gradient: mean(g²)/mean(|g|)² (2 for Laplace, π/2 for a
 Gaussian), the fraction of exact zeros, the fraction of entries clipped at α* against Laplace's exp(−α*/γ), and
-one client's per-element MSE in units of γ̂² against SPEC §1's Laplace column.
+one client's per-element MSE in units of γ̂² against the Laplace column of docs/format.md ("Reference numbers").
 
 If the output file already has a "## Conclusion" section, it is kept in place; the numbers are rewritten.
 """
@@ -39,7 +39,7 @@ from .mnist import DEFAULT_LR, TASKS, RunConfig, default_batch_size, make_task, 
 
 #: "rtnq" is sized for the number of clients (rtnq8 with 8); qsgd_l2 / nuqsgd_l2 are the papers' L2-scaled ones
 CODEBOOKS = ("tnq", "rtnq", "tqsgd", "nqsgd", "qsgd", "nuqsgd_l2", "qsgd_l2")
-#: SPEC §1, expected per-element MSE of TNQ on Laplace data with γ = 1
+#: docs/format.md ("Reference numbers"): expected per-element MSE of TNQ on Laplace data with γ = 1
 LAPLACE_MSE = {2: 0.522, 3: 0.187, 4: 0.0570, 5: 0.0158}
 #: "layer": one scale per parameter tensor (B = 0 per tensor, the paper's setting); "model": B = 0 over the whole
 #: bucket, i.e. one scale for all layers.
@@ -133,7 +133,7 @@ def laplace_check(G: torch.Tensor, sizes, names, block: int = 2048) -> list[dict
 
 
 def unit_mse(G: torch.Tensor, bits: int, block: int, reps: int, backend: str) -> float:
-    """One client's per-element MSE in units of its block's γ̂² (SPEC §1's column on Laplace data)."""
+    """One client's per-element MSE in units of its block's γ̂² (docs/format.md's "expected" column, Laplace)."""
     num = den = 0.0
     for c in range(G.shape[0]):
         x = G[c]
@@ -279,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        f"{r['clip5']:.4f} |")
         out.append("")
 
-    out += ["## 4. One client's TNQ error in units of γ̂² (block 2048) vs Laplace data (SPEC §1)", "",
+    out += ["## 4. One client's TNQ error in units of γ̂² (block 2048) vs Laplace data "
+            "(docs/format.md, \"Reference numbers\")", "",
             "| bits | Laplace expected | " + " | ".join(f"step {s}" for s in points) + " |",
             "|---|---|" + "---|" * len(points)]
     for bits in bits_list:

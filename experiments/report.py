@@ -31,6 +31,11 @@ def _order() -> tuple[str, ...]:
 ORDER = _order()
 
 
+def order_key(comp: str) -> tuple[int, str]:
+    """Sort key of a codebook in ORDER (unknown names last, by name)."""
+    return (ORDER.index(comp) if comp in ORDER else len(ORDER), comp)
+
+
 def label(comp: str) -> str:
     return LABEL.get(comp, comp)
 
@@ -85,35 +90,49 @@ def _nan_low(v: float) -> float:
     return -math.inf if math.isnan(v) else v
 
 
-def _fmt(accs: list[float]) -> str:
+def fmt_mean(accs: list[float], n: bool = False) -> str:
+    """mean ± std (4 decimals); ``n``: followed by the number of seeds in parentheses."""
     if not accs:
         return "–"
     m, sd = mean_sd(accs)
-    return f"{m:.4f} ± {sd:.4f}" if len(accs) > 1 else f"{m:.4f}"
+    return (f"{m:.4f} ± {sd:.4f}" if len(accs) > 1 else f"{m:.4f}") + (f" ({len(accs)})" if n else "")
+
+
+def seeds_note(seed_sets: list[set[int]]) -> tuple[bool, str]:
+    """(whether each cell must show its own seed count, the sentence's "over ... seed(s)" part) for cells holding
+    ``seed_sets``: one shared set is named once; otherwise every cell says how many seeds it has."""
+    distinct = {frozenset(s) for s in seed_sets if s}
+    if len(distinct) == 1:
+        seeds = sorted(next(iter(distinct)))
+        return False, f"over {len(seeds)} seed(s) ({', '.join(map(str, seeds))})"
+    return True, "over the seeds each cell has (their number in parentheses)"
 
 
 def table(records: list[dict], metric: str = "test_accuracy", paper: bool = True) -> str:
     """Markdown: final ``metric``, mean ± std over seeds, per compressor x bits, with the paper's 3-bit values."""
     from .mnist import PAPER_3BIT
-    finals = final_rows(records, metric)
+    by_seed = final_by_seed(records, metric)
+    finals = {k: list(v.values()) for k, v in by_seed.items()}
     bits = sorted({b for (c, b) in finals if c != "none"}) or [32]  # fp32 alone: one column
-    seeds = {int(r["seed"]) for r in records}
+    shown = [k for k in by_seed if (k[0] in ORDER and (k[1] in bits or k[0] == "none"))]
+    per_cell, over = seeds_note([set(by_seed[k]) for k in shown])
+    fmt = lambda v: fmt_mean(v, per_cell)  # noqa: E731
     head = "| compressor | " + " | ".join(f"{b} bits" for b in bits) + (" | paper, 3 bits |" if paper else " |")
     lines = [head, "|" + "---|" * (len(bits) + 1 + paper)]
     for comp in ORDER:
         if comp == "none":
             if ("none", 32) in finals:
-                cell = _fmt(finals[("none", 32)])
+                cell = fmt(finals[("none", 32)])
                 lines.append(f"| {label(comp)} | " + " | ".join(cell for _ in bits) + (" | – |" if paper else " |"))
             continue
         if not any((comp, b) in finals for b in bits):
             continue
         ref = (f" {PAPER_3BIT[comp]:.4f} |" if comp in PAPER_3BIT else " – |") if paper else ""
-        lines.append(f"| {label(comp)} | " + " | ".join(_fmt(finals.get((comp, b), [])) for b in bits) + " |" + ref)
+        lines.append(f"| {label(comp)} | " + " | ".join(fmt(finals.get((comp, b), [])) for b in bits) + " |" + ref)
     lines.append("")
     what = ("Final test accuracy on the 10k MNIST test set" if metric == "test_accuracy" else
             f"Final {metric.replace('_', ' ')}")
-    lines.append(f"{what}, mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, sorted(seeds)))}).")
+    lines.append(f"{what}, mean ± std {over}.")
     return "\n".join(lines)
 
 
@@ -165,14 +184,29 @@ def paired_table(records: list[dict], metric: str = "test_accuracy", higher_bett
     return "\n".join(lines)
 
 
+#: the project's training target for the default codebook (docs/experiments.md): at most this far below fp32,
+#: in the metric's own units; only MNIST accuracy has one (0.2 points)
+FP32_MARGIN = {"test_accuracy": 0.002}
+
+
+def compared(comp: str) -> bool:
+    """A codebook run that a verdict compares with: not fp32, not an fp32 diagnostic (``clip_*``, mnist.CLIPPED)."""
+    from .mnist import CLIPPED
+    return comp != "none" and comp not in CLIPPED
+
+
 def verdict(records: list[dict], codebook: str, bits: int, metric: str = "test_accuracy",
             higher_better: bool = True) -> dict | None:
-    """The default codebook's standing at ``bits``, seed-paired: against fp32 and against *every* baseline.
+    """The default codebook's standing at ``bits``, seed-paired: against fp32 and against *every* other codebook
+    (the TNQ family included).
 
     A difference d is oriented so that d > 0 means ``codebook`` is better. "Below beyond noise" means the mean
     paired difference is more than two standard errors (std / sqrt(n)) below zero, with n >= 3 seeds; the worst
-    baseline is the one with the lowest mean / standard error (the lowest mean with fewer than 3 seeds).
-    Returns None without fp32 or the codebook's runs.
+    comparison is the one with the lowest mean / standard error (the lowest mean with fewer than 3 seeds).
+    ``target`` judges FP32_MARGIN where the metric has one: met when the mean paired difference to fp32 is at least
+    −margin (``beyond_noise``: missed by more than two standard errors). A run of ``codebook`` that diverged (NaN)
+    fails the verdict (``diverged``: its seeds). ``failed``: diverged, below another codebook beyond noise, or the
+    fp32 target missed. Returns None without fp32 or the codebook's runs.
     """
     fin = final_by_seed(records, metric)
     mine, fp32 = fin.get((codebook, bits)), fin.get(("none", 32))
@@ -189,17 +223,59 @@ def verdict(records: list[dict], codebook: str, bits: int, metric: str = "test_a
         below = n >= 3 and mean + 2 * se < 0  # False whenever a run diverged (NaN)
         return {"n": n, "mean": mean, "sd": sd, "se": se, "below": below}
 
-    base = {c: diff(v) for (c, b), v in fin.items() if b == bits and c != "none" and not tnq_family(c)}
+    others = {c: diff(v) for (c, b), v in fin.items() if b == bits and c != codebook and compared(c)}
 
     def rank(c: str) -> float:  # t with >= 3 seeds, else the mean (a t from 2 seeds says nothing)
-        v = base[c]
+        v = others[c]
         if math.isnan(v["mean"]):  # a run that diverged (NaN metric) is never the worst comparison
             return math.inf
         return v["mean"] / v["se"] if v["n"] >= 3 and v["se"] > 0 else v["mean"]
 
-    worst = min(base, key=rank, default=None)
-    return {"codebook": codebook, "bits": bits, "vs_fp32": diff(fp32), "baselines": base, "worst": worst,
-            "below_any": [c for c, v in base.items() if v["below"]]}
+    diverged = [s for s, v in sorted(mine.items()) if math.isnan(v)]
+    vs_fp32 = diff(fp32)
+    target = None
+    if metric in FP32_MARGIN:
+        margin, f = FP32_MARGIN[metric], vs_fp32
+        met = not diverged and f["mean"] >= -margin  # False for a NaN mean
+        target = {"margin": margin, "met": met,
+                  "beyond_noise": not met and f["n"] >= 3 and f["mean"] + 2 * f["se"] < -margin}
+    below_any = sorted((c for c, v in others.items() if v["below"]), key=order_key)
+    return {"codebook": codebook, "bits": bits, "vs_fp32": vs_fp32, "others": others,
+            "worst": min(others, key=rank, default=None), "below_any": below_any, "target": target,
+            "diverged": diverged, "failed": bool(diverged or below_any or (target and not target["met"]))}
+
+
+def units(metric: str) -> tuple[float, int, str]:
+    """(scale, decimals, unit) a paired difference of ``metric`` is shown in: accuracy in points, loss as is."""
+    return (100.0, 2, "points") if metric == "test_accuracy" else (1.0, 4, "bpb")
+
+
+def fmt_diff(d: dict, metric: str, n: bool = False) -> str:
+    """A verdict difference as "mean ± std" in ``units`` (mean alone for one seed; "nan" for a diverged run)."""
+    scale, digits, _ = units(metric)
+    if d["n"] == 0:
+        return "–"
+    text = f"{d['mean'] * scale:+.{digits}f}" + (f" ± {d['sd'] * scale:.{digits}f}" if d["n"] > 1 else "")
+    return text + (f" ({d['n']})" if n else "")
+
+
+def t_of(d: dict) -> str:
+    """" (t = mean / standard error)" with at least 3 seeds, else ""."""
+    return f" (t {d['mean'] / d['se']:+.1f})" if d["n"] >= 3 and d["se"] > 0 else ""
+
+
+def verdict_words(v: dict, metric: str) -> str:
+    """One cell: FAILED (diverged), missed (which part) or met."""
+    if v["diverged"]:
+        return f"**FAILED**: diverged (NaN) on seed(s) {', '.join(map(str, v['diverged']))}"
+    missed = []
+    if v["target"] and not v["target"]["met"]:
+        scale, _, unit = units(metric)
+        missed.append(f"more than {v['target']['margin'] * scale:g} {unit} below fp32"
+                      + (" (beyond noise)" if v["target"]["beyond_noise"] else ""))
+    if v["below_any"]:
+        missed.append("below " + ", ".join(label(c) for c in v["below_any"]) + " beyond noise")
+    return "**missed**: " + "; ".join(missed) if missed else "met"
 
 
 def _curves(records, bits, metric="test_accuracy"):
@@ -313,8 +389,10 @@ def metric_of(config) -> tuple[str, bool]:
 
 
 def write_all(records: list[dict], out_dir: str, config=None, timings: list[dict] | None = None,
-              threads: int | None = None) -> None:
-    """table.md (plus ``out_dir``/notes.md if present), accuracy_vs_step_<b>bit.png, accuracy_vs_bits.png."""
+              threads: int | None = None, hardware: str | None = None) -> None:
+    """table.md (plus ``out_dir``/notes.md if present), accuracy_vs_step_<b>bit.png, accuracy_vs_bits.png.
+    ``hardware``: the machine line to print (a rewrite from the CSVs keeps the one the runs were made on); default:
+    this machine, now."""
     metric, higher = metric_of(config) if config is not None else ("test_accuracy", True)
     title = "8 clients" if config is None else f"{config.task}, {config.clients} clients"
     head = ("# MNIST, 8 clients: final test accuracy" if config is None or config.task == "mnist" else
@@ -327,7 +405,7 @@ def write_all(records: list[dict], out_dir: str, config=None, timings: list[dict
         text += "\n## Seed-paired differences\n\n" + paired_table(records, metric, higher) + "\n"
     if config is not None:
         text += "\n" + setup_line(config) + "\n"
-    text += f"\nHardware: {environment(threads)}.\n"
+    text += f"\nHardware: {hardware or environment(threads)}.\n"
     if timings:
         total = sum(float(t["seconds"]) for t in timings)
         modes = sorted({t["mode"] for t in timings})

@@ -3,6 +3,7 @@
     python -m experiments.summary                 # reads experiments/results/*/ -> experiments/results/summary.md
     python -m experiments.summary --rewrite       # also rewrite each study's table.md and plots first
     python -m experiments.summary --merge SRC DST # fold a study run in a parallel folder (other seeds) into DST
+    python -m experiments.summary --docs          # also rewrite the generated blocks of README.md and docs/*.md
 
 A study folder is one written by experiments.mnist / experiments.text (results.csv + runs.csv); its runs.csv says
 the task, optimizer, lr, granularity, partition and the backend each codebook ran with.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import os
 import sys
 from collections import defaultdict
@@ -21,10 +23,13 @@ from tnq_kernels.api import DEFAULT_CODEBOOK
 from . import report
 from .mnist import RunConfig, default_batch_size, read_csv, write_csv
 
-#: "mnist": the earlier block-2048, 2-epoch sweep, kept as it was; "codebooks": the codebook helper's tables
 #: the codebook the done criteria are checked for: the library's default
 DEFAULT = DEFAULT_CODEBOOK
-SKIP = {"lr_check", "mnist", "grad_stats", "codebooks"}
+#: folders that are not studies ("codebooks": the codebook helper's tables)
+SKIP = {"lr_check", "grad_stats", "codebooks"}
+#: studies whose table.md --rewrite leaves alone: "mnist", the earlier block-2048, 2-epoch sweep (its table.md is
+#: written by experiments.mnist when runs are added with --resume)
+KEEP = {"mnist"}
 
 
 def studies(root: str) -> list[str]:
@@ -42,72 +47,176 @@ def _runs(d: str) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+#: what a runs.csv from before a column existed (the earlier "mnist" sweep) ran with
+SETTING_DEFAULTS = {"task": "mnist", "optimizer": "sgdm", "partition": "iid", "per_tensor": "0", "block_size": "2048",
+                    "lr": "not recorded"}
+
+
+def setting(run: dict) -> dict:
+    """A runs.csv row's shared configuration, with SETTING_DEFAULTS for columns it lacks or leaves empty."""
+    return {k: (run.get(k) or v) for k, v in SETTING_DEFAULTS.items()} | {"steps": str(run.get("steps", ""))}
+
+
 def _describe(runs: list[dict]) -> str:
-    r = runs[0]
-    gran = "per tensor" if r.get("per_tensor") == "1" else "bucket"
-    block = "B=0" if r.get("block_size") == "0" else f"B={r.get('block_size')}"
-    return (f"{r.get('task')}, {r.get('optimizer')} lr {r.get('lr')}, {gran} {block}, {r.get('partition')}, "
-            f"{r.get('steps')} steps")
+    r = setting(runs[0])
+    gran = "per tensor" if r["per_tensor"] == "1" else "bucket"
+    return (f"{r['task']}, {r['optimizer']} lr {r['lr']}, {gran} B={r['block_size']}, {r['partition']}, "
+            f"{r['steps']} steps")
 
 
-def glance(root: str, names: Sequence[str], bits: int = 3) -> str:
-    """Rows: codebooks; columns: studies; cells: final metric mean ± std (n) at ``bits``."""
-    cols, cells, backends = [], defaultdict(dict), defaultdict(set)
+#: a study's model in words
+MODEL = {"mnist": "CNN", "mnist_mlp": "MLP", "text": "text"}
+OPTIMIZER = {"sgdm": "SGDM", "adamw": "AdamW"}
+
+
+def study_label(runs: list[dict]) -> str:
+    """A study in words: model, optimizer, label skew, granularity where it is not the paper's, length."""
+    r = setting(runs[0])
+    part = r["partition"]
+    skew = f", Dirichlet {part[len('dirichlet('):-1]}" if part.startswith("dirichlet(") else \
+        ("" if part == "iid" else f", {part}")
+    paper = r["task"] == "mnist" and r["per_tensor"] == "1" and r["block_size"] == "0"
+    gran = "" if r["task"] != "mnist" or paper else f", block {r['block_size']}"
+    return (f"{'paper' if paper else ''}{' ' if paper else ''}{MODEL.get(r['task'], r['task'])}, "
+            f"{OPTIMIZER.get(r['optimizer'], r['optimizer'])}{skew}{gran}, {max(int(x['steps']) for x in runs)} steps")
+
+
+def headline(root: str, names: Sequence[str]) -> list[str]:
+    """The studies the README shows: of those with the same task, optimizer, partition and granularity, the longest
+    (then the one with the most runs), so a longer rerun in a new folder replaces the shorter one there."""
+    best: dict[tuple, tuple] = {}
+    for n in names:
+        runs = _runs(os.path.join(root, n))
+        r = setting(runs[0])
+        key = (r["task"], r["optimizer"], r["partition"], r["per_tensor"], r["block_size"])
+        rank = (max(int(x["steps"]) for x in runs), len(runs), n)
+        if key not in best or rank > best[key]:
+            best[key] = rank
+    order = list(MODEL)
+    return sorted((v[2] for v in best.values()), key=lambda n: (
+        order.index(setting(_runs(os.path.join(root, n))[0])["task"]), study_label(_runs(os.path.join(root, n)))))
+
+
+def worst_case(root: str, names: Sequence[str]) -> str:
+    """Rows: fp32's codebooks; per task kind (MNIST accuracy, text bpb): each codebook's worst seed-paired mean
+    difference to fp32 over ``names`` and every width, and where it is."""
+    worst: dict[tuple[str, str], tuple[float, str]] = {}
     for name in names:
-        d = os.path.join(root, name)
-        runs = _runs(d)
-        metric, _ = report.task_metric(runs[0].get("task", "mnist"))
-        fin = report.final_rows(read_csv(os.path.join(d, "results.csv")), metric)
-        cols.append((name, metric))
-        for (c, b), v in fin.items():
-            if b in (bits, 32):
-                cells[c][name] = v
-        for r in runs:
-            if int(r["bits"]) in (bits, 32):
-                backends[r["compressor"]].add(r["backend"])
-    head = "| codebook | " + " | ".join(f"{n} ({'bpb ↓' if m == 'test_loss' else 'acc ↑'})" for n, m in cols) + \
-        " | backend |"
-    lines = [head, "|" + "---|" * (len(cols) + 2)]
-    for c in report.ORDER:
-        if c not in cells:
-            continue
-        row = []
-        for n, m in cols:
-            v = cells[c].get(n)
-            if not v:
-                row.append("–")
+        runs = _runs(os.path.join(root, name))
+        metric, higher = report.task_metric(setting(runs[0])["task"])
+        scale, digits, unit = report.units(metric)
+        for r in report.paired(read_csv(os.path.join(root, name, "results.csv")), metric, higher):
+            if not report.compared(r["compressor"]) or not r["vs_fp32"]:
                 continue
-            m, sd = report.mean_sd(v)
-            row.append(f"{m:.4f}" + (f" ± {sd:.4f}" if len(v) > 1 else "") + f" ({len(v)})")
-        lines.append(f"| {report.label(c)} | " + " | ".join(row) + f" | {'/'.join(sorted(backends[c]))} |")
+            m = report.mean_sd(r["vs_fp32"])[0] * (1 if higher else -1)
+            key, where = (r["compressor"], unit), f"{study_label(runs)}, {r['bits']} bits ({len(r['vs_fp32'])})"
+            if math.isnan(m):
+                worst[key] = (-math.inf, f"diverged (NaN): {where}")
+            elif key not in worst or m < worst[key][0]:
+                worst[key] = (m, f"{m * scale:+.{digits}f} {unit}: {where}")
+    units = [u for u in ("points", "bpb") if any(k[1] == u for k in worst)]
+    lines = ["| codebook | " + " | ".join(f"worst − fp32, {u} (positive: better than fp32)" for u in units) + " |",
+             "|---|" + "---|" * len(units)]
+    for c in sorted({k[0] for k in worst}, key=report.order_key):
+        lines.append(f"| `{c}` | " + " | ".join(worst[(c, u)][1] if (c, u) in worst else "–" for u in units) + " |")
+    best = {u: max((k[0] for k in worst if k[1] == u), key=lambda c: worst[(c, u)][0]) for u in units}
+    lines += ["", "Smallest worst case: " + "; ".join(f"`{c}` ({u})" for u, c in best.items()) +
+              ". Seed-paired means over "
+              "the seeds both runs have (their number in parentheses), at every width of the studies named here (the "
+              "longest run of each setting)."]
+    return "\n".join(lines)
+
+
+def glance(root: str, names: Sequence[str], bits: int = 3, labels: bool = False, backend: bool = True) -> str:
+    """Rows: studies (``labels``: in words, else folder names); columns: fp32 and the codebooks in ORDER; cells: final
+    metric mean ± std at ``bits``, with the number of seeds after the study when every cell has the same seeds,
+    else in each cell; ``backend``: a column of the backends the runs used."""
+    rows, comps = [], set()
+    for name in names:
+        runs = _runs(os.path.join(root, name))
+        metric, _ = report.task_metric(setting(runs[0])["task"])
+        fin = {c: v for (c, b), v in report.final_by_seed(read_csv(os.path.join(root, name, "results.csv")),
+                                                              metric).items() if b in (bits, 32)}
+        comps |= set(fin)
+        used = sorted({r["backend"] for r in runs if int(r["bits"]) in (bits, 32) and r["compressor"] != "none"})
+        rows.append((name, runs, metric, fin, used))
+    cols = [c for c in report.ORDER if c in comps]
+    head = "| study | " + " | ".join("fp32" if c == "none" else f"`{c}`" for c in cols) + \
+        (" | backend |" if backend else " |")
+    lines = [head, "|---|" + "---|" * (len(cols) + backend)]
+    for name, runs, metric, fin, used in rows:
+        per_cell, _ = report.seeds_note([set(v) for v in fin.values()])
+        n = "" if per_cell or not fin else f" ({len(next(iter(fin.values())))})"
+        what = f"{study_label(runs) if labels else name}{n}, {'bpb ↓' if metric == 'test_loss' else 'acc ↑'}"
+        cells = [report.fmt_mean(list(fin[c].values()), per_cell) if c in fin else "–" for c in cols]
+        lines.append(f"| {what} | " + " | ".join(cells) + (f" | {'/'.join(used)} |" if backend else " |"))
+    return "\n".join(lines)
+
+
+def default_table(root: str, names: Sequence[str], codebook: str = DEFAULT) -> str:
+    """Rows: studies (in words); columns: bit widths; cells: ``codebook`` − fp32, seed-paired (report.verdict),
+    with what the verdict finds against it: diverged, below the fp32 target, below other codebooks beyond noise."""
+    found = []
+    for name in names:
+        runs = _runs(os.path.join(root, name))
+        metric, higher = report.task_metric(setting(runs[0])["task"])
+        recs = read_csv(os.path.join(root, name, "results.csv"))
+        vs = {b: report.verdict(recs, codebook, b, metric, higher)
+              for b in sorted({int(r["bits"]) for r in recs if r["compressor"] == codebook})}
+        vs = {b: v for b, v in vs.items() if v is not None}
+        if vs:
+            found.append((runs, metric, vs))
+    widths = sorted({b for *_, vs in found for b in vs})
+    lines = ["| study | " + " | ".join(f"{b} bits" for b in widths) + " |", "|---|" + "---|" * len(widths)]
+    for runs, metric, vs in found:
+        cells = []
+        for b in widths:
+            v = vs.get(b)
+            if v is None:
+                cells.append("–")
+                continue
+            if v["diverged"]:
+                cells.append(report.verdict_words(v, metric))
+                continue
+            cell = report.fmt_diff(v["vs_fp32"], metric, n=True)
+            if v["target"] and not v["target"]["met"]:
+                cell += " **below target**"
+            if v["below_any"]:
+                cell += "; behind " + ", ".join(f"`{c}`{report.t_of(v['others'][c])}" for c in v["below_any"])
+            cells.append(cell)
+        unit = report.units(metric)[2]
+        lines.append(f"| {study_label(runs)} ({unit}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def verdicts(root: str, names: Sequence[str], codebook: str) -> str:
-    """One row per study and bit width: ``codebook`` against fp32 and against its worst baseline (report.verdict)."""
-    lines = ["| study | bits | seeds | − fp32 | worst baseline | − worst baseline (t) | below a baseline beyond noise |",
-             "|---|---|---|---|---|---|---|"]
+    """One row per study and bit width: ``codebook`` against fp32 (and the fp32 target where the metric has one) and
+    against every other codebook (report.verdict)."""
+    margin = f"{report.FP32_MARGIN['test_accuracy'] * 100:g} points"
+    lines = [f"| study | bits | seeds | − fp32 | within {margin} of fp32 | worst other codebook | − it (t) | "
+             "below another codebook beyond noise | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for n in names:
         d = os.path.join(root, n)
-        runs = _runs(d)
-        metric, higher = report.task_metric(runs[0].get("task", "mnist"))
-        scale, digits = (100.0, 2) if higher else (1.0, 4)
+        metric, higher = report.task_metric(setting(_runs(d)[0])["task"])
         recs = read_csv(os.path.join(d, "results.csv"))
         for bits in sorted({int(r["bits"]) for r in recs if r["compressor"] == codebook}):
             v = report.verdict(recs, codebook, bits, metric, higher)
             if v is None:
                 continue
-            f, w = v["vs_fp32"], v["baselines"].get(v["worst"])
-            fmt = lambda x: f"{x['mean'] * scale:+.{digits}f} ± {x['sd'] * scale:.{digits}f}"  # noqa: E731
-            worst = "–" if not w else fmt(w) + (f" ({w['mean'] / w['se']:+.1f})" if w["n"] >= 3 and w["se"] > 0
-                                                 else "")
+            f, w = v["vs_fp32"], v["others"].get(v["worst"])
+            target = "–" if v["target"] is None else ("met" if v["target"]["met"] else "**missed**")
+            worst = "–" if not w else report.fmt_diff(w, metric) + report.t_of(w)
             below = ", ".join(report.label(c) for c in v["below_any"]) or ("no" if f["n"] >= 3 else "– (< 3 seeds)")
-            lines.append(f"| {n} | {bits} | {f['n']} | {fmt(f)} | {report.label(v['worst']) if w else '–'} | "
-                         f"{worst} | {below} |")
+            lines.append(f"| {n} | {bits} | {f['n']} | {report.fmt_diff(f, metric)} | {target} | "
+                         f"{report.label(v['worst']) if w else '–'} | {worst} | {below} | "
+                         f"{report.verdict_words(v, metric)} |")
     lines += ["", f"Differences are {report.label(codebook)} minus the other run of the same seed, signed so that "
-                  f"positive means {codebook} is better (accuracy in points, bits per byte as is); t = mean / "
-                  f"standard error (std / sqrt(seeds)). \"Below beyond noise\": the mean is more than two standard "
-                  f"errors below zero, with at least 3 seeds; the worst baseline is the one with the lowest t (the lowest mean with fewer than 3 seeds)."]
+                  f"positive means {codebook} is better (accuracy in points, bits per byte as is), mean ± std over "
+                  f"the seeds both have; t = mean / standard error (std / sqrt(seeds)). The fp32 target (MNIST "
+                  f"only) is met when the mean difference to fp32 is at least −{margin}. \"Below beyond noise\": "
+                  f"the mean is more than two standard errors below zero, with at least 3 seeds; every other "
+                  f"codebook counts, the TNQ family included. The worst other codebook is the one with the lowest "
+                  f"t (the lowest mean with fewer than 3 seeds). A diverged (NaN) run of {codebook} fails."]
     return "\n".join(lines)
 
 
@@ -144,7 +253,13 @@ def config_of(run: dict) -> RunConfig:
 def rewrite(d: str) -> None:
     """Rewrite a study's table.md (with its hand-written notes.md) and plots from its CSVs."""
     runs = report.read_runs(os.path.join(d, "runs.csv"))
-    report.write_all(read_csv(os.path.join(d, "results.csv")), d, config=config_of(runs[0]), timings=runs, threads=1)
+    hardware = None  # the machine the runs were made on, as the table said it, not today's
+    if os.path.exists(os.path.join(d, "table.md")):
+        with open(os.path.join(d, "table.md")) as f:
+            hardware = next((line[len("Hardware: "):].rstrip().rstrip(".") for line in f
+                             if line.startswith("Hardware: ")), None)
+    report.write_all(read_csv(os.path.join(d, "results.csv")), d, config=config_of(runs[0]), timings=runs, threads=1,
+                     hardware=hardware)
 
 
 def merge(src: str, dst: str) -> None:
@@ -169,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--merge", nargs=2, metavar=("SRC", "DST"), default=None)
     p.add_argument("--rewrite", action="store_true",
                    help="first rewrite every study's table.md (with its notes.md) and plots from its CSVs")
+    p.add_argument("--docs", action="store_true",
+                   help="also rewrite every generated block of README.md, docs/*.md and experiments/README.md from "
+                        "the CSVs (experiments.docs_blocks; run from the repository root)")
     a = p.parse_args(argv)
     if a.merge:
         merge(*a.merge)
@@ -177,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = studies(a.root)
     if a.rewrite:
         for n in names:
-            rewrite(os.path.join(a.root, n))
+            if n not in KEEP:
+                rewrite(os.path.join(a.root, n))
     out = [f"# Results at a glance ({a.bits} bits)", "",
            "Final metric, mean ± std over seeds (number of seeds). MNIST: test accuracy (higher is better); text: "
            "held-out bits per byte (lower is better).", ""]
@@ -192,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in names:
         d = os.path.join(a.root, n)
         runs = _runs(d)
-        metric, higher = report.task_metric(runs[0].get("task", "mnist"))
+        metric, higher = report.task_metric(setting(runs[0])["task"])
         recs = [r for r in read_csv(os.path.join(d, "results.csv")) if r["bits"] in (a.bits, 32)]
         out += [f"## {n}: seed-paired differences at {a.bits} bits", "", _describe(runs), "",
                 report.paired_table(recs, metric, higher), ""]
@@ -205,6 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(os.path.join(a.root, "summary.md"), "w") as f:
         f.write(text)
     print(text)
+    if a.docs:
+        from . import docs_blocks
+        changed = docs_blocks.rewrite(root=a.root)
+        print(f"generated blocks rewritten in: {', '.join(changed) or 'nothing (all up to date)'}", file=sys.stderr)
     return 0
 
 

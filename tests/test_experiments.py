@@ -196,37 +196,93 @@ def test_paired_differences_per_seed():
     assert {r["compressor"]: r["best"] for r in lower}["tnq"] == "nqsgd"
 
 
-def test_verdict_flags_a_codebook_below_a_baseline_only_beyond_two_standard_errors():
-    def rows(diffs_qsgd, diffs_nqsgd, n=4):
-        out = []
-        for s in range(n):
-            base = 0.95 + 0.003 * s  # seeds differ; the paired differences are what counts
-            out += [{"compressor": "none", "bits": 32, "seed": s, "step": 10, "test_accuracy": base},
-                    {"compressor": "rtnq", "bits": 3, "seed": s, "step": 10, "test_accuracy": base},
-                    {"compressor": "tnq", "bits": 3, "seed": s, "step": 10, "test_accuracy": base + 0.05},
-                    {"compressor": "qsgd", "bits": 3, "seed": s, "step": 10, "test_accuracy": base + diffs_qsgd[s]},
-                    {"compressor": "nqsgd", "bits": 3, "seed": s, "step": 10, "test_accuracy": base + diffs_nqsgd[s]}]
-        return out
+def _verdict_rows(diffs, n=4, fp32=None):
+    """Per-seed runs: fp32 at 0.95 + 0.003·seed (``fp32``: its offsets from that), rtnq at the same value, and each
+    codebook in ``diffs`` at rtnq + its per-seed offset."""
+    out = []
+    for s in range(n):
+        base = 0.95 + 0.003 * s  # seeds differ; the paired differences are what counts
+        out += [{"compressor": "none", "bits": 32, "seed": s, "step": 10,
+                 "test_accuracy": base + (fp32[s] if fp32 else 0.0)},
+                {"compressor": "rtnq", "bits": 3, "seed": s, "step": 10, "test_accuracy": base}]
+        out += [{"compressor": c, "bits": 3, "seed": s, "step": 10, "test_accuracy": base + d[s]}
+                for c, d in diffs.items()]
+    return out
 
+
+def test_verdict_flags_a_codebook_below_another_only_beyond_two_standard_errors():
     # qsgd better on every seed by 0.01 ± small: rtnq is below it beyond noise; nqsgd's +-0.01 swings are noise
-    v = report.verdict(rows([0.010, 0.011, 0.009, 0.010], [0.01, -0.01, 0.01, -0.005]), "rtnq", 3)
-    assert v["below_any"] == ["qsgd"] and v["worst"] == "qsgd"
-    assert v["baselines"]["qsgd"]["mean"] == pytest.approx(-0.010) and v["vs_fp32"]["mean"] == pytest.approx(0.0)
-    assert "tnq" not in v["baselines"]  # the TNQ family is not a baseline
-    v = report.verdict(rows([0.01, -0.01, 0.01, -0.005], [0.01, -0.01, 0.01, -0.005]), "rtnq", 3)
-    assert v["below_any"] == []
+    v = report.verdict(_verdict_rows({"qsgd": [0.010, 0.011, 0.009, 0.010], "nqsgd": [0.01, -0.01, 0.01, -0.005]}),
+                       "rtnq", 3)
+    assert v["below_any"] == ["qsgd"] and v["worst"] == "qsgd" and v["failed"]
+    assert v["others"]["qsgd"]["mean"] == pytest.approx(-0.010) and v["vs_fp32"]["mean"] == pytest.approx(0.0)
+    v = report.verdict(_verdict_rows({"qsgd": [0.01, -0.01, 0.01, -0.005], "nqsgd": [0.01, -0.01, 0.01, -0.005]}),
+                       "rtnq", 3)
+    assert v["below_any"] == [] and not v["failed"] and v["target"]["met"]
     # lower-is-better metrics flip the sign; fewer than 3 seeds never count as beyond noise
-    lower = [dict(r, test_loss=r["test_accuracy"]) for r in rows([0.010, 0.011, 0.009, 0.010], [0, 0, 0, 0])]
+    lower = [dict(r, test_loss=r["test_accuracy"])
+             for r in _verdict_rows({"qsgd": [0.010, 0.011, 0.009, 0.010], "nqsgd": [0, 0, 0, 0]})]
     v = report.verdict(lower, "rtnq", 3, "test_loss", higher_better=False)
-    assert v["baselines"]["qsgd"]["mean"] == pytest.approx(0.010) and v["below_any"] == []
-    v = report.verdict(rows([0.010, 0.011, 0.009, 0.010], [float("nan")] * 4), "rtnq", 3)
-    assert v["below_any"] == ["qsgd"] and v["worst"] == "qsgd"  # a diverged baseline (NaN) is never the worst
-    diverged = rows([0.010, 0.011, 0.009, 0.010], [float("nan")] * 4)  # the tables print it, they do not crash
-    assert "| NQSGD | nan ± nan |" in report.table(diverged, paper=False)
+    assert v["others"]["qsgd"]["mean"] == pytest.approx(0.010) and v["below_any"] == []
+    assert v["target"] is None  # no fp32 target on bits per byte
+    nan = [float("nan")] * 4
+    diverged = _verdict_rows({"qsgd": [0.010, 0.011, 0.009, 0.010], "nqsgd": nan})
+    v = report.verdict(diverged, "rtnq", 3)
+    assert v["below_any"] == ["qsgd"] and v["worst"] == "qsgd"  # a diverged other codebook (NaN) is never the worst
+    assert "| NQSGD | nan ± nan |" in report.table(diverged, paper=False)  # the tables print it, they do not crash
     assert "| RTNQ (robust TNQ) | 3 | 4 | +0.00 ± 0.00 |" in report.paired_table(diverged)
-    v = report.verdict(rows([0.010, 0.011], [0, 0], n=2), "rtnq", 3)
+    v = report.verdict(_verdict_rows({"qsgd": [0.010, 0.011], "nqsgd": [0, 0]}, n=2), "rtnq", 3)
     assert v["below_any"] == [] and v["worst"] == "qsgd"
-    assert report.verdict(rows([0.0] * 4, [0.0] * 4), "tqsgd", 3) is None
+    assert report.verdict(_verdict_rows({"qsgd": [0.0] * 4}), "tqsgd", 3) is None
+    # fp32 diagnostics (clip_*) are not codebooks to compare with
+    v = report.verdict(_verdict_rows({"clip_tnq": [0.05] * 4}), "rtnq", 3)
+    assert v["others"] == {} and v["worst"] is None and not v["failed"]
+
+
+def test_verdict_compares_the_default_with_tnq():
+    """The old verdict left the TNQ family out: rtnq trailing tnq beyond noise went unreported."""
+    v = report.verdict(_verdict_rows({"tnq": [0.010, 0.012, 0.009, 0.011], "qsgd": [0.0, 0.001, -0.001, 0.0]}),
+                       "rtnq", 3)
+    assert "tnq" in v["others"] and v["below_any"] == ["tnq"] and v["worst"] == "tnq" and v["failed"]
+    assert "below TNQ (ours) beyond noise" in report.verdict_words(v, "test_accuracy")
+
+
+def test_verdict_fails_a_diverged_default():
+    """The old verdict passed a default codebook whose runs ended in NaN."""
+    rows = _verdict_rows({"qsgd": [0.0] * 4})
+    for r in rows:
+        if r["compressor"] == "rtnq" and r["seed"] == 2:
+            r["test_accuracy"] = float("nan")
+    v = report.verdict(rows, "rtnq", 3)
+    assert v["diverged"] == [2] and v["failed"] and not v["target"]["met"]
+    assert report.verdict_words(v, "test_accuracy").startswith("**FAILED**: diverged (NaN) on seed(s) 2")
+    loss = [dict(r, test_loss=r["test_accuracy"]) for r in rows]  # no fp32 target there: still failed
+    v = report.verdict(loss, "rtnq", 3, "test_loss", higher_better=False)
+    assert v["target"] is None and v["failed"]
+
+
+@pytest.mark.parametrize("fp32, met, beyond", [
+    ([0.001, 0.002, 0.001, 0.002], True, False),     # 0.15 points below fp32: within 0.2
+    ([0.003, 0.001, 0.002, 0.003], False, False),    # 0.225 below: missed, within noise of the target
+    ([0.004, 0.0041, 0.0039, 0.004], False, True),   # 0.4 below on every seed: missed beyond noise
+])
+def test_verdict_judges_the_fp32_target(fp32, met, beyond):
+    """The old verdict reported rtnq − fp32 but never judged the 0.2-point target."""
+    v = report.verdict(_verdict_rows({"qsgd": [0.0] * 4}, fp32=fp32), "rtnq", 3)
+    assert v["target"]["met"] is met and v["target"]["beyond_noise"] is beyond and v["failed"] is not met
+    assert ("more than 0.2 points below fp32" in report.verdict_words(v, "test_accuracy")) is not met
+
+
+def test_table_counts_the_seeds_of_each_cell():
+    """The old table said "over 5 seed(s)" above cells with 3 (it counted the union of seeds)."""
+    rows = [{"compressor": c, "bits": b, "seed": s, "step": 10, "test_accuracy": 0.9 + 0.01 * s}
+            for c, b, seeds in [("none", 32, range(5)), ("rtnq", 3, range(5)), ("rtnq", 2, range(3))]
+            for s in seeds]
+    text = report.table(rows, paper=False)
+    assert "over 5 seed(s)" not in text and "over the seeds each cell has" in text
+    assert "| RTNQ (robust TNQ) | 0.9100 ± 0.0100 (3) | 0.9200 ± 0.0158 (5) |" in text
+    same = [r for r in rows if r["seed"] < 3]
+    assert "mean ± std over 3 seed(s) (0, 1, 2)." in report.table(same, paper=False)
 
 
 def test_summary_rewrites_tables_with_notes_and_checks_the_default_codebook(tmp_path):
@@ -250,7 +306,12 @@ def test_summary_rewrites_tables_with_notes_and_checks_the_default_codebook(tmp_
     page = (tmp_path / "summary.md").read_text()
     assert f"The default codebook ({tnq.DEFAULT_CODEBOOK})" in page
     # rtnq is 1.0-1.2 points below qsgd on every seed: below beyond noise
-    assert "| study | 3 | 3 | +0.00 ± 0.00 | QSGD | -1.10 ± 0.10 (-19.1) | QSGD |" in page
+    assert ("| study | 3 | 3 | +0.00 ± 0.00 | met | QSGD | -1.10 ± 0.10 (t -19.1) | QSGD | **missed**: below QSGD "
+            "beyond noise |") in page
+    # a rewrite from the CSVs keeps the machine the runs were made on, not today's
+    (d / "table.md").write_text(table.replace(table.split("Hardware: ")[1].split("\n")[0], "Old box; 2020-01-01."))
+    assert summary.main(["--root", str(tmp_path), "--rewrite"]) == 0
+    assert "\nHardware: Old box; 2020-01-01.\n" in (d / "table.md").read_text()
 
 
 def test_grad_error_measures_the_transformer(capsys):

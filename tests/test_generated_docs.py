@@ -1,0 +1,112 @@
+"""The tables of README.md and docs/ come from the committed CSVs (experiments/docs_blocks.py): a block that differs
+from what `python -m experiments.summary --docs` writes fails here."""
+import csv
+import os
+
+import pytest
+
+from experiments import docs_blocks, mnist, report, summary
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "experiments", "results")
+BENCH = os.path.join(REPO, "benchmarks", "results")
+
+
+def test_every_generated_block_matches_the_committed_csvs():
+    stale = docs_blocks.rewrite(REPO, RESULTS, BENCH, check=True)
+    assert stale == [], (f"generated blocks in {stale} differ from the CSVs: run `{docs_blocks.COMMAND}` from the "
+                         f"repository root and commit the result")
+
+
+def test_the_result_tables_are_generated_blocks():
+    found = {}
+    for path in docs_blocks.doc_files(REPO):
+        with open(path) as f:
+            for name in docs_blocks.blocks(f.read()):
+                found.setdefault(name, []).append(os.path.relpath(path, REPO))
+    assert set(found) == set(docs_blocks.BLOCKS)  # every block is used, and only known ones
+    for name in ("default-vs-fp32", "training-3bit", "cpu-kernels"):
+        assert "README.md" in found[name]
+    for name in ("default-verdicts", "worst-case", "mnist-sweep"):
+        assert "docs/experiments.md" in found[name]
+
+
+def test_render_rewrites_only_the_block_body_and_rejects_unknown_names(tmp_path):
+    text = ("intro 1.23\n<!-- generated: mnist-sweep (whatever) -->\nstale 0.5\n<!-- end: mnist-sweep -->\n"
+            "outro\n")
+    out = docs_blocks.render(text, RESULTS, BENCH)
+    assert out.startswith("intro 1.23\n<!-- generated: mnist-sweep (whatever) -->\n| compressor |")
+    assert out.endswith("<!-- end: mnist-sweep -->\noutro\n") and "stale 0.5" not in out
+    assert docs_blocks.render(out, RESULTS, BENCH) == out
+    with pytest.raises(ValueError, match="generated block name must be one of"):
+        docs_blocks.render("<!-- generated: nope -->\nx\n<!-- end: nope -->\n", RESULTS, BENCH)
+
+
+def _study(root, name, steps, task="text", seeds=3, rtnq_nan=False):
+    d = root / name
+    d.mkdir()
+    recs, runs = [], []
+    for seed in range(seeds):
+        for comp, bits, loss in [("none", 32, 2.5), ("rtnq", 3, 2.6), ("tnq", 3, 2.4 + 0.001 * seed)]:
+            acc = 0.5
+            if rtnq_nan and comp == "rtnq":
+                loss = acc = float("nan")
+            recs.append({k: 0 for k in mnist.CSV_FIELDS} | {"compressor": comp, "bits": bits, "seed": seed,
+                                                            "step": steps, "test_accuracy": acc, "test_loss": loss})
+            runs.append({k: "" for k in report.RUN_FIELDS} | {
+                "compressor": comp, "bits": bits, "seed": seed, "mode": "sim", "backend": "auto", "steps": steps,
+                "seconds": 1.0, "ms_per_step": 10.0, "task": task, "optimizer": "sgdm", "lr": 0.1,
+                "block_size": 2048, "per_tensor": 0, "partition": "iid"})
+    mnist.write_csv(str(d / "results.csv"), recs)
+    report.write_runs(str(d / "runs.csv"), runs)
+
+
+def test_a_longer_study_of_the_same_setting_replaces_the_shorter_one(tmp_path):
+    _study(tmp_path, "text600_sgdm", 600)
+    _study(tmp_path, "text2000_sgdm", 2000)
+    _study(tmp_path, "text2000_adamw_broken", 2000, task="mnist_mlp", rtnq_nan=True)
+    names = summary.studies(str(tmp_path))
+    assert summary.headline(str(tmp_path), names) == ["text2000_adamw_broken", "text2000_sgdm"]
+    table = summary.glance(str(tmp_path), summary.headline(str(tmp_path), names), 3, labels=True, backend=False)
+    assert "| text, SGDM, 2000 steps (3), bpb ↓ | 2.5000 ± 0.0000 | 2.4010 ± 0.0010 | 2.6000 ± 0.0000 |" in table
+    assert "600 steps" not in table
+    default = summary.default_table(str(tmp_path), summary.headline(str(tmp_path), names))
+    assert "| text, SGDM, 2000 steps (bpb) | -0.1000 ± 0.0000 (3); behind `tnq` (t -344.7) |" in default
+    assert "**FAILED**: diverged (NaN) on seed(s) 0, 1, 2" in default  # the MLP study's rtnq diverged
+    # every study, the shorter one included, keeps its verdict rows
+    assert "| text600_sgdm | 3 | 3 |" in summary.verdicts(str(tmp_path), names, "rtnq")
+
+
+def _bench_rows(run, date, scale):
+    """A 1-thread CPU run at n = 2^20 (reference) and 2^24: every op takes ``scale`` seconds per 2^24 elements."""
+    rows = []
+    for dt in ("float32", "bfloat16"):
+        for op, impl in [("copy", "torch"), ("compress", "native"), ("compress", "reference"),
+                         ("decompress", "native-out"), ("decompress_sum", "native-out")]:
+            for bits in ((0,) if op == "copy" else (2, 3)):
+                for n in (1 << 20, 1 << 24):
+                    if impl == "reference" and n > 1 << 20:
+                        continue
+                    sec = scale * n / (1 << 24) * (50.0 if impl == "reference" else 1.0) * (0.5 if op == "copy"
+                                                                                               else 1.0)
+                    rows.append({"date": date, "run": run, "device_name": "CPU X", "op": op, "impl": impl,
+                                 "dtype": dt, "bits": bits, "block_size": 2048, "n": n, "world": 4 if
+                                 op == "decompress_sum" else 1, "threads": 1, "median_s": sec,
+                                 "gbps": n * 8 / sec / 1e9, "loadavg_1m": 0.5, "torch": "2.13.0"})
+    return rows
+
+
+def test_the_cpu_table_comes_from_one_run(tmp_path):
+    plot, _ = docs_blocks.bench_modules()
+    rows = _bench_rows("old", "2026-11-01T00:00:00Z", 0.001) + _bench_rows("new", "2026-12-01T00:00:00Z", 0.002)
+    with open(tmp_path / "cpu_throughput.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({k: str(v) for k, v in r.items()} for r in rows)
+    text = docs_blocks.BLOCKS["cpu-kernels"](RESULTS, str(tmp_path))
+    assert "Run `new`" in text and "`old`" not in text
+    ns = 0.002 / (1 << 24) * 1e9
+    assert f"| compress | {ns:.2f} / {ns:.2f} | 0.50 |" in text  # half the copy's bytes per second
+    assert "decompress_sum, 4 payloads, into `out`" in text
+    assert "Compress is 50× the reference at n = 2^20" in text
+    assert plot.readme_table(rows, run="old").startswith("Run `old`")
