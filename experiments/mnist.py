@@ -38,6 +38,7 @@ import tnq_kernels as tnq
 from tnq_kernels import api as tnq_api
 from tnq_kernels import codebooks as cb
 from tnq_kernels import ddp as tnq_ddp
+from tnq_kernels import fsdp as tnq_fsdp
 from .data import MNIST, dirichlet_split, load_mnist, split_clients
 from .model import MnistCNN, MnistMLP
 
@@ -98,6 +99,10 @@ class RunConfig:
     dirichlet: float = 0.0
     task: str = "mnist"
     steps: int = 0  # > 0: train exactly this many steps (``epochs`` is then ignored)
+    #: FSDP2 semantics: per FSDP unit (fsdp_units), every client's flat gradient is split into one row per client and
+    #: reduce-scattered by tnq_kernels.fsdp.simulate (one quantization, rtnq member for N clients), as
+    #: compress_reduce_scatter does on real ranks; instead of one payload per client (the DDP hook's allgather)
+    fsdp: bool = False
 
     def __post_init__(self):
         if self.compressor not in COMPRESSORS:
@@ -117,6 +122,9 @@ class RunConfig:
             raise ValueError(f"compressor {self.compressor!r} (truncation only) has no error-feedback residual")
         elif not 2 <= self.bits <= 5:
             raise ValueError(f"bits must be in 2..5 for compressor {self.compressor!r}, got {self.bits}")
+        if self.fsdp and (self.per_tensor or self.compressor in CLIPPED):
+            raise ValueError("fsdp=True reduce-scatters whole FSDP units: it takes neither per_tensor nor the "
+                             "clip_* diagnostics")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0 (0: use epochs), got {self.steps}")
         for name in ("clients", "batch_size", "eval_every"):
@@ -418,8 +426,12 @@ def simulate(cfg: RunConfig, data: Any = None, buckets: Layout | None = None, ma
     ddp_layout = ddp_bucket_layouts(model) if buckets is None else None
     w = [1.0 / cfg.clients] * cfg.clients
     # error feedback: residuals per client and parameter, so they survive DDP's bucket rebuild as the hook's do
-    residual = [[torch.zeros(n) for n in numels] for _ in range(cfg.clients)] if cfg.error_feedback else None
+    residual = ([[torch.zeros(n) for n in numels] for _ in range(cfg.clients)]
+                if cfg.error_feedback and not cfg.fsdp else None)
     records, layouts, loss_sum, loss_n = [], [], 0.0, 0
+    units = fsdp_units(model) if cfg.fsdp else []
+    fsdp_grads: list = []  # per client: per unit, its parameters' gradients
+    fsdp_residual: dict = {} if cfg.fsdp and cfg.error_feedback else None
     bar = _progress(cfg, total, progress)
     t0 = time.perf_counter()
     for step in range(total):
@@ -437,6 +449,9 @@ def simulate(cfg: RunConfig, data: Any = None, buckets: Layout | None = None, ma
             else:
                 loss.backward()
             loss_sum += loss.item() / cfg.clients
+            if cfg.fsdp:
+                fsdp_grads.append([[params[i].grad.detach().clone() for i in unit] for unit in units])
+                continue
             for b, (sid, idx) in enumerate(parts):
                 g = _flat(params, idx)
                 if cfg.compressor == "none":
@@ -456,7 +471,10 @@ def simulate(cfg: RunConfig, data: Any = None, buckets: Layout | None = None, ma
                         for i, piece in zip(idx, tnq_ddp.split_residual(r, [numels[i] for i in idx])):
                             residual[c][i] = piece
         loss_n += 1
-        for b, (_, idx) in enumerate(parts):
+        if cfg.fsdp:
+            _fsdp_reduce(cfg, params, units, fsdp_grads, step, backend, fsdp_residual)
+            fsdp_grads = []
+        for b, (_, idx) in enumerate([] if cfg.fsdp else parts):
             if sends_fp32(cfg):
                 avg = payloads[b][0]
                 for g in payloads[b][1:]:
@@ -478,6 +496,39 @@ def simulate(cfg: RunConfig, data: Any = None, buckets: Layout | None = None, ma
         bar.close()
     return RunResult(cfg, records, {k: v.clone() for k, v in model.state_dict().items()}, layouts,
                      time.perf_counter() - t0, total)
+
+
+def fsdp_units(model: torch.nn.Module) -> list[list[int]]:
+    """Parameter indices of the FSDP units, in the order compress_reduce_scatter numbers them: the root (the
+    parameters of no unit) first, then each of ``model.blocks`` (the transformer: fully_shard per block) or else each
+    top-level child module with parameters."""
+    params = list(model.parameters())
+    index = {id(p): i for i, p in enumerate(params)}
+    subs = list(model.blocks) if hasattr(model, "blocks") else [m for m in model.children()
+                                                                  if any(True for _ in m.parameters())]
+    units = [[index[id(p)] for p in m.parameters()] for m in subs]
+    taken = {i for u in units for i in u}
+    root = [i for i in range(len(params)) if i not in taken]
+    return ([root] if root else []) + units
+
+
+def _fsdp_reduce(cfg, params, units, grads, step, backend, residual) -> None:
+    """Each unit's averaged gradient through tnq_kernels.fsdp.simulate (fp32 sums for compressor "none")."""
+    W = cfg.clients
+    cfg_rs = tnq_fsdp.Config(bits=cfg.bits, block_size=cfg.block_size, codebook=cfg.compressor,
+                             error_feedback=cfg.error_feedback) if cfg.compressor != "none" else None
+    for u, unit in enumerate(units):
+        inputs = [tnq_fsdp.flat_input(grads[c][u], W) for c in range(W)]
+        if cfg_rs is None:
+            outs = list((sum(inputs) / W).view(W, -1))
+        else:
+            res = None
+            if residual is not None:
+                res = residual.setdefault(u, [torch.zeros(W, inputs[0].numel() // W) for _ in range(W)])
+            outs = tnq_fsdp.simulate(inputs, torch.distributed.ReduceOp.AVG, cfg_rs, cfg.seed, step, u,
+                                     backend=backend, residuals=res)
+        for i, g in zip(unit, tnq_fsdp.split_output(torch.stack(outs), [params[i].shape for i in unit], W)):
+            params[i].grad = g.to(params[i].dtype)
 
 
 def _record(cfg, step, steps_per_epoch, loss, test_loss, acc, bits, backend):
@@ -657,7 +708,8 @@ def sweep(runs: list[RunConfig], out_dir: str, mode: str = "sim", resume: bool =
         res = simulate(cfg, data, max_steps=max_steps, progress=progress) if mode == "sim" else \
             run_ddp(cfg, max_steps=max_steps, progress=progress)
         records = [r for r in records if (r["compressor"], r["bits"], r["seed"]) != key] + res.records
-        timings.append({"compressor": cfg.compressor, "bits": cfg.bits, "seed": cfg.seed, "mode": mode,
+        timings.append({"compressor": cfg.compressor, "bits": cfg.bits, "seed": cfg.seed,
+                        "mode": mode + ("-fsdp" if cfg.fsdp else ""),
                         "backend": res.records[-1]["backend"], "steps": res.steps,
                         "seconds": round(res.seconds, 2), "ms_per_step": round(1000 * res.seconds / res.steps, 2),
                         "final_accuracy": res.records[-1]["test_accuracy"],
@@ -730,6 +782,9 @@ def build_parser(prog: str = "python -m experiments.mnist", task: str = "mnist")
     p.add_argument("--non-iid", action="store_true", help="each client holds mostly two digits")
     p.add_argument("--dirichlet", type=float, default=0.0, metavar="ALPHA",
                    help="label-skewed clients: class shares ~ Dirichlet(ALPHA), e.g. 0.3 (0: off)")
+    p.add_argument("--fsdp", action="store_true",
+                   help="FSDP2 semantics: each FSDP unit's gradients reduce-scattered as tnq_kernels.fsdp does "
+                        "(rows per client, one quantization) instead of one payload per client")
     p.add_argument("--error-feedback", action="store_true",
                    help="each client adds its previous compression residual to its gradient (off in the sweep)")
     p.add_argument("--eval-every", type=int, default=None, help="steps between test evaluations")
@@ -773,7 +828,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[RunConfig, list[str], list[
     base = RunConfig(epochs=epochs, steps=steps, clients=pick("clients", 8), batch_size=batch, lr=lr,
                      momentum=a.momentum, block_size=pick("block_size", tnq.DEFAULT_BLOCK_SIZE), iid=not a.non_iid,
                      eval_every=eval_every, backend=a.backend or (DEMO["backend"] if a.demo else None),
-                     error_feedback=a.error_feedback,
+                     error_feedback=a.error_feedback, fsdp=a.fsdp,
                      train_subset=a.train_subset, test_subset=a.test_subset, optimizer=optimizer,
                      weight_decay=a.weight_decay, per_tensor=bool(pick("per_tensor", False)), dirichlet=a.dirichlet,
                      task=task)

@@ -473,3 +473,15 @@ def test_simulate_hierarchical_sums_nodes_first():
     one = tnq_fsdp.simulate(inputs, dist.ReduceOp.SUM, tnq_fsdp.Config(block_size=32, node_size=1), 3, 0, 0,
                             backend="reference")
     assert all(torch.equal(a, b) for a, b in zip(flat, one))
+
+
+def test_flat_input_and_split_output():
+    """FSDP2's layout: row j holds every gradient's j-th dim-0 chunk, dim 0 zero-padded to a multiple of W."""
+    import torch.distributed.fsdp  # noqa: F401  (registers torch.ops.fsdp.chunk_cat)
+    grads = [torch.arange(14.).view(7, 2), torch.arange(3.) + 100, torch.randn(4, 3, 2)]
+    flat = tnq_fsdp.flat_input(grads, 2).view(2, -1)
+    assert flat[0, :8].tolist() == list(range(8)) and flat[1, :8].tolist() == [8, 9, 10, 11, 12, 13, 0, 0]
+    assert flat[0, 8:10].tolist() == [100, 101] and flat[1, 8:10].tolist() == [102, 0]
+    for W in (1, 2, 3, 4):
+        back = tnq_fsdp.split_output(tnq_fsdp.flat_input(grads, W).view(W, -1), [g.shape for g in grads], W)
+        assert all(torch.equal(a, b) for a, b in zip(back, grads))

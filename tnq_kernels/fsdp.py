@@ -137,6 +137,30 @@ def _sources(cfg: Config, seed: int, rank: int, step: int, module: int, rows: to
     return seeds, rows.shape[0]
 
 
+def flat_input(grads, world_size: int) -> torch.Tensor:
+    """The flat buffer FSDP2 hands a reduce-scatter for a module whose (unsharded) gradients are ``grads``:
+    [W·chunk] in the grads' dtype; row j = every gradient's j-th dim-0 chunk (dim 0 padded with zeros to a
+    multiple of W), concatenated. FSDP2's own ``torch.ops.fsdp.chunk_cat``."""
+    W = world_size
+    chunk = sum(-(-g.shape[0] // W) * (g.numel() // max(g.shape[0], 1)) for g in grads)
+    out = torch.empty(W, chunk, dtype=grads[0].dtype, device=grads[0].device)
+    torch.ops.fsdp.chunk_cat(list(grads), dim=0, num_chunks=W, out=out)
+    return out.view(-1)
+
+
+def split_output(rows: torch.Tensor, shapes, world_size: int) -> list[torch.Tensor]:
+    """The inverse of :func:`flat_input` on every rank's output stacked [W, chunk]: the full gradients, unpadded."""
+    W, out, off = world_size, [], 0
+    for shape in shapes:
+        shape = torch.Size(shape)
+        rest = shape.numel() // max(shape[0], 1)
+        per = -(-shape[0] // W)
+        piece = rows[:, off: off + per * rest].reshape(W * per, *shape[1:])[: shape[0]]
+        out.append(piece.reshape(shape))
+        off += per * rest
+    return out
+
+
 def simulate(inputs, op, cfg: Config, seed: int, step: int, module: int, backend=None,
              residuals=None) -> list[torch.Tensor]:
     """The compressed reduce-scatter of ``inputs`` (every rank's flat input [W·chunk], in rank order), in one process.
