@@ -5,6 +5,7 @@ per-message latency α, NCCL's ring algorithms cost
     allreduce(S)       2(p−1)·α + 2(p−1)/p · S/β
     allgather(P each)   (p−1)·α +  (p−1)   · P/β
     all-to-all(P)       (p−1)·α +  (p−1)/p · P/β          (P = the bytes one rank holds before the exchange)
+    reduce-scatter(S)   (p−1)·α +  (p−1)/p · S/β          (S = the bytes one rank holds before the exchange)
 and a kernel moving R bytes read + W written costs (R + W)/throughput. The throughput (GB/s per op and bit width)
 comes from one or more kernel sources, each projected separately and named in every row (``kernel_source``):
     gpu            MEASURED: results/bench_gpu.csv, device cuda (bench_gpu.py on a GPU)
@@ -20,6 +21,15 @@ Default: gpu when bench_gpu.csv holds CUDA rows, else cpu and assumed-gpu side b
     tnq allgather   T_c + compress(n) + allgather(P(n)) + decompress_sum(p payloads of n)
     tnq two_phase   T_c + compress(n) + all-to-all(P(n)) + decompress_sum(p payloads of n/p) + compress(n/p)
                         + allgather(P(n/p)) + decompress(n)
+FSDP2 (sharded training; the gradient's reduce-scatter only, as tnq_kernels.fsdp replaces it):
+    fsdp-fp32       T_c + reduce-scatter(4n)
+    fsdp-bf16       T_c + reduce-scatter(2n) + the cast 4n→2n at the source's copy bandwidth
+    fsdp-tnq        T_c + compress(n) + all-to-all(P(n)) + decompress_sum(p payloads of n/p)     (flat)
+    fsdp-tnqh       T_c + all-to-all over the node's k ranks of 4n bytes at β_node + compress(n/k)
+                        + all-to-all among the p/k nodes of P(n/k) + decompress_sum(p/k payloads of n/p)
+                    (hierarchical, k = --node-size ranks per node, β_node = --node-gbit; only the p/k-rank
+                    exchange crosses the slow link: (p/k−1)/(p/k)·P(n/k) bytes per rank instead of
+                    (p−1)/p·P(n))
 T_c (forward + backward) is a parameter; communication is assumed NOT overlapped with it (an upper bound; DDP
 overlaps buckets with backward, which helps every compressor alike). decompress_sum is taken as bandwidth-bound, so
 its measured GB/s at W = 4 is used for every p.
@@ -142,8 +152,12 @@ def alltoall(p, held, alpha, beta):
     return (p - 1) * alpha + (p - 1) / p * held / beta
 
 
+def reduce_scatter(p, held, alpha, beta):
+    return (p - 1) * alpha + (p - 1) / p * held / beta
+
+
 def step(compressor: str, bits: int, n: float, p: int, alpha: float, beta: float, compute: float, k: Kernels,
-         powersgd_side: int = 4096) -> dict:
+         powersgd_side: int = 4096, node_size: int = 8, node_beta: float = 450e9) -> dict:
     """Seconds of one step for ``n`` fp32 gradient elements split into 25 MB buckets; see the module docstring."""
     nb = max(1, math.ceil(4 * n / BUCKET_BYTES))
     m = n / nb  # elements per bucket
@@ -169,9 +183,25 @@ def step(compressor: str, bits: int, n: float, p: int, alpha: float, beta: float
         wire = (p - 1) / p * P + (p - 1) * Ps
         kernel = (k.seconds("compress", m, bits) + k.seconds("decompress_sum", m / p, bits, world=p)
                   + k.seconds("compress", m / p, bits) + p * k.seconds("decompress", m / p, bits))
+    elif compressor == "fsdp-fp32":
+        comm, wire = reduce_scatter(p, 4 * m, alpha, beta), (p - 1) / p * 4 * m
+    elif compressor == "fsdp-bf16":
+        comm, wire = reduce_scatter(p, 2 * m, alpha, beta), (p - 1) / p * 2 * m
+        kernel = 6 * m / (k.gbps("copy", 0) * 1e9)  # fp32→bf16 before the reduce-scatter
+    elif compressor == "fsdp-tnq":
+        P = H.payload_bytes(int(m), bits, 2048)
+        comm, wire = alltoall(p, P, alpha, beta), (p - 1) / p * P
+        kernel = k.seconds("compress", m, bits) + k.seconds("decompress_sum", m / p, bits, world=p)
+    elif compressor == "fsdp-tnqh":
+        kk = min(node_size, p)
+        nodes = max(1, p // kk)
+        P = H.payload_bytes(int(math.ceil(m / kk)), bits, 2048)
+        comm = alltoall(kk, 4 * m, alpha, node_beta) + alltoall(nodes, P, alpha, beta)
+        wire = (nodes - 1) / nodes * P  # the slow link only; the node link carries (k−1)/k·4m
+        kernel = k.seconds("compress", m / kk, bits) + k.seconds("decompress_sum", m / p, bits, world=nodes)
     else:
-        raise ValueError(f"compressor must be allreduce, fp16, powersgd, tnq-allgather or tnq-two_phase, "
-                         f"got {compressor!r}")
+        raise ValueError(f"compressor must be allreduce, fp16, powersgd, tnq-allgather, tnq-two_phase, fsdp-fp32, "
+                         f"fsdp-bf16, fsdp-tnq or fsdp-tnqh, got {compressor!r}")
     return {"step_ms": 1e3 * (compute + nb * (comm + kernel)), "comm_ms": 1e3 * nb * comm,
             "kernel_ms": 1e3 * nb * kernel, "wire_bytes_per_rank": nb * wire}
 
@@ -181,6 +211,7 @@ def project(params: list[float], gbits: list[float], worlds: list[int], alpha_us
     """One row per (params, Gbit/s, world, compressor) under the kernel source ``k`` (see the module docstring)."""
     configs = [("allreduce", 32), ("fp16", 16), ("powersgd", powersgd_rank)]
     configs += [(f"tnq-{s}", b) for s in ("allgather", "two_phase") for b in bits_list]
+    configs += [("fsdp-fp32", 32), ("fsdp-bf16", 16)] + [(f"fsdp-{s}", b) for s in ("tnq", "tnqh") for b in bits_list]
     rows = []
     for n in params:
         for g in gbits:
@@ -188,7 +219,7 @@ def project(params: list[float], gbits: list[float], worlds: list[int], alpha_us
                 base = None
                 for name, bits in configs:
                     r = step(name, bits, n, p, alpha_us * 1e-6, g * 1e9 / 8, compute_ms * 1e-3, k, **kw)
-                    base = r["step_ms"] if name == "allreduce" else base
+                    base = r["step_ms"] if name == "allreduce" else base  # FSDP rows too: same gradient
                     label = f"{name}{bits}" if name == "powersgd" else name
                     rows.append({"params": int(n), "gbit": g, "alpha_us": alpha_us, "world": p, "compressor": label,
                                  "bits": bits, **r, "compute_ms": compute_ms,
@@ -246,6 +277,9 @@ def main(argv=None) -> int:
     p.add_argument("--worlds", default=",".join(map(str, WORLD_SIZES)))
     p.add_argument("--bits", default="2,3,4")
     p.add_argument("--powersgd-side", type=int, default=4096, help="PowerSGD: gradient viewed as m×m matrices")
+    p.add_argument("--node-size", type=int, default=8, help="fsdp-tnqh: ranks per node (k)")
+    p.add_argument("--node-gbit", type=float, default=3600.0,
+                   help="fsdp-tnqh: per-rank bandwidth inside a node, Gbit/s (assumed; 3600 = 450 GB/s NVLink)")
     p.add_argument("--matmul-tflops", type=float, default=None,
                    help=f"PowerSGD matmul TFLOP/s (default, assumed: {ASSUMED_MATMUL_TFLOPS})")
     p.add_argument("--csv", default=str(H.results_path("cost_model.csv")), help="CSV to write ('' for none)")
@@ -260,7 +294,8 @@ def main(argv=None) -> int:
     for k in sources:
         rows += project(_floats(args.params), _floats(args.gbit), [int(w) for w in _floats(args.worlds)],
                         args.alpha_us, args.compute_ms, k, bits_list=[int(b) for b in _floats(args.bits)],
-                        powersgd_side=args.powersgd_side)
+                        powersgd_side=args.powersgd_side, node_size=args.node_size,
+                        node_beta=args.node_gbit * 1e9 / 8)
     if args.csv:
         path = Path(args.csv)
         if path.exists():

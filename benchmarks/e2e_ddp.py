@@ -12,6 +12,14 @@ compress + decode calls for the same buckets, timed alone on the rank's thread a
     powersgd4            torch's PowerSGD hook, rank 4 (error feedback and warm start on, as shipped)
     tnq-<scheme>-<b>     tnq_kernels.ddp.tnq_hook, scheme allgather or two_phase, b bits
     compute-only         forward + backward + SGD step without DDP: the floor under every step time
+    fsdp-fp32            FSDP2 (fully_shard per layer and on the model), its own fp32 reduce-scatter
+    fsdp-bf16            FSDP2 with MixedPrecisionPolicy(reduce_dtype=bf16): a bf16 reduce-scatter
+    fsdp-tnq-<b>         FSDP2 with tnq_kernels.fsdp.compress_reduce_scatter, flat mode, b bits (rtnq)
+    fsdp-tnqh-<b>        the same, hierarchical: node_size = ranks per namespace (the "node")
+
+``--world 4`` puts two ranks in each namespace: they talk over the namespace's own loopback (the fast "node"
+link, unshaped) and to the other namespace over the shaped veth (the slow link between nodes). The bytes column
+then counts what crossed the veth, per rank.
 
 Two ranks is what a 2-core machine allows; with two ranks the two_phase scheme and allgather move the same bytes
 (each rank sends one payload's worth), so they differ only in compute. The namespaces are deleted afterwards, also
@@ -50,7 +58,7 @@ DEFAULT_COMPRESSORS = ["compute-only", "allreduce", "fp16", "powersgd4", "tnq-al
                        "tnq-allgather-4", "tnq-two_phase-2", "tnq-two_phase-3", "tnq-two_phase-4"]
 TINY_COMPRESSORS = ["compute-only", "allreduce", "fp16", "powersgd4", "tnq-allgather-3", "tnq-two_phase-3"]
 SUBNET = "10.77.0"
-WORLD = 2
+WORLD = 2  # default world size; --world 4 runs two ranks per namespace
 CSV_COLUMNS = ("date", "run", "net", "bandwidth_gbit", "link_gbit_measured", "compressor", "scheme", "bits",
                "world", "params", "grad_bytes", "steps", "step_ms_median", "step_ms_min", "step_ms_mean",
                "speedup_vs_allreduce", "wire_bytes_per_rank_step", "payload_bytes_per_rank_step", "wire_ms",
@@ -81,18 +89,25 @@ def _model(width: int, depth: int) -> torch.nn.Module:
     return torch.nn.Sequential(*layers)
 
 
-def _measure_link(rank: int, nbytes: int) -> float:
-    """Gbit/s of one rank-0 -> rank-1 send of ``nbytes`` (best of 2), as the shaped link actually delivers it."""
+def _side(rank: int, world: int) -> int:
+    """The namespace (0 or 1) of a rank: the first half of the ranks in the first."""
+    return rank // (world // 2)
+
+
+def _measure_link(rank: int, nbytes: int, world: int = 2) -> float:
+    """Gbit/s of one send of ``nbytes`` (best of 2) from rank 0 to the first rank of the other namespace, as the
+    shaped link actually delivers it."""
     import torch.distributed as dist
     buf = torch.zeros(nbytes, dtype=torch.uint8)
+    peer = world // 2
     best = math.inf
     for _ in range(2):
         dist.barrier()
         t0 = time.perf_counter()
         if rank == 0:
-            dist.send(buf, 1)
-            dist.recv(buf[:1], 1)  # ack, so the time covers delivery
-        else:
+            dist.send(buf, peer)
+            dist.recv(buf[:1], peer)  # ack, so the time covers delivery
+        elif rank == peer:
             dist.recv(buf, 0)
             dist.send(buf[:1], 0)
         best = min(best, time.perf_counter() - t0)
@@ -139,7 +154,8 @@ def _tnq_sent_bytes(state) -> float:
     return math.nan
 
 
-def _tnq_kernel_ms(layout: list[tuple[int, int]], scheme: str, bits: int, tnq_backend: str | None) -> float:
+def _tnq_kernel_ms(layout: list[tuple[int, int]], scheme: str, bits: int, tnq_backend: str | None,
+                   world: int = WORLD) -> float:
     """Milliseconds per step of the hook's compress/decode calls alone, on this rank's thread(s), for the bucket
     sizes of the last step (``TNQState.last_bucket_layout``): the CPU time a step spends in the kernels, to set
     against the wire time (bytes sent / link rate). Both ranks time at once, as they run during a step."""
@@ -151,13 +167,13 @@ def _tnq_kernel_ms(layout: list[tuple[int, int]], scheme: str, bits: int, tnq_ba
             continue  # the hook all-reduces such buckets uncompressed
         x = torch.randn(n)
         if scheme == "two_phase":
-            chunk = tnq_ddp.chunk_size(n, WORLD)
-            parts = [x[j * chunk: (j + 1) * chunk] for j in range(WORLD)]
+            chunk = tnq_ddp.chunk_size(n, world)
+            parts = [x[j * chunk: (j + 1) * chunk] for j in range(world)]
             shard = parts[0]
 
             def calls(parts=parts, shard=shard):
                 pays = [tnq.compress(c, bits, 2048, seed=1, backend=tnq_backend) for c in parts if c.numel()]
-                red = tnq.decompress_sum([pays[0]] * WORLD, [1.0 / WORLD] * WORLD, [shard.numel()], torch.float32,
+                red = tnq.decompress_sum([pays[0]] * world, [1.0 / world] * world, [shard.numel()], torch.float32,
                                          backend=tnq_backend)
                 tnq.compress(red, bits, 2048, seed=2, backend=tnq_backend)
                 for c, pay in zip(parts, pays):
@@ -165,15 +181,35 @@ def _tnq_kernel_ms(layout: list[tuple[int, int]], scheme: str, bits: int, tnq_ba
         else:
             def calls(x=x, n=n):
                 pay = tnq.compress(x, bits, 2048, seed=1, backend=tnq_backend)
-                tnq.decompress_sum([pay] * WORLD, [1.0 / WORLD] * WORLD, [n], torch.float32, backend=tnq_backend)
+                tnq.decompress_sum([pay] * world, [1.0 / world] * world, [n], torch.float32, backend=tnq_backend)
         total += H.time_fn(calls, warmup=1, repeat=3).median
     return total * 1e3
+
+
+def _fsdp(model, spec: str, cfg: dict, tnq_backend: str | None):
+    """Shard ``model`` with FSDP2 as ``spec`` says; returns (scheme, bits, tnq state or None)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mp = MixedPrecisionPolicy(reduce_dtype=torch.bfloat16) if spec == "fsdp-bf16" else MixedPrecisionPolicy()
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    if spec in ("fsdp-fp32", "fsdp-bf16"):
+        return "reduce_scatter", 32 if spec == "fsdp-fp32" else 16, None
+    kind, bits = spec.split("-")[1:]
+    if kind not in ("tnq", "tnqh"):
+        raise ValueError(f"compressor {spec!r}: expected fsdp-fp32, fsdp-bf16, fsdp-tnq-<b> or fsdp-tnqh-<b>")
+    from tnq_kernels import fsdp as tnq_fsdp
+    node = cfg["world"] // 2 if kind == "tnqh" else None
+    state = tnq_fsdp.compress_reduce_scatter(model, bits=int(bits), seed=0, node_size=node, backend=tnq_backend)
+    return "fsdp-" + ("hierarchical" if node else "flat"), int(bits), state
 
 
 def _run_config(spec: str, cfg: dict, rank: int, iface: str | None, tnq_backend: str | None) -> dict:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    world = cfg["world"]
     torch.manual_seed(0)
     model = _model(cfg["width"], cfg["depth"])
     gen = torch.Generator().manual_seed(100 + rank)  # each rank its own data shard
@@ -183,6 +219,9 @@ def _run_config(spec: str, cfg: dict, rank: int, iface: str | None, tnq_backend:
     note = ""
     if spec == "compute-only":
         net = model
+    elif spec.startswith("fsdp-"):
+        net = model
+        scheme, bits, state = _fsdp(model, spec, cfg, tnq_backend)
     else:
         bucket_mb = cfg["bucket_mb"]
         if spec.startswith("powersgd"):
@@ -193,7 +232,7 @@ def _run_config(spec: str, cfg: dict, rank: int, iface: str | None, tnq_backend:
             note = "one DDP bucket (PowerSGD + gloo races with several)"
         net = DDP(model, bucket_cap_mb=bucket_mb)
         scheme, bits, state = _register(net, spec, tnq_backend)
-        if scheme == "two_phase" and WORLD == 2:
+        if scheme == "two_phase" and world == 2:
             note = "2 ranks: sends ~1 payload/rank/step, as allgather does"
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
 
@@ -215,28 +254,32 @@ def _run_config(spec: str, cfg: dict, rank: int, iface: str | None, tnq_backend:
     steps = int(max(1, min(cfg["steps"] - 1, cfg["config_seconds"] // max(first.item(), 1e-9))))
     dist.barrier()
     tx0 = _tx_bytes(iface)
-    sent0 = _tnq_sent_bytes(state) if spec.startswith("tnq-") else math.nan
+    has_tnq = state is not None and "tnq" in spec
+    sent0 = _tnq_sent_bytes(state) if has_tnq else math.nan
     times = [first.item()]
     for _ in range(steps):
         t0 = time.perf_counter()
         loss = step()
         times.append(time.perf_counter() - t0)
     tx1 = _tx_bytes(iface)
-    sent1 = _tnq_sent_bytes(state) if spec.startswith("tnq-") else math.nan
+    sent1 = _tnq_sent_bytes(state) if has_tnq else math.nan
     t = torch.tensor(times, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)  # a step lasts until the slower rank is done
-    wire = torch.tensor([(tx1 - tx0) / steps], dtype=torch.float64)
+    # the interface counter is per namespace: its first rank reports it for every rank there
+    wire = torch.tensor([(tx1 - tx0) / steps if rank % (world // 2) == 0 else 0.0], dtype=torch.float64)
     dist.all_reduce(wire)
-    # replicas must stay identical under every hook: compare a parameter checksum across ranks
+    # replicas must stay identical under every hook: compare a parameter checksum across ranks (FSDP: of the full
+    # parameters, gathered)
     with torch.no_grad():
-        cs = sum(p.double().sum() for p in model.parameters()).reshape(1)
+        full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
+        cs = sum(p.double().sum() for p in full).reshape(1)
     lo, hi = cs.clone(), cs.clone()
     dist.all_reduce(lo, op=dist.ReduceOp.MIN)
     dist.all_reduce(hi, op=dist.ReduceOp.MAX)
     kernel = torch.tensor([math.nan], dtype=torch.float64)
     if state is not None and spec.startswith("tnq-"):
         dist.barrier()
-        kernel[0] = _tnq_kernel_ms(state.last_bucket_layout, scheme, bits, tnq_backend)
+        kernel[0] = _tnq_kernel_ms(state.last_bucket_layout, scheme, bits, tnq_backend, world)
         dist.all_reduce(kernel, op=dist.ReduceOp.MAX)
     ms = [v * 1e3 for v in t.tolist()]
     return {
@@ -245,7 +288,7 @@ def _run_config(spec: str, cfg: dict, rank: int, iface: str | None, tnq_backend:
         "grad_bytes": 4 * sum(p.numel() for p in model.parameters()),
         "steps": len(ms), "step_ms_median": statistics.median(ms), "step_ms_min": min(ms),
         "step_ms_mean": statistics.fmean(ms),
-        "wire_bytes_per_rank_step": wire.item() / WORLD if spec != "compute-only" else 0.0,
+        "wire_bytes_per_rank_step": wire.item() / world if spec != "compute-only" else 0.0,
         "payload_bytes_per_rank_step": (sent1 - sent0) / steps,
         "tnq_kernel_ms": kernel.item(),
         "loadavg_1m": round(os.getloadavg()[0], 2),
@@ -258,15 +301,15 @@ def worker(args) -> int:
     cfg = json.loads(args.config)
     torch.set_num_threads(cfg["threads"])
     dist.init_process_group("gloo", init_method=f"tcp://{cfg['master']}:{cfg['port']}", rank=args.rank,
-                            world_size=WORLD, timeout=timedelta(seconds=cfg["timeout"]))
+                            world_size=cfg["world"], timeout=timedelta(seconds=cfg["timeout"]))
     try:
-        iface = cfg["ifaces"][args.rank] if cfg["ifaces"] else None
+        iface = cfg["ifaces"][_side(args.rank, cfg["world"])] if cfg["ifaces"] else None
         try:
             from tnq_kernels import ops
             tnq_backend = None if ops.native_error is None else "reference"
         except ImportError:
             tnq_backend = "reference"
-        link = _measure_link(args.rank, cfg["link_probe_bytes"])
+        link = _measure_link(args.rank, cfg["link_probe_bytes"], cfg["world"])
         rows = []
         for spec in cfg["compressors"]:
             try:
@@ -370,14 +413,15 @@ def launch(cfg: dict, link: ShapedLink | None, timeout: float) -> list[dict]:
         out = Path(tmp) / "rows.json"
         procs = []
         try:
-            for rank in range(WORLD):
+            for rank in range(cfg["world"]):
                 env = dict(os.environ, OMP_NUM_THREADS=str(cfg["threads"]),
                            PYTHONPATH=os.pathsep.join([str(H.ROOT), os.environ.get("PYTHONPATH", "")]))
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--rank", str(rank),
                        "--out", str(out), "--config", json.dumps(cfg)]
                 if link is not None:
-                    env["GLOO_SOCKET_IFNAME"] = link.ifaces[rank]
-                    cmd = ["ip", "netns", "exec", link.ns[rank]] + cmd
+                    side = _side(rank, cfg["world"])
+                    env["GLOO_SOCKET_IFNAME"] = link.ifaces[side]
+                    cmd = ["ip", "netns", "exec", link.ns[side]] + cmd
                 else:
                     env["GLOO_SOCKET_IFNAME"] = _loopback_name()
                 procs.append(subprocess.Popen(cmd, env=env, stdout=None if rank == 0 else subprocess.DEVNULL))
@@ -440,6 +484,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=6, help="timed steps per compressor (at most)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (PowerSGD compresses from step 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (2 ranks on a 2-core machine)")
+    p.add_argument("--world", type=int, choices=(2, 4), default=WORLD,
+                   help="ranks; 4 puts two in each namespace (a 2-node x 2-rank cluster for the FSDP rows)")
     p.add_argument("--config-seconds", type=float, default=30.0, help="time budget per compressor's timed steps")
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds per bandwidth before ranks are killed")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run: tiny model, few steps")
@@ -460,7 +506,8 @@ def main(argv=None) -> int:
 
     compressors = (args.compressors.split(",") if args.compressors
                    else TINY_COMPRESSORS if args.tiny else DEFAULT_COMPRESSORS)
-    cfg = dict(width=args.width, depth=args.depth, batch=args.batch, bucket_mb=args.bucket_mb, steps=args.steps,
+    cfg = dict(world=args.world, width=args.width, depth=args.depth, batch=args.batch, bucket_mb=args.bucket_mb,
+               steps=args.steps,
                warmup=args.warmup, threads=args.threads, config_seconds=args.config_seconds,
                timeout=args.timeout, compressors=compressors, link_probe_bytes=16 << 20)
     if args.tiny:
@@ -492,13 +539,13 @@ def main(argv=None) -> int:
                 got = launch(cfg, link, args.timeout)
         for r in got:
             r.update(bandwidth_gbit="" if not gbit else gbit, bandwidth_label=label,
-                     net="loopback" if gbit is None else "netns-veth-tbf", world=WORLD)
+                     net="loopback" if gbit is None else "netns-veth-tbf", world=args.world)
         rows += got
     _with_speedups(rows)
     if args.csv:
         H.append_csv(args.csv, [{**env, "run": run, **r} for r in rows], CSV_COLUMNS)
     print()
-    print(f"e2e DDP over gloo, world size {WORLD}, {env['cpu']} ({env['cpu_cores']} cores), torch {env['torch']}, "
+    print(f"e2e DDP over gloo, world size {args.world}, {env['cpu']} ({env['cpu_cores']} cores), torch {env['torch']}, "
           f"{env['date']}")
     print(table(rows))
     return 0
