@@ -90,7 +90,11 @@ def test_cost_model_cli_writes_csv_and_table(tmp_path, capsys):
     assert cost_model.main(["--kernels", str(kernels), "--device", "cpu", "--params", "1e6", "--gbit", "10",
                             "--worlds", "8,1024", "--csv", str(out)]) == 0
     got = H.read_csv(out)
-    assert len(got) == 2 * 9 and {r["kernels_measured"] for r in got} == {"True"}
+    assert len(got) == 2 * 17 and {r["kernels_measured"] for r in got} == {"True"}
+    # FSDP2 rows: the hierarchical mode's slow-link bytes are ~1/k of the flat mode's (k = 8 ranks per node)
+    wire = {r["compressor"] + r["bits"]: float(r["wire_bytes_per_rank"]) for r in got if r["world"] == "1024"}
+    assert 7.5 < wire["fsdp-tnq3"] / wire["fsdp-tnqh3"] < 8.5, wire
+    assert wire["fsdp-fp32" + "32"] == pytest.approx(2 * wire["fsdp-bf16" + "16"], rel=1e-4)
     assert {r["kernel_source"] for r in got} == {"measured: k.csv (cpu: cpu)"}
     assert "tnq-two_phase b=3" in capsys.readouterr().out
     with pytest.raises(ValueError, match="bits=5"):
