@@ -114,7 +114,7 @@ def test_cost_model_labels_assumed_kernels_and_runs_sources_apart(tmp_path):
     assert by["True"].startswith("measured: k.csv") and "1 threads" in by["True"]
     # an assumption must read as one wherever the number travels (CSV, table, plot title)
     assert by["False"].startswith("ASSUMED") and "50% of a 2600 GB/s" in by["False"]
-    assert len(got) == 2 * 5
+    assert len(got) == 2 * 9
     k = cost_model.Kernels.assumed(1000.0, 0.5)
     assert k.gbps("compress", 3) == 500.0 and k.gbps("copy", 0) == 1000.0 and not k.measured
     with pytest.raises(ValueError, match="fraction"):
