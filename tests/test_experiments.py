@@ -179,6 +179,30 @@ def test_text_simulation_two_steps_with_tnq():
     assert r["bits_per_client_step"] == 8 * tnq.payload_bytes(n, 3, cfg.block_size)
 
 
+def test_fsdp_units_cover_every_parameter_once():
+    model = text.build_model(0)
+    units = mnist.fsdp_units(model)
+    assert len(units) == 1 + len(model.blocks)  # the root (embedding, positions, final norm), then each block
+    assert sorted(i for u in units for i in u) == list(range(len(list(model.parameters()))))
+
+
+def test_text_simulation_fsdp():
+    """--fsdp: the fp32 run reduce-scatters exactly (same training as the all-reduce run up to summation order),
+    and the compressed run goes through tnq_kernels.fsdp.simulate."""
+    base = dict(task="text", clients=3, batch_size=2, train_subset=20_000, test_subset=4, eval_every=2,
+                backend="reference", optimizer="sgdm", lr=0.1)  # SGD: AdamW would magnify the summation order
+    plain = mnist.simulate(mnist.RunConfig(compressor="none", **base), max_steps=2, progress=False)
+    sharded = mnist.simulate(mnist.RunConfig(compressor="none", fsdp=True, **base), max_steps=2, progress=False)
+    for k, v in plain.state.items():
+        assert torch.allclose(v, sharded.state[k], atol=1e-6), k
+    comp = mnist.simulate(mnist.RunConfig(compressor="rtnq", bits=3, fsdp=True, **base), max_steps=2,
+                          progress=False)
+    assert any(not torch.equal(v, sharded.state[k]) for k, v in comp.state.items())
+    assert 0.0 < comp.records[-1]["test_loss"] < 12.0
+    with pytest.raises(ValueError, match="fsdp"):
+        mnist.RunConfig(compressor="rtnq", fsdp=True, per_tensor=True)
+
+
 # ---- reports ----
 
 def test_paired_differences_per_seed():
