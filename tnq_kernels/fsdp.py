@@ -129,12 +129,26 @@ def _node_rows(x: torch.Tensor, node_size: int, local: int) -> torch.Tensor:
     return x.view(-1, node_size, x.shape[1])[:, local]
 
 
-def _sources(cfg: Config, seed: int, rank: int, step: int, module: int, rows: torch.Tensor):
-    """Seeds and client count of the rows this rank compresses (rows: [n, chunk], one per destination node)."""
-    k = cfg.node_size
-    local = rank % k
-    seeds = [derive_seed(seed, rank, step, module, b * k + local) for b in range(rows.shape[0])]
-    return seeds, rows.shape[0]
+def _node_sum(parts) -> torch.Tensor:
+    """The fp32 sum of a node's k members' rows (each [W/k, chunk]), in local-rank order."""
+    rows = parts[0].float()
+    for p in parts[1:]:
+        rows = rows + p.float()
+    return rows
+
+
+def _send(cfg: Config, rows: torch.Tensor, seed: int, rank: int, step: int, module: int, backend,
+          residual: torch.Tensor | None):
+    """Compress the rows this rank sends ([W/k, chunk], row b for rank (b, rank's local index)), with its
+    error-feedback residual added when it has one. Returns (payloads uint8 [W/k, slot], the new residual or None)."""
+    k, n = cfg.node_size, rows.shape[0]
+    if residual is not None:
+        rows = rows.float() + residual
+    seeds = [derive_seed(seed, rank, step, module, b * k + rank % k) for b in range(n)]
+    payloads = _encode(cfg, rows, seeds, n, backend)
+    if residual is not None:
+        residual = feedback_residual(rows, _decode_own(payloads, rows.shape[1], backend))
+    return payloads, residual
 
 
 def flat_input(grads, world_size: int) -> torch.Tensor:
@@ -173,22 +187,15 @@ def simulate(inputs, op, cfg: Config, seed: int, step: int, module: int, backend
     chunk = inputs[0].numel() // W
     xs = [t.reshape(W, chunk) for t in inputs]
     w = op_weight(op, W)
-    # every rank's compressed rows: its node's fp32 sums (hierarchical) or its own rows (flat)
+    # every rank's compressed rows: its own rows (flat) or its node's fp32 sums (hierarchical)
     sent = []
     for r in range(W):
         a, local = divmod(r, k)
-        if k == 1:
-            rows = xs[r]
-        else:
-            rows = _node_rows(xs[a * k], k, local).float()
-            for m in range(1, k):
-                rows = rows + _node_rows(xs[a * k + m], k, local).float()
+        rows = xs[r] if k == 1 else _node_sum([_node_rows(xs[a * k + m], k, local) for m in range(k)])
+        payloads, res = _send(cfg, rows, seed, r, step, module, backend,
+                              None if residuals is None else residuals[r])
         if residuals is not None:
-            rows = rows.float() + residuals[r]
-        seeds, clients = _sources(cfg, seed, r, step, module, rows)
-        payloads = _encode(cfg, rows, seeds, clients, backend)
-        if residuals is not None:
-            residuals[r].copy_(feedback_residual(rows, _decode_own(payloads, chunk, backend)))
+            residuals[r] = res
         sent.append(payloads)
     outs = []
     for d in range(W):
@@ -254,22 +261,15 @@ class TNQReduceScatter(_ReduceScatterBase):
             send = x.view(-1, k, chunk).transpose(0, 1).contiguous()  # [k, n, chunk]: block l for local rank l
             recv = torch.empty_like(send)
             dist.all_to_all_single(recv, send, group=groups.node)
-            rows = recv[0].float()
-            for m in range(1, k):
-                rows = rows + recv[m].float()
+            rows = _node_sum(list(recv))
             intra = (k - 1) * send[0].numel() * send.element_size()
-        if cfg.error_feedback:
-            if self.residual is None or self.residual.shape != rows.shape:
-                self.residual = torch.zeros(rows.shape, dtype=torch.float32, device=rows.device)
-            rows = rows.float() + self.residual
-        seeds, clients = _sources(cfg, st.seed, rank, self.calls, self.index, rows)
-        payloads = _encode(cfg, rows, seeds, clients, st.backend)
+        if cfg.error_feedback and (self.residual is None or self.residual.shape != rows.shape):
+            self.residual = torch.zeros(rows.shape, dtype=torch.float32, device=rows.device)
+        payloads, self.residual = _send(cfg, rows, st.seed, rank, self.calls, self.index, st.backend, self.residual)
         recv = torch.empty_like(payloads)
         dist.all_to_all_single(recv, payloads, group=group if k == 1 else groups.cross)
-        api.decompress_sum(recv, [w] * clients, backend=st.backend, out=output_tensor)
-        if cfg.error_feedback:
-            self.residual = feedback_residual(rows, _decode_own(payloads, chunk, st.backend))
-        self._account((clients - 1) * payloads.shape[1] + intra, intra, fp32)
+        api.decompress_sum(recv, [w] * (W // k), backend=st.backend, out=output_tensor)
+        self._account((W // k - 1) * payloads.shape[1] + intra, intra, fp32)
         return None
 
     def _account(self, sent: int, intra: int, fp32: int) -> None:
