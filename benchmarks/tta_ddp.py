@@ -212,7 +212,7 @@ def calibrated_target(curves: dict[int, list[dict]], max_steps: int) -> tuple[fl
                              f"{CALIBRATE_FRACTION:g} x --max-steps {max_steps}")
         at[seed] = pts[0]["test_accuracy"]
     low = min(at.values())
-    return math.floor(low / TARGET_STEP + 1e-9) * TARGET_STEP, at
+    return round(math.floor(low / TARGET_STEP + 1e-9) * TARGET_STEP, 6), at
 
 
 def _target_from_file(path: Path, cfg: dict) -> float:
