@@ -53,7 +53,7 @@ gpu-check:  # on the GPU machine: make gpu-check NO_VENV=1 (results folder in be
 
 # CPU kernel throughput (2 threads, then 1), end-to-end DDP over a tc-shaped veth link (needs root for network
 # namespaces; otherwise it says so and skips), time to accuracy over that link (the fp32 calibration that fixes the
-# target first; about an hour and a half on 2 idle cores), the alpha-beta cost model, then the plots and tables in
+# target first; about 1 to 1.5 hours on 2 idle cores), the alpha-beta cost model, then the plots and tables in
 # benchmarks/results/.
 bench: build
 	$(PY) -m pytest -q -p no:cacheprovider benchmarks/test_bench_cpu.py --benchmark-only

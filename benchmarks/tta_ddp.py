@@ -255,6 +255,10 @@ def check_args(args) -> tuple[list[str], list[int], list[float], list[int]]:
     return compressors, seeds, E.parse_bandwidths(args.bandwidths), hidden
 
 
+def _curves_path(csv_path: str) -> Path:
+    return Path(csv_path).with_name(Path(csv_path).stem + "_curves.csv")
+
+
 def _versions() -> dict:
     import tnq_kernels
     from tnq_kernels import rng
@@ -336,7 +340,7 @@ def main(argv=None) -> int:
                 mine.append({**env, "run": run, "mode": mode, "world": E.WORLD, **r})
             if args.csv:  # after each launch, so an interrupted study keeps what it measured
                 H.append_csv(args.csv, mine, CSV_COLUMNS)
-                H.append_csv(Path(args.csv).with_name(Path(args.csv).stem + "_curves.csv"), pts, CURVE_COLUMNS)
+                H.append_csv(_curves_path(args.csv), pts, CURVE_COLUMNS)
             rows += mine
             curves += pts
     import plot
@@ -353,6 +357,9 @@ def main(argv=None) -> int:
             (out_dir / TARGET_FILE).write_text(json.dumps(saved, indent=1) + "\n")
             print(f"tta: wrote {out_dir / TARGET_FILE}")
         return 0
+    if args.csv:  # the table and plot from the CSVs as written, exactly as plot.py rebuilds them
+        rows = [r for r in H.read_csv(args.csv) if r["run"] == run and r["mode"] == "run"]
+        curves = [c for c in H.read_csv(_curves_path(args.csv)) if c["run"] == run]
     print()
     print(plot.tta_table(rows))
     if out_dir:

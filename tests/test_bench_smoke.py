@@ -180,7 +180,7 @@ def test_tta_refuses_bad_flags(flags, message, capsys, tmp_path):
 def test_tta_ddp_tiny_loopback(tmp_path, capsys):
     """--calibrate fixes the target from fp32 by the rule, a run then reads it, stops each compressor at the first
     evaluation at or above it, and writes the rows, curves, table and plot."""
-    out = tmp_path / "tta.csv"
+    out = tmp_path / "tta_ddp.csv"
     base = ["--net", "loopback", "--tiny", "--seeds", "0", "--quiet", "--csv", str(out)]
     with pytest.raises(SystemExit):  # no target yet: the run is refused before any process starts
         tta_ddp.main(base)
@@ -189,7 +189,7 @@ def test_tta_ddp_tiny_loopback(tmp_path, capsys):
     proc = subprocess.run(cmd + ["--calibrate"], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     saved = __import__("json").loads((tmp_path / "tta_ddp_target.json").read_text())
-    cal = [c for c in H.read_csv(tmp_path / "tta_curves.csv") if c["mode"] == "calibrate"]
+    cal = [c for c in H.read_csv(tmp_path / "tta_ddp_curves.csv") if c["mode"] == "calibrate"]
     assert int(cal[-1]["step"]) == 40  # calibration runs fp32 to --max-steps
     at = next(float(c["test_accuracy"]) for c in cal if int(c["step"]) >= 20)
     assert saved["target"] == pytest.approx(math.floor(at / 0.005 + 1e-9) * 0.005) and 0.2 < saved["target"] < 1
@@ -207,7 +207,7 @@ def test_tta_ddp_tiny_loopback(tmp_path, capsys):
         assert r["reached"] == "True" and r["in_sync"] == "True", (name, r)
         assert float(r["target"]) == saved["target"] and int(r["steps"]) == int(r["steps_to_target"]) <= 40
         assert float(r["final_accuracy"]) >= saved["target"] and float(r["seconds_to_target"]) > 0
-        pts = [c for c in H.read_csv(tmp_path / "tta_curves.csv") if c["mode"] == "run" and c["compressor"] == name]
+        pts = [c for c in H.read_csv(tmp_path / "tta_ddp_curves.csv") if c["mode"] == "run" and c["compressor"] == name]
         accs = [float(c["test_accuracy"]) for c in pts]
         assert accs[-1] >= saved["target"] > max(accs[:-1])  # stopped at the first evaluation at the target
     # same seed, same batches, deterministic all-reduce: fp32 reaches the target where calibration said it would
@@ -215,6 +215,9 @@ def test_tta_ddp_tiny_loopback(tmp_path, capsys):
     assert (tmp_path / "tta_ddp.png").stat().st_size > 1000
     md = (tmp_path / "tta_ddp.md").read_text()
     assert "| loopback |" in md and "tnq-3 (rtnq) | 1/1 |" in md
+    # plot.py rebuilds the same table from the CSVs (calibration rows left out)
+    assert plot.main(["--results", str(tmp_path), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "tta_ddp.md").read_text() == md
 
 
 # ---- plots ----
