@@ -52,11 +52,15 @@ gpu-check:  # on the GPU machine: make gpu-check NO_VENV=1 (results folder in be
 	$(PY) benchmarks/gpu_check.py
 
 # CPU kernel throughput (2 threads, then 1), end-to-end DDP over a tc-shaped veth link (needs root for network
-# namespaces; otherwise it says so and skips), the alpha-beta cost model, then the plots and tables in benchmarks/results/.
+# namespaces; otherwise it says so and skips), time to accuracy over that link (the fp32 calibration that fixes the
+# target first; about 1 to 1.5 hours on 2 idle cores), the alpha-beta cost model, then the plots and tables in
+# benchmarks/results/.
 bench: build
 	$(PY) -m pytest -q -p no:cacheprovider benchmarks/test_bench_cpu.py --benchmark-only
 	TNQ_BENCH_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider benchmarks/test_bench_cpu.py --benchmark-only
 	$(PY) benchmarks/e2e_ddp.py --steps 12
+	$(PY) benchmarks/tta_ddp.py --calibrate --quiet
+	$(PY) benchmarks/tta_ddp.py --bandwidths 1,10 --quiet
 	$(PY) benchmarks/cost_model.py
 	$(PY) benchmarks/plot.py
 

@@ -114,8 +114,12 @@ def _measure_link(rank: int, nbytes: int, world: int = 2) -> float:
     return nbytes * 8 / best / 1e9
 
 
-def _register(ddp, spec: str, tnq_backend: str | None):
-    """Attach the hook named by ``spec``; returns (scheme, bits, state or None)."""
+def _register(ddp, spec: str, tnq_backend: str | None, codebook: str | None = None, seed: int = 0):
+    """Attach the hook named by ``spec``; returns (scheme, bits, state or None).
+
+    ``tnq-<scheme>-<bits>`` or ``tnq-<bits>`` (scheme "auto") builds a ``TNQState`` with ``codebook`` (None: the
+    library's default) and base ``seed``; every other TNQState field keeps its default, block size included.
+    """
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
     if spec == "allreduce":
         return "allreduce", 32, None
@@ -130,14 +134,59 @@ def _register(ddp, spec: str, tnq_backend: str | None):
         ddp.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
         return "powersgd", rank, state
     if spec.startswith("tnq-"):
-        _, scheme, bits = spec.split("-")
+        *scheme, bits = spec.split("-")[1:]
         from tnq_kernels import ddp as tnq_ddp
-        state = tnq_ddp.TNQState(process_group=None, bits=int(bits), block_size=2048, codebook="tnq",
-                                 scheme=scheme, seed=0, backend=tnq_backend)
+        extra = {} if codebook is None else {"codebook": codebook}
+        state = tnq_ddp.TNQState(process_group=None, bits=int(bits), scheme=scheme[0] if scheme else "auto",
+                                 seed=seed, backend=tnq_backend, **extra)
         ddp.register_comm_hook(state, tnq_ddp.tnq_hook)
-        return scheme, int(bits), state
+        import torch.distributed as dist
+        return state.scheme_for(dist.get_world_size()), int(bits), state
     raise ValueError(f"compressor must be one of compute-only, allreduce, fp16, powersgd<r>, "
-                     f"tnq-<allgather|two_phase>-<bits>, got {spec!r}")
+                     f"tnq-<allgather|two_phase>-<bits>, tnq-<bits>, got {spec!r}")
+
+
+def check_compressor(spec: str, extra: tuple[str, ...] = ()) -> str:
+    """``spec`` if it names a hook `_register` attaches (or one of ``extra``), else a ValueError saying what is
+    accepted; checked before any process starts."""
+    parts = spec.split("-")
+    ok = (spec in ("allreduce", "fp16") + tuple(extra)
+          or (spec.startswith("powersgd") and (spec == "powersgd" or spec[8:].isdigit() and int(spec[8:]) >= 1))
+          or (parts[0] == "tnq" and len(parts) in (2, 3) and parts[-1].isdigit() and 1 <= int(parts[-1]) <= 8
+              and (len(parts) == 2 or parts[1] in ("allgather", "two_phase", "auto"))))
+    if not ok:
+        accepted = ", ".join(("allreduce", "fp16", "powersgd<rank>", "tnq-<bits>", "tnq-<scheme>-<bits>") + extra)
+        raise ValueError(f"--compressors: {spec!r} is not a compressor; accepted: {accepted} (bits 1-8)")
+    return spec
+
+
+def ddp_model(model, spec: str, tnq_backend: str | None, bucket_mb: float, codebook: str | None = None,
+              seed: int = 0):
+    """``model`` wrapped in DDP with the hook ``spec`` attached; returns (ddp, scheme, bits, state, note)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    note = ""
+    if spec.startswith("powersgd"):
+        # torch's PowerSGD hook issues its second allreduce from a future callback; on gloo that races with
+        # the next bucket's first allreduce and the ranks' collective order diverges (seen here as gloo's
+        # "Received data size doesn't match expected size" with 25 MB buckets), so it gets a single bucket
+        bucket_mb = 4 * sum(p.numel() for p in model.parameters()) / 2**20 + 1
+        note = "one DDP bucket (PowerSGD + gloo races with several)"
+    net = DDP(model, bucket_cap_mb=bucket_mb)
+    scheme, bits, state = _register(net, spec, tnq_backend, codebook, seed)
+    return net, scheme, bits, state, note
+
+
+def params_in_sync(model) -> bool:
+    """Whether every rank holds the same parameters (a float64 checksum, compared across ranks; FSDP: of the full
+    parameters, gathered). Replicas must stay identical under every hook."""
+    import torch.distributed as dist
+    with torch.no_grad():
+        full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
+        cs = sum(p.double().sum() for p in full).reshape(1)
+    lo, hi = cs.clone(), cs.clone()
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    return bool(lo == hi)
 
 
 def _tnq_sent_bytes(state) -> float:
@@ -207,7 +256,6 @@ def _fsdp(model, spec: str, cfg: dict, tnq_backend: str | None):
 
 def _run_config(spec: str, cfg: dict, rank: int, iface: str | None, tnq_backend: str | None) -> dict:
     import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
     world = cfg["world"]
     torch.manual_seed(0)
@@ -223,15 +271,7 @@ def _run_config(spec: str, cfg: dict, rank: int, iface: str | None, tnq_backend:
         net = model
         scheme, bits, state = _fsdp(model, spec, cfg, tnq_backend)
     else:
-        bucket_mb = cfg["bucket_mb"]
-        if spec.startswith("powersgd"):
-            # torch's PowerSGD hook issues its second allreduce from a future callback; on gloo that races with
-            # the next bucket's first allreduce and the ranks' collective order diverges (seen here as gloo's
-            # "Received data size doesn't match expected size" with 25 MB buckets), so it gets a single bucket
-            bucket_mb = 4 * sum(p.numel() for p in model.parameters()) / 2**20 + 1
-            note = "one DDP bucket (PowerSGD + gloo races with several)"
-        net = DDP(model, bucket_cap_mb=bucket_mb)
-        scheme, bits, state = _register(net, spec, tnq_backend)
+        net, scheme, bits, state, note = ddp_model(model, spec, tnq_backend, cfg["bucket_mb"], codebook="tnq")
         if scheme == "two_phase" and world == 2:
             note = "2 ranks: sends ~1 payload/rank/step, as allgather does"
     opt = torch.optim.SGD(net.parameters(), lr=1e-3)
@@ -268,14 +308,7 @@ def _run_config(spec: str, cfg: dict, rank: int, iface: str | None, tnq_backend:
     # the interface counter is per namespace: its first rank reports it for every rank there
     wire = torch.tensor([(tx1 - tx0) / steps if rank % (world // 2) == 0 else 0.0], dtype=torch.float64)
     dist.all_reduce(wire)
-    # replicas must stay identical under every hook: compare a parameter checksum across ranks (FSDP: of the full
-    # parameters, gathered)
-    with torch.no_grad():
-        full = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
-        cs = sum(p.double().sum() for p in full).reshape(1)
-    lo, hi = cs.clone(), cs.clone()
-    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
-    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    in_sync = params_in_sync(model)
     kernel = torch.tensor([math.nan], dtype=torch.float64)
     if state is not None and spec.startswith("tnq-"):
         dist.barrier()
@@ -292,11 +325,16 @@ def _run_config(spec: str, cfg: dict, rank: int, iface: str | None, tnq_backend:
         "payload_bytes_per_rank_step": (sent1 - sent0) / steps,
         "tnq_kernel_ms": kernel.item(),
         "loadavg_1m": round(os.getloadavg()[0], 2),
-        "final_loss": float(loss), "note": note, "in_sync": bool(lo == hi) if spec != "compute-only" else True,
+        "final_loss": float(loss), "note": note, "in_sync": in_sync if spec != "compute-only" else True,
     }
 
 
-def worker(args) -> int:
+def run_worker(args, body) -> None:
+    """One rank: join the gloo group the launcher set up, measure the link, call
+    ``body(cfg, rank, iface, tnq_backend, link_gbit) -> rows`` and write rank 0's rows for the launcher. Then leave
+    without interpreter teardown: on a loaded 2-core CI box, a gloo/DDP background thread still being destroyed at
+    exit once aborted rank 0 ("terminate called without an active exception") after every measurement had
+    completed."""
     import torch.distributed as dist
     cfg = json.loads(args.config)
     torch.set_num_threads(cfg["threads"])
@@ -310,24 +348,32 @@ def worker(args) -> int:
         except ImportError:
             tnq_backend = "reference"
         link = _measure_link(args.rank, cfg["link_probe_bytes"], cfg["world"])
-        rows = []
-        for spec in cfg["compressors"]:
-            try:
-                row = _run_config(spec, cfg, args.rank, iface, tnq_backend)
-            except (ImportError, AttributeError) as e:  # tnq_kernels.ddp absent or older API: skip, say why
-                row = {"compressor": spec, "note": f"skipped: {type(e).__name__}: {e}"}
-                dist.barrier()
-            row.update(link_gbit_measured=link, tnq_backend=(tnq_backend or "native") if spec.startswith("tnq")
-                       else "")
-            rows.append(row)
-            if args.rank == 0:
-                print(f"  {spec:18s} {row.get('step_ms_median', math.nan):9.1f} ms/step", flush=True)
+        rows = body(cfg, args.rank, iface, tnq_backend, link)
         if args.rank == 0:
             Path(args.out).write_text(json.dumps(rows))
         dist.barrier()  # nobody tears gloo down while the other rank still talks to it
     finally:
         dist.destroy_process_group()
-    return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _step_rows(cfg: dict, rank: int, iface: str | None, tnq_backend: str | None, link: float) -> list[dict]:
+    import torch.distributed as dist
+    rows = []
+    for spec in cfg["compressors"]:
+        try:
+            row = _run_config(spec, cfg, rank, iface, tnq_backend)
+        except (ImportError, AttributeError) as e:  # tnq_kernels.ddp absent or older API: skip, say why
+            row = {"compressor": spec, "note": f"skipped: {type(e).__name__}: {e}"}
+            dist.barrier()
+        row.update(link_gbit_measured=link, tnq_backend=(tnq_backend or "native") if spec.startswith("tnq")
+                   else "")
+        rows.append(row)
+        if rank == 0:
+            print(f"  {spec:18s} {row.get('step_ms_median', math.nan):9.1f} ms/step", flush=True)
+    return rows
 
 
 # =====================================================================================================================
@@ -402,8 +448,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(cfg: dict, link: ShapedLink | None, timeout: float) -> list[dict]:
-    """Run both ranks (inside the namespaces when ``link`` is given); returns rank 0's rows."""
+def launch(cfg: dict, link: ShapedLink | None, timeout: float, script: str | Path = __file__) -> list[dict]:
+    """Run the ranks of ``script --worker`` (inside the namespaces when ``link`` is given); returns rank 0's rows."""
     cfg = dict(cfg)
     if link is None:
         cfg.update(master="127.0.0.1", port=_free_port(), ifaces=None)
@@ -416,7 +462,7 @@ def launch(cfg: dict, link: ShapedLink | None, timeout: float) -> list[dict]:
             for rank in range(cfg["world"]):
                 env = dict(os.environ, OMP_NUM_THREADS=str(cfg["threads"]),
                            PYTHONPATH=os.pathsep.join([str(H.ROOT), os.environ.get("PYTHONPATH", "")]))
-                cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--rank", str(rank),
+                cmd = [sys.executable, str(Path(script).resolve()), "--worker", "--rank", str(rank),
                        "--out", str(out), "--config", json.dumps(cfg)]
                 if link is not None:
                     side = _side(rank, cfg["world"])
@@ -429,7 +475,7 @@ def launch(cfg: dict, link: ShapedLink | None, timeout: float) -> list[dict]:
             for p in procs:
                 p.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            print(f"e2e: ranks still running after {timeout:.0f} s; stopping them", file=sys.stderr)
+            print(f"{Path(script).stem}: ranks still running after {timeout:.0f} s; stopping them", file=sys.stderr)
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -437,7 +483,7 @@ def launch(cfg: dict, link: ShapedLink | None, timeout: float) -> list[dict]:
                     p.wait(timeout=30)
         codes = [p.returncode for p in procs]
         if any(codes) or not out.exists():
-            raise RuntimeError(f"e2e ranks failed (exit codes {codes}); see their output above")
+            raise RuntimeError(f"{Path(script).stem} ranks failed (exit codes {codes}); see their output above")
         return json.loads(out.read_text())
 
 
@@ -470,12 +516,60 @@ def table(rows: list[dict]) -> str:
     return H.format_table(shown, list(shown[0]) if shown else [])
 
 
+def add_link_args(p: argparse.ArgumentParser, bandwidths: str) -> None:
+    """The flags every shaped-link benchmark shares: the network, its bandwidths and the hidden worker flags."""
+    p.add_argument("--net", choices=["netns", "loopback"], default="netns",
+                   help="netns: two namespaces + veth + tc (root); loopback: both ranks on 127.0.0.1, unshaped")
+    p.add_argument("--bandwidths", default=bandwidths, help="Gbit/s per link, comma-separated; 0 = unshaped veth")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per rank (2 ranks on a 2-core machine)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--out", default="", help=argparse.SUPPRESS)
+    p.add_argument("--config", default="{}", help=argparse.SUPPRESS)
+
+
+def parse_bandwidths(text: str) -> list[float]:
+    """``--bandwidths`` as floats (Gbit/s, 0 = unshaped veth); a ValueError naming the flag otherwise."""
+    try:
+        bandwidths = [float(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        bandwidths = [-1.0]
+    if not bandwidths or any(not b >= 0 or math.isinf(b) for b in bandwidths):
+        raise ValueError(f"--bandwidths must be comma-separated Gbit/s >= 0 (0 = unshaped), got {text!r}")
+    return bandwidths
+
+
+def link_plan(net: str, bandwidths: list[float], tag: str) -> list[tuple[float | None, str]]:
+    """[(Gbit/s or None for loopback, label)] to run over; [] (with the reason printed) when shaped runs cannot
+    happen here. Also makes SIGTERM unwind through ShapedLink.__exit__ so the namespaces are deleted."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if net == "loopback":
+        return [(None, "loopback")]
+    why = netns_unavailable()
+    if why:
+        print(f"{tag}: SKIPPED shaped runs: {why}")
+        return []
+    return [(b, f"{b:g} Gbit/s" if b else "veth unshaped") for b in bandwidths]
+
+
+def launch_on(gbit: float | None, cfg: dict, timeout: float, script: str | Path = __file__) -> list[dict]:
+    """``launch`` over loopback (``gbit`` None) or a fresh shaped link; each row gets the link's columns."""
+    if gbit is None:
+        got = launch(cfg, None, timeout, script)
+    else:
+        with ShapedLink(gbit) as link:
+            got = launch(cfg, link, timeout, script)
+    for r in got:
+        r.update(bandwidth_gbit="" if not gbit else gbit,
+                 bandwidth_label="loopback" if gbit is None else f"{gbit:g} Gbit/s" if gbit else "veth unshaped",
+                 net="loopback" if gbit is None else "netns-veth-tbf")
+    return got
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--net", choices=["netns", "loopback"], default="netns",
-                   help="netns: two namespaces + veth + tc (root); loopback: both ranks on 127.0.0.1, unshaped")
-    p.add_argument("--bandwidths", default="1,10,25", help="Gbit/s per link, comma-separated; 0 = unshaped veth")
+    add_link_args(p, "1,10,25")
     p.add_argument("--compressors", default=None, help=f"comma-separated (default {','.join(DEFAULT_COMPRESSORS)})")
     p.add_argument("--width", type=int, default=2048, help="MLP width (params per layer ~ width^2)")
     p.add_argument("--depth", type=int, default=3, help="MLP layers (default 3 x 2048^2: 12.6 M params, 50 MB)")
@@ -483,26 +577,15 @@ def main(argv=None) -> int:
     p.add_argument("--bucket-mb", type=float, default=25.0, help="DDP bucket_cap_mb")
     p.add_argument("--steps", type=int, default=6, help="timed steps per compressor (at most)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (PowerSGD compresses from step 2)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per rank (2 ranks on a 2-core machine)")
     p.add_argument("--world", type=int, choices=(2, 4), default=WORLD,
                    help="ranks; 4 puts two in each namespace (a 2-node x 2-rank cluster for the FSDP rows)")
     p.add_argument("--config-seconds", type=float, default=30.0, help="time budget per compressor's timed steps")
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds per bandwidth before ranks are killed")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run: tiny model, few steps")
     p.add_argument("--csv", default=str(H.results_path("e2e_ddp.csv")), help="CSV to append to ('' for none)")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--out", default="", help=argparse.SUPPRESS)
-    p.add_argument("--config", default="{}", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        code = worker(args)
-        # The rows are written and the group is destroyed. Leave without interpreter teardown: on a loaded 2-core CI
-        # box, a gloo/DDP background thread still being destroyed at exit once aborted rank 0 ("terminate called
-        # without an active exception") after every measurement had completed.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        run_worker(args, _step_rows)
 
     compressors = (args.compressors.split(",") if args.compressors
                    else TINY_COMPRESSORS if args.tiny else DEFAULT_COMPRESSORS)
@@ -512,34 +595,20 @@ def main(argv=None) -> int:
                timeout=args.timeout, compressors=compressors, link_probe_bytes=16 << 20)
     if args.tiny:
         cfg.update(width=64, depth=2, batch=8, steps=3, warmup=2, config_seconds=5.0, link_probe_bytes=1 << 16)
-    bandwidths = [float(b) for b in args.bandwidths.split(",") if b.strip()]
-    if any(b < 0 for b in bandwidths):
-        raise ValueError(f"--bandwidths must be >= 0 Gbit/s (0 = unshaped), got {args.bandwidths!r}")
+    bandwidths = parse_bandwidths(args.bandwidths)
 
-    # SIGTERM must unwind through ShapedLink.__exit__ so the namespaces are deleted
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run = H.run_id()
     env = H.environment("cpu")
     env["threads"] = args.threads
     rows: list[dict] = []
-    if args.net == "loopback":
-        plan = [(None, "loopback")]
-    else:
-        why = netns_unavailable()
-        if why:
-            print(f"e2e: SKIPPED shaped runs: {why}")
-            return 0
-        plan = [(b, f"{b:g} Gbit/s" if b else "veth unshaped") for b in bandwidths]
+    plan = link_plan(args.net, bandwidths, "e2e")
+    if not plan:
+        return 0
     for gbit, label in plan:
         print(f"e2e: {label}: {len(compressors)} compressors, model {cfg['depth']} x {cfg['width']}^2", flush=True)
-        if gbit is None:
-            got = launch(cfg, None, args.timeout)
-        else:
-            with ShapedLink(gbit) as link:
-                got = launch(cfg, link, args.timeout)
+        got = launch_on(gbit, cfg, args.timeout)
         for r in got:
-            r.update(bandwidth_gbit="" if not gbit else gbit, bandwidth_label=label,
-                     net="loopback" if gbit is None else "netns-veth-tbf", world=args.world)
+            r.update(world=args.world)
         rows += got
     _with_speedups(rows)
     if args.csv:

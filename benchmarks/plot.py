@@ -5,6 +5,8 @@
                                                (the latest run of each thread count, most threads first)
     e2e_ddp.csv                             -> e2e_ddp.png  step time vs link bandwidth, one line per compressor
                                                e2e_ddp.md
+    tta_ddp.csv + tta_ddp_curves.csv        -> tta_ddp.png  test accuracy vs training seconds, one panel per link
+                                               tta_ddp.md   seconds and steps to the target, median (min-max)
     cost_model.csv                          -> cost_model.png  projected step time vs world size, per kernel source
                                                cost_model.md
 A CSV that is absent is skipped. Only each CSV's latest ``run`` is drawn (``--all-runs`` to pool them), so a figure
@@ -241,6 +243,99 @@ def e2e_table(rows: list[dict]) -> str:
             + H.format_table(table, list(table[0])))
 
 
+# ---- time to accuracy ----
+
+def _spread(vals: list[float], fmt: str) -> str:
+    """median (min–max) of the finite ``vals``, or — when there are none."""
+    vals = [v for v in vals if not math.isnan(v)]
+    if not vals:
+        return "—"
+    med = format(statistics.median(vals), fmt)
+    return med if len(vals) == 1 else f"{med} ({format(min(vals), fmt)}–{format(max(vals), fmt)})"
+
+
+def _tta_groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """The timed rows (mode "run"), grouped by (link, compressor) in the order they ran."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        if r.get("mode", "run") == "run":
+            groups.setdefault((str(r.get("bandwidth_gbit", "")), r["compressor"]), []).append(r)
+    return groups
+
+
+def _reached(r: dict) -> bool:
+    return str(r.get("reached")) == "True"
+
+
+def tta_table(rows: list[dict]) -> str:
+    """Per link and compressor, over seeds: how many reached the target, training seconds and steps to it (median
+    (min–max) over the seeds that reached it), the ratio to fp32 all-reduce's median seconds on the same link, the
+    final accuracy and the bytes each rank sent per step."""
+    groups = _tta_groups(rows)
+    if not groups:
+        return "no time-to-accuracy runs (mode run) in these rows"
+    fp32 = {link: statistics.median(v) for (link, comp), g in groups.items() if comp == "allreduce"
+            for v in [[_f(r["seconds_to_target"]) for r in g if _reached(r)]] if v}
+    table = []
+    for (link, comp), g in groups.items():
+        secs = [_f(r["seconds_to_target"]) for r in g if _reached(r)]
+        ratio = fp32.get(link, math.nan) / statistics.median(secs) if secs else math.nan
+        table.append({
+            "link Gbit/s": link or g[0].get("net", ""),
+            "measured Gbit/s": _spread([_f(r.get("link_gbit_measured")) for r in g], ".3g"),
+            "compressor": comp + (f" ({g[0]['codebook']})" if g[0].get("codebook") else ""),
+            "reached": f"{sum(map(_reached, g))}/{len(g)}",
+            "seconds to target": _spread(secs, ".3g"),
+            "steps to target": _spread([_f(r["steps_to_target"]) for r in g if _reached(r)], ".0f"),
+            "fp32 s / this s": ratio,
+            "final accuracy": _spread([_f(r["final_accuracy"]) for r in g], ".4f"),
+            "MB sent/rank/step": _spread([_f(r.get("wire_bytes_per_rank_step")) / 1e6 for r in g], ".3g"),
+            "step ms": _spread([_f(r.get("step_ms_mean")) for r in g], ".0f"),
+            "load 1m": _spread([_f(r.get("loadavg_1m")) for r in g], ".2g"),
+        })
+    r0 = next(iter(groups.values()))[0]
+    seeds = sorted({str(r.get("seed")) for g in groups.values() for r in g})
+    params = _f(r0.get("params")) / 1e6
+    return (f"MNIST, MLP with {params:.2f} M params ({4 * params:.3g} MB fp32 gradients), 2 gloo ranks, target test "
+            f"accuracy {_f(r0.get('target')):.4g}, seeds {', '.join(seeds)}; {_stamp(rows)}; run "
+            f"{r0.get('run', '?')}\n\n"
+            "Seconds are training time only (the slower rank's, evaluations excluded); median (min–max) over the seeds "
+            "that reached the target; fp32 s / this s = fp32 all-reduce's median seconds to target on the same link "
+            "over this compressor's (> 1: sooner). MB sent/rank/step from the interface counters (TCP/IP included; "
+            "— over loopback).\n\n" + H.format_table(table, list(table[0])))
+
+
+def plot_tta(rows: list[dict], curves: list[dict], out: Path) -> Path:
+    """Test accuracy against training seconds, one panel per link, one colour per compressor, one line per seed,
+    the target dashed."""
+    groups = _tta_groups(rows)
+    links = list(dict.fromkeys(link for link, _ in groups))
+    comps = list(dict.fromkeys(comp for _, comp in groups))
+    colors = {c: plt.cm.tab10(i % 10) for i, c in enumerate(comps)}
+    fig, axes = plt.subplots(1, max(1, len(links)), figsize=(6.5 * max(1, len(links)), 4.6), squeeze=False)
+    target = _f(rows[0].get("target")) if rows else math.nan
+    for ax, link in zip(axes[0], links):
+        for comp in comps:
+            for i, seed in enumerate(dict.fromkeys(str(r["seed"]) for r in groups.get((link, comp), []))):
+                pts = sorted((_f(c["step"]), _f(c["train_seconds"]), _f(c["test_accuracy"])) for c in curves
+                             if c.get("mode", "run") == "run" and str(c.get("bandwidth_gbit", "")) == link
+                             and c["compressor"] == comp and str(c["seed"]) == seed)
+                ax.plot([q[1] for q in pts], [q[2] for q in pts], color=colors[comp], lw=1.2, alpha=0.8,
+                        label=comp if i == 0 else None)
+        if not math.isnan(target):
+            ax.axhline(target, color="k", ls="--", lw=0.8, label=f"target {target:.4g}")
+            ax.set_ylim(max(0.0, target - 0.15), min(1.0, target + 0.03))
+        ax.set(xlabel="training seconds (evaluations excluded)", ylabel="test accuracy",
+               title=f"{link} Gbit/s" if link else "loopback")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"MNIST time to accuracy, DDP 2 ranks, gloo; {_stamp(rows)}" if rows else "", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 # ---- cost model ----
 
 def plot_cost(rows: list[dict], out: Path) -> Path:
@@ -319,6 +414,14 @@ def main(argv=None) -> int:
         made.append(plot_e2e(rows, out / "e2e_ddp.png"))
         (out / "e2e_ddp.md").write_text(e2e_table(rows) + "\n")
         made.append(out / "e2e_ddp.md")
+    rows = latest_run([r for r in H.read_csv(src / "tta_ddp.csv") if r.get("mode") == "run"], args.all_runs,
+                      tuple(args.run))
+    if rows:
+        runs = {r["run"] for r in rows}
+        curves = [c for c in H.read_csv(src / "tta_ddp_curves.csv") if c.get("run") in runs]
+        made.append(plot_tta(rows, curves, out / "tta_ddp.png"))
+        (out / "tta_ddp.md").write_text(tta_table(rows) + "\n")
+        made.append(out / "tta_ddp.md")
     rows = H.read_csv(src / "cost_model.csv")
     if rows:
         made.append(plot_cost(rows, out / "cost_model.png"))

@@ -1,5 +1,6 @@
-"""Smoke tests of the benchmark tooling (benchmarks/): the shared helper, the α–β cost model, the end-to-end DDP
-script in its tiny loopback mode (no root, no tc) and the plot script on a small CSV. Seconds, no timing asserted."""
+"""Smoke tests of the benchmark tooling (benchmarks/): the shared helper, the α–β cost model, the end-to-end DDP and
+time-to-accuracy scripts in their tiny loopback modes (no root, no tc) and the plot script on a small CSV. Seconds,
+no timing asserted."""
 from __future__ import annotations
 
 import csv
@@ -17,6 +18,7 @@ sys.path.insert(0, str(BENCH))
 import _helper as H  # noqa: E402
 import cost_model  # noqa: E402
 import plot  # noqa: E402
+import tta_ddp  # noqa: E402
 
 
 # ---- helper ----
@@ -140,6 +142,82 @@ def test_e2e_ddp_tiny_loopback(tmp_path):
             pytest.fail(f"{name} was skipped: {r['note']}")
         assert float(r["step_ms_median"]) > 0 and r["in_sync"] == "True", (name, r)
     assert float(rows["allreduce"]["speedup_vs_allreduce"]) == 1.0
+
+
+# ---- time to accuracy (tiny, loopback, no tc) ----
+
+def test_tta_target_rule_and_batches():
+    curve = [{"step": s, "test_accuracy": a} for s, a in ((0, 0.1), (10, 0.9), (20, 0.9537), (30, 0.97))]
+    other = [{"step": s, "test_accuracy": a} for s, a in ((0, 0.1), (25, 0.9612), (30, 0.98))]
+    # the first evaluation at or after half of 40 steps: 0.9537 and 0.9612; the lower one, down to 0.005
+    assert tta_ddp.calibrated_target({0: curve, 1: other}, 40) == (0.95, {0: 0.9537, 1: 0.9612})
+    with pytest.raises(ValueError, match="before 0.5 x --max-steps 100"):
+        tta_ddp.calibrated_target({0: curve}, 100)
+    # the two ranks' shares of a global batch are disjoint halves of it; seeds and epochs reorder the data
+    a, b = (tta_ddp.batch_indices(3, 0, 8, 64, r, 2) for r in (0, 1))
+    assert len(a) == len(b) == 4 and not set(a.tolist()) & set(b.tolist())
+    assert not torch.equal(a, tta_ddp.batch_indices(3, 1, 8, 64, 0, 2))
+    assert not torch.equal(a, tta_ddp.batch_indices(3 + 64 // 8, 0, 8, 64, 0, 2))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--compressors", "allreduce,tnq-9"], "--compressors: 'tnq-9' is not a compressor; accepted: allreduce"),
+    (["--compressors", "qsgd"], "--compressors: 'qsgd' is not a compressor"),
+    (["--bandwidths", "1,-10"], "--bandwidths must be comma-separated Gbit/s >= 0"),
+    (["--seeds", "0,x"], "--seeds and --hidden take comma-separated integers"),
+    (["--target", "97"], "--target must be a test accuracy in (0, 1], got 97"),
+    (["--batch", "31"], "--batch (the global batch, split over 2 ranks) must be even, got 31"),
+    (["--max-steps", "0"], "--max-steps must be >= 1, got 0"),
+])
+def test_tta_refuses_bad_flags(flags, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        tta_ddp.main(["--net", "loopback", "--tiny", "--csv", str(tmp_path / "t.csv")] + flags)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="this torch build has no gloo backend")
+def test_tta_ddp_tiny_loopback(tmp_path, capsys):
+    """--calibrate fixes the target from fp32 by the rule, a run then reads it, stops each compressor at the first
+    evaluation at or above it, and writes the rows, curves, table and plot."""
+    out = tmp_path / "tta_ddp.csv"
+    base = ["--net", "loopback", "--tiny", "--seeds", "0", "--quiet", "--csv", str(out)]
+    with pytest.raises(SystemExit):  # no target yet: the run is refused before any process starts
+        tta_ddp.main(base)
+    assert "run --calibrate first" in capsys.readouterr().err
+    cmd = [sys.executable, str(BENCH / "tta_ddp.py")] + base
+    proc = subprocess.run(cmd + ["--calibrate"], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    saved = __import__("json").loads((tmp_path / "tta_ddp_target.json").read_text())
+    cal = [c for c in H.read_csv(tmp_path / "tta_ddp_curves.csv") if c["mode"] == "calibrate"]
+    assert int(cal[-1]["step"]) == 40  # calibration runs fp32 to --max-steps
+    at = next(float(c["test_accuracy"]) for c in cal if int(c["step"]) >= 20)
+    assert saved["target"] == pytest.approx(math.floor(at / 0.005 + 1e-9) * 0.005) and 0.2 < saved["target"] < 1
+    with pytest.raises(SystemExit):  # a target calibrated with other flags is refused
+        tta_ddp.main(base + ["--lr", "0.1"])
+    err = capsys.readouterr().err
+    assert "calibrated with other flags" in err and "'lr': (0.05, 0.1)" in err
+
+    proc = subprocess.run(cmd + ["--compressors", "allreduce,tnq-3"], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {r["compressor"]: r for r in H.read_csv(out) if r["mode"] == "run"}
+    assert set(rows) == {"allreduce", "tnq-3"}
+    assert rows["tnq-3"]["codebook"] == "rtnq" and rows["tnq-3"]["bits"] == "3"  # the library's default state
+    for name, r in rows.items():
+        assert r["reached"] == "True" and r["in_sync"] == "True", (name, r)
+        assert float(r["target"]) == saved["target"] and int(r["steps"]) == int(r["steps_to_target"]) <= 40
+        assert float(r["final_accuracy"]) >= saved["target"] and float(r["seconds_to_target"]) > 0
+        pts = [c for c in H.read_csv(tmp_path / "tta_ddp_curves.csv") if c["mode"] == "run" and c["compressor"] == name]
+        accs = [float(c["test_accuracy"]) for c in pts]
+        assert accs[-1] >= saved["target"] > max(accs[:-1])  # stopped at the first evaluation at the target
+    # same seed, same batches, deterministic all-reduce: fp32 reaches the target where calibration said it would
+    assert int(rows["allreduce"]["steps_to_target"]) <= 20
+    assert (tmp_path / "tta_ddp.png").stat().st_size > 1000
+    md = (tmp_path / "tta_ddp.md").read_text()
+    assert "| loopback |" in md and "tnq-3 (rtnq) | 1/1 |" in md
+    # plot.py rebuilds the same table from the CSVs (calibration rows left out)
+    assert plot.main(["--results", str(tmp_path), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "tta_ddp.md").read_text() == md
 
 
 # ---- plots ----
