@@ -71,6 +71,7 @@ import torch.distributed as dist
 from . import api
 from . import codebooks as cb
 from . import format as fmt
+from .feedback import check_error_feedback, feedback_residual, gather_residual, split_residual
 from .rng import derive_seed
 
 SCHEMES = ("auto", "allgather", "two_phase")
@@ -86,29 +87,6 @@ def _check_int(name: str, value, lo: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
         raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
     return value
-
-
-def feedback_residual(corrected: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
-    """Error feedback's residual e = corrected − decoded (fp32). Entries of a non-finite block are reset to 0: a step
-    that GradScaler skips for an overflow must not poison every later step."""
-    res = corrected - decoded
-    return torch.where(torch.isfinite(res), res, torch.zeros((), dtype=res.dtype, device=res.device))
-
-
-def gather_residual(pieces, numels, device) -> torch.Tensor:
-    """One flat fp32 residual from per-parameter pieces (None: no residual yet, zeros)."""
-    value = torch.zeros(sum(numels), dtype=torch.float32, device=device)
-    off = 0
-    for piece, n in zip(pieces, numels):
-        if piece is not None:
-            value[off: off + n].copy_(piece)
-        off += n
-    return value
-
-
-def split_residual(value: torch.Tensor, numels) -> list:
-    """The inverse of gather_residual: per-parameter views of a flat residual."""
-    return list(value.split(list(numels)))
 
 
 @dataclass
@@ -153,6 +131,7 @@ class TNQState:
         self.scheme = scheme
         self.seed = seed
         self.error_feedback = bool(error_feedback)
+        check_error_feedback(self.codebook, self.bits, self.error_feedback, where="TNQState")
         self.warmup_steps = _check_int("warmup_steps", warmup_steps)
         self.min_bucket_numel = _check_int("min_bucket_numel", min_bucket_numel)
         self.backend = backend

@@ -1,0 +1,84 @@
+"""Error feedback, shared by every integration (the DDP hook, the Horovod wrapper, the FSDP path).
+
+With error feedback a rank adds its residual e to the gradient before compressing and keeps
+e ← (g + e) − decode(own payload) in fp32 (:func:`feedback_residual`); :func:`gather_residual` and
+:func:`split_residual` move residuals between one flat tensor and per-parameter pieces.
+
+**Clipping codebooks and error feedback** (:func:`check_error_feedback`). The truncating codebooks put their top
+level at a fixed multiple of a mean-type scale of the block (``tnq``, ``tqsgd``: mean|x|; ``rtnq``: Σx²/(2Σ|x|)).
+Under error feedback the clipped tail goes into the residual and comes back on the next step; one coordinate barely
+moves a mean over 2048, so a coordinate whose gradient keeps its sign stays above the threshold and its residual
+grows step after step (integrator wind-up), and once the gradient turns, the wound-up residual keeps pushing the
+old way for many steps. The max-scaled ``qsgd`` and ``nqsgd`` clip nothing, so their residual stays within one level
+gap of the block's largest entry. Measured in this project's simulator (experiments/results/ef_probe/, 8 clients,
+momentum SGD, fp32-chosen learning rates, 3 seeds; docs/integrations.md has the numbers): error feedback takes
+``tnq`` at 2 bits from about 0.95 to 0.5 MNIST-MLP accuracy and hurts the byte-level transformer with ``tnq`` and
+``rtnq``, while ``qsgd`` and ``nqsgd`` with feedback stay level with fp32. So error feedback with a clipping codebook
+warns (:class:`FeedbackWarning`, naming what to use); it is not refused, because ``rtnq`` with feedback is harmless
+on the MLP and a run may have been validated as it is.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import codebooks as cb
+
+#: scale rules whose top level is a fixed multiple of a mean-type statistic: entries above it are clipped
+CLIPPING_SCALE_RULES = (cb.SCALE_MEAN_ABS, cb.SCALE_M2_M1)
+#: the codebooks the warning recommends with error feedback (max-scaled: nothing is clipped)
+FEEDBACK_CODEBOOKS = ("qsgd", "nqsgd")
+
+
+class FeedbackWarning(UserWarning):
+    """Error feedback is on with a codebook that clips: measured to degrade training (module docstring)."""
+
+
+def clips(codebook: str | int) -> bool:
+    """True when ``codebook`` (a name, "rtnq", or an id) truncates entries above a mean-type threshold."""
+    return cb.scale_rule(codebook) in CLIPPING_SCALE_RULES
+
+
+def check_error_feedback(codebook: str | int, bits: int, error_feedback: bool = True, where: str = "error_feedback",
+                         stacklevel: int = 3) -> bool:
+    """Warn (:class:`FeedbackWarning`) when ``error_feedback`` is on with a clipping codebook; return whether it did.
+
+    Every integration calls this once when it is configured (``where`` names the caller in the message;
+    ``stacklevel`` points the warning at the user's line). Raises ValueError, as the integrations do, for an
+    unknown codebook or bits.
+    """
+    name = cb.codebook_name(codebook)
+    cb.check_bits(bits)
+    if not error_feedback or not clips(name):
+        return False
+    warnings.warn(
+        f"{where}: error_feedback=True with codebook={name!r} at {bits} bits clips entries above a multiple of a "
+        f"mean-type scale, so a clipped coordinate's residual can grow step after step; measured to degrade training "
+        f"(tnq at 2 bits: MNIST-MLP accuracy about 0.5 instead of 0.95). Use codebook='qsgd' or 'nqsgd' "
+        f"(max-scaled, nothing clipped) with error feedback, or error_feedback=False with {name!r} "
+        f"(docs/integrations.md, 'Error feedback')", FeedbackWarning, stacklevel=stacklevel)
+    return True
+
+
+def feedback_residual(corrected: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+    """Error feedback's residual e = corrected − decoded (fp32). Entries of a non-finite block are reset to 0: a step
+    that GradScaler skips for an overflow must not poison every later step."""
+    res = corrected - decoded
+    return torch.where(torch.isfinite(res), res, torch.zeros((), dtype=res.dtype, device=res.device))
+
+
+def gather_residual(pieces, numels, device) -> torch.Tensor:
+    """One flat fp32 residual from per-parameter pieces (None: no residual yet, zeros)."""
+    value = torch.zeros(sum(numels), dtype=torch.float32, device=device)
+    off = 0
+    for piece, n in zip(pieces, numels):
+        if piece is not None:
+            value[off: off + n].copy_(piece)
+        off += n
+    return value
+
+
+def split_residual(value: torch.Tensor, numels) -> list:
+    """The inverse of gather_residual: per-parameter views of a flat residual."""
+    return list(value.split(list(numels)))
