@@ -5,6 +5,7 @@ The ``with_horovod`` tests run in every process of a Horovod job: ``make horovod
 C++17) and runs them with ``horovodrun -np 2`` and ``-np 4`` over gloo; under plain pytest they run as a 1-process job.
 """
 import importlib.util
+import warnings
 
 import pytest
 import torch
@@ -137,6 +138,54 @@ def test_optimizer_averages_decoded_payloads(bits, dtype):
                 assert torch.equal(_view_bits(ps[r].grad), _view_bits(want)), f"step {t} param {i} rank {r}"
         for a, b in zip(*(m.parameters() for m in models)):
             assert torch.equal(a, b), "replicas diverged"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_error_feedback_reinjects_each_ranks_residual(dtype):
+    """error_feedback=True: rank r compresses g + e (fp32) and keeps e ← (g + e) − decode(own payload), per
+    parameter; the mean is decoded in the gradient's dtype. Checked against the public API step by step."""
+    hub, W, steps, bits = Hub(2), 2, 3, 2
+    models = [_net(dtype) for _ in range(W)]
+    opts = [tnq_hvd.DistributedOptimizer(
+        torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), named_parameters=m.named_parameters(),
+        compression=tnq_hvd.TNQCompressor(codebook="qsgd", bits=bits, block_size=256, seed=3, backend=BACKEND),
+        error_feedback=True, hvd=FakeHvd(hub, r)) for r, m in enumerate(models)]
+    res = [[torch.zeros(p.numel()) for p in models[0].parameters()] for _ in range(W)]
+    for t in range(steps):
+        for r in range(W):
+            opts[r].zero_grad()
+            _backward(models[r], r, dtype)
+        local = [[p.grad.clone() for p in m.parameters()] for m in models]
+        for o in opts:
+            o.step()
+        for i, ps in enumerate(zip(*(m.parameters() for m in models))):
+            payloads = []
+            for r in range(W):
+                x = local[r][i].float() + res[r][i].view(local[r][i].shape)
+                payloads.append(tnq.compress(x, bits, 256, "qsgd", tnq.derive_seed(3, r, t, i), backend=BACKEND))
+                res[r][i] = (x - tnq.decompress(payloads[-1], x.shape, torch.float32, backend=BACKEND)).reshape(-1)
+            want = tnq.decompress_sum(payloads, [0.5, 0.5], ps[0].shape, dtype, backend=BACKEND)
+            for r in range(W):
+                assert ps[r].grad.dtype == dtype
+                assert torch.equal(_view_bits(ps[r].grad), _view_bits(want)), f"step {t} param {i} rank {r}"
+    assert all(float(e.abs().sum()) > 0 for e in res[0]), "2-bit residuals should not vanish"
+
+
+def test_optimizer_error_feedback_warns_for_a_clipping_codebook():
+    from tnq_kernels.feedback import FeedbackWarning
+    model = _net(torch.float32)
+
+    def make(codebook, ef):
+        return tnq_hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), error_feedback=ef,
+                                            compression=tnq_hvd.TNQCompressor(codebook=codebook, bits=2),
+                                            hvd=FakeHvd(Hub(1), 0))
+    with pytest.warns(FeedbackWarning, match="horovod.DistributedOptimizer.*'rtnq'") as rec:
+        make("rtnq", True)
+    assert rec[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make("qsgd", True)
+        make("rtnq", False)
 
 
 def test_optimizer_backward_passes_per_step():

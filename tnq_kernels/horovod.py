@@ -14,6 +14,9 @@ are summed, so this wrapper sends each gradient's payload with ``hvd.allgather``
 Seeds: the payload of rank r for parameter index i (in ``named_parameters``/param_groups order) at optimizer step t
 uses ``derive_seed(seed, r, t, i)``.
 
+Error feedback (``DistributedOptimizer(..., error_feedback=True)``): each rank keeps one fp32 residual per parameter
+and compresses g + e, as tnq_kernels.ddp does per bucket; with a clipping codebook it warns (tnq_kernels.feedback).
+
 Every Horovod code path that takes a ``compression=`` (``hvd.DistributedOptimizer``, ``hvd.allreduce``, grouped and
 async variants) all-reduces the compressed tensor, so :meth:`TNQCompressor.compress` refuses to be called from inside
 the ``horovod`` package, with an error saying why, before anything is sent.
@@ -32,6 +35,7 @@ import torch
 from . import api
 from . import codebooks as cb
 from . import format as fmt
+from .feedback import check_error_feedback, feedback_residual
 from .rng import derive_seed
 
 
@@ -102,9 +106,11 @@ class _Methods:
     """Methods copied into a subclass of the wrapped optimizer's class (so isinstance and LR schedulers work)."""
 
     def __init__(self, params, named_parameters, compression, backward_passes_per_step, average, sparse_as_dense,
-                 hvd, process_set):
+                 hvd, process_set, error_feedback):
         super(self.__class__, self).__init__(params)
         self._hvd, self._process_set = hvd, process_set
+        self._error_feedback = error_feedback
+        self._residuals = {}  # id(p) -> fp32 residual of this rank (error feedback)
         self._sparse_as_dense = sparse_as_dense
         self._compression = compression
         self._bpps = backward_passes_per_step
@@ -148,9 +154,16 @@ class _Methods:
             raise ValueError(f"sparse gradient for {self._names[id(p)]}: pass sparse_as_dense=True "
                              f"(packed codes need a dense tensor)")
         rank, world = self._world()
+        shape_dtype = (tuple(grad.shape), grad.dtype)
+        if self._error_feedback:
+            res = self._residuals.get(id(p))
+            grad = grad.float() if res is None else grad.float() + res
         payload, ctx = self._compression.compress(
             grad, seed=derive_seed(self._compression.seed, rank, self._tnq_step, self._index[id(p)]),
             clients=world)
+        if self._error_feedback:
+            self._residuals[id(p)] = feedback_residual(grad, self._compression.decompress(payload, ctx))
+            ctx = shape_dtype  # the mean is decoded in the gradient's own dtype
         kw = {} if self._process_set is None else {"process_set": self._process_set}
         handle = self._hvd.allgather_async(payload, name=f"tnq.{self._names[id(p)]}", **kw)
         self._pending[id(p)] = (handle, ctx)
@@ -189,14 +202,16 @@ class _Methods:
 
 def DistributedOptimizer(optimizer, named_parameters=None, compression=None, backward_passes_per_step=1, op=None,
                          gradient_predivide_factor=1.0, num_groups=0, groups=None, sparse_as_dense=False,
-                         process_set=None, *, hvd=None):
+                         process_set=None, *, error_feedback=False, hvd=None):
     """hvd.DistributedOptimizer's signature, moving TNQ payloads with hvd.allgather and averaging after decoding.
 
     ``compression``: a :class:`TNQCompressor` (default: 3 bits, block 2048, "tnq", seed 0). ``op``: hvd.Average
     (default) or hvd.Sum; Adasum is not supported. ``gradient_predivide_factor``, ``num_groups`` and ``groups`` are
     accepted for compatibility and have no effect: the decode-sum divides each term in fp32 before adding (so fp16
-    cannot overflow), and Horovod's tensor fusion already batches the all-gathers. ``hvd``: the Horovod module
-    (default: ``import horovod.torch``); tests inject a stand-in.
+    cannot overflow), and Horovod's tensor fusion already batches the all-gathers. ``error_feedback``: each rank
+    adds its residual e to the gradient before compressing and keeps e ← (g + e) − decode(own payload) in fp32, per
+    parameter (tnq_kernels.feedback; warns for a clipping codebook). ``hvd``: the Horovod module (default:
+    ``import horovod.torch``); tests inject a stand-in.
     """
     hvd = hvd if hvd is not None else _import_horovod()
     if compression is None:
@@ -207,6 +222,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
     if isinstance(backward_passes_per_step, bool) or not isinstance(backward_passes_per_step, int) \
             or backward_passes_per_step < 1:
         raise ValueError(f"backward_passes_per_step must be an int >= 1, got {backward_passes_per_step!r}")
+    check_error_feedback(compression.codebook, compression.bits, bool(error_feedback),
+                         where="tnq_kernels.horovod.DistributedOptimizer")
     average_op, sum_op = getattr(hvd, "Average", "Average"), getattr(hvd, "Sum", "Sum")
     if op is not None and op not in (average_op, sum_op):
         raise ValueError(f"op must be hvd.Average or hvd.Sum (payloads are decoded, then averaged or summed), "
@@ -214,4 +231,4 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
     cls = type(optimizer.__class__.__name__, (optimizer.__class__,),
                {k: v for k, v in vars(_Methods).items() if k not in ("__dict__", "__weakref__")})
     return cls(optimizer.param_groups, named_parameters, compression, backward_passes_per_step,
-               op is None or op == average_op, bool(sparse_as_dense), hvd, process_set)
+               op is None or op == average_op, bool(sparse_as_dense), hvd, process_set, bool(error_feedback))
