@@ -65,13 +65,24 @@ def laplace_mixture_density(sd: float):
     return x, _weights(x, pdf)
 
 
-def errors(levels, sigma: float, x: torch.Tensor, w: torch.Tensor) -> tuple[float, float]:
-    """(bias², rounding variance) per element for |g| ~ (x, w) under a symmetric table scaled by sigma."""
+ROUNDINGS = ("stochastic", "nearest")
+
+
+def errors(levels, sigma: float, x: torch.Tensor, w: torch.Tensor, rounding: str = "stochastic") -> tuple[float, float]:
+    """(bias², rounding error) per element for |g| ~ (x, w) under a symmetric table scaled by sigma. Rounding error:
+    the variance (z − c_k)(c_{k+1} − z) of unbiased stochastic rounding, or min(z − c_k, c_{k+1} − z)² of rounding to
+    the nearest level (deterministic: its error is a bias per value, which error feedback carries to the next step)."""
     c = torch.tensor(levels, dtype=torch.float64) * sigma
     top = float(c[-1]) if float(c[-1]) == -float(c[0]) else float(c[-2])  # L2 tables: the spare level is unused
     z = torch.clamp(x, max=top)
     k = torch.clamp(torch.searchsorted(c, z, right=True) - 1, 0, len(levels) - 2)
-    var = (z - c[k]) * (c[k + 1] - z)
+    lo, hi = z - c[k], c[k + 1] - z
+    if rounding == "stochastic":
+        var = lo * hi
+    elif rounding == "nearest":
+        var = torch.minimum(lo, hi) ** 2
+    else:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     return float((w * (x - z) ** 2).sum()), float((w * var).sum())
 
 
@@ -91,6 +102,104 @@ def golden(f, lo: float, hi: float, it: int = 80) -> float:
         else:
             lo = a
     return (lo + hi) / 2
+
+
+# ---- error feedback (docs/codebooks.md §5) ----
+
+#: the cell-error constant K of one client's model error 2e^(−α) + K·(1 − e^(−α/3))³/s² (Laplace γ = 1, levels
+#: ∝ p^(1/3)): 27 from the paper's Δ²/4 bound on stochastic rounding, 9 from the Panter–Dite Δ²/12 of rounding to
+#: the nearest level
+MODEL_K = {"stochastic": 27.0, "nearest": 9.0}
+
+
+def ef_model_error(alpha: float, bits: int, rounding: str) -> float:
+    s = 2 ** bits - 1
+    return 2 * math.exp(-alpha) + MODEL_K[rounding] * (1 - math.exp(-alpha / 3)) ** 3 / s ** 2
+
+
+def ef_alpha(bits: int, rounding: str = "stochastic") -> float:
+    """α = 3·ln(1 + s/c), c = √(K/2): the minimum of ef_model_error (stochastic: c = a, TNQ's α*, i.e. rtnq1)."""
+    return 3 * math.log1p((2 ** bits - 1) / math.sqrt(MODEL_K[rounding] / 2))
+
+
+def ef_error_bound(bits: int, rounding: str = "stochastic") -> float:
+    """The minimum of ef_model_error: K/(s + c)² per element (27/(s + a)² for stochastic, 9/(s + 3/√2)² nearest)."""
+    return MODEL_K[rounding] / (2 ** bits - 1 + math.sqrt(MODEL_K[rounding] / 2)) ** 2
+
+
+def windup_point(rule: int, g: float, n: int, top: float, s1: float, s2: float) -> float:
+    """Where a coordinate held at gradient g stops winding up under error feedback: the input x* whose clip level
+    equals g (it then sends g per step and its residual x* − g stops growing). ``top``: the table's top level in
+    units of the scale; s1 = Σ|x_j|, s2 = Σx_j² over the block's other n − 1 entries."""
+    if rule == cb.SCALE_MAX_ABS:
+        return g  # the largest entry is a level: nothing is clipped
+    if rule == cb.SCALE_MEAN_ABS:  # top·(x + s1)/n = g
+        return n * g / top - s1
+    if rule == cb.SCALE_M2_M1:  # top·(x² + s2)/(2(x + s1)) = g
+        return (g + math.sqrt(g * g - top * (top * s2 - 2 * g * s1))) / top
+    raise ValueError(f"rule must be a scale rule of tnq_kernels.codebooks, got {rule!r}")
+
+
+def windup_sim(codebook: str, bits: int, steps: int, g: float = 20.0, n: int = 2048, seed: int = 0):
+    """One client under error feedback with the reference codec on a block of Laplace(1) noise whose coordinate 0
+    is held at g. Returns (mean input x_0 = g + e_0, mean Σ|x_j|, mean Σx_j² over j ≠ 0), over the last quarter of
+    the steps."""
+    gen = torch.Generator().manual_seed(seed)
+    cid = cb.codebook_id(codebook, 8)
+    e = torch.zeros(n)
+    acc, m = [0.0, 0.0, 0.0], 0
+    for t in range(steps):
+        u = torch.rand(n, generator=gen) - 0.5
+        x = -torch.sign(u) * torch.log1p(-2 * u.abs()) + e
+        x[0] = g + e[0]
+        e = x - ref.decompress(ref.compress(x, bits, n, cid, seed + t), (n,), torch.float32)
+        if t >= steps - steps // 4:
+            acc = [acc[0] + float(x[0]), acc[1] + float(x[1:].abs().sum()), acc[2] + float((x[1:] ** 2).sum())]
+            m += 1
+    return tuple(v / m for v in acc)
+
+
+def feedback_section(lx: torch.Tensor, lw: torch.Tensor, windup_steps: int) -> list[str]:
+    """docs/codebooks.md §5: one client's error under error feedback, both roundings, and the wind-up point."""
+    out = ["### Under error feedback: one client's error, stochastic vs nearest rounding (Laplace)", "",
+           "α (closed form) = 3·ln(1 + s/c), c = √(K/2), K = 27 (stochastic, the Δ²/4 bound: TNQ's α*) or 9 (nearest, "
+           "Panter–Dite Δ²/12); bound = K/(s + c)²; exact = bias² + rounding error of one client by numerical "
+           "integration with the p^(1/3) table for that α; opt = the exact error minimised over α (golden "
+           "section). 'avg of 8' = the error of the 8-client average if the clients' errors are independent "
+           "(bias² + rounding/8), for comparison with rtnq8 (no feedback, α_8).", "",
+           "| bits | rounding | α | bound | exact at α | α_opt | exact at α_opt | excess | rounding share | "
+           "avg of 8 at α |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for bits in BITS:
+        for rounding in ROUNDINGS:
+            alpha = ef_alpha(bits, rounding)
+            b2, v = errors(tnq_shape(bits, alpha), 1.0, lx, lw, rounding)
+
+            def f(al):
+                bb, vv = errors(tnq_shape(bits, al), 1.0, lx, lw, rounding)
+                return bb + vv
+            al_opt = golden(f, 0.3 * alpha, 3 * alpha)
+            out.append(f"| {bits} | {rounding} | {alpha:.4f} | {ef_error_bound(bits, rounding):.5f} | {b2 + v:.5f} | "
+                       f"{al_opt:.4f} | {f(al_opt):.5f} | {(b2 + v) / f(al_opt) - 1:+.1%} | {v / (b2 + v):.2f} | "
+                       f"{b2 + v / 8:.5f} |")
+        b8, v8 = errors(cb.levels("rtnq8", bits), 1.0, lx, lw)
+        out.append(f"| {bits} | rtnq8 (stochastic, α_8) | {cb.rtnq_alpha(bits, 8):.4f} |  | {b8 + v8:.5f} |  |  |  | "
+                   f"{v8 / (b8 + v8):.2f} | {b8 + v8 / 8:.5f} |")
+    out += ["", "### Under error feedback: where a persistent coordinate stops winding up", "",
+            f"One client, block n = 2048 of Laplace(1) noise, coordinate 0 held at g = 20; reference codec, "
+            f"{windup_steps} steps. x* = windup_point (closed form, with Σ|x_j| and Σx_j² of the other entries as "
+            "measured in the run); sim = the mean input x_0 = g + e_0 over the last quarter of the run; residual "
+            "= x* − g in units of g.", "",
+            "| codebook | bits | scale rule | top level | Σ|x_j| | x* (closed form) | x_0 (sim) | residual / g |",
+            "|---|---|---|---|---|---|---|---|"]
+    rules = {cb.SCALE_MEAN_ABS: "mean|x|", cb.SCALE_M2_M1: "Σx²/(2Σ|x|)", cb.SCALE_MAX_ABS: "max|x|"}
+    for name in ("tnq", "tqsgd", "rtnq8", "qsgd"):
+        for bits in (2, 3):
+            x0, s1, s2 = windup_sim(name, bits, windup_steps)
+            rule, top = cb.scale_rule(name), cb.levels(name, bits)[-1]
+            xs = windup_point(rule, 20.0, 2048, top, s1, s2)
+            out.append(f"| {name} | {bits} | {rules[rule]} | {top:.3f} | {s1:.0f} | {xs:.1f} | {x0:.1f} | "
+                       f"{(xs - 20.0) / 20.0:.1f} |")
+    return out + [""]
 
 
 # ---- Monte Carlo of the implementation ----
@@ -125,6 +234,9 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=2 ** 18, help="Laplace samples per Monte-Carlo run")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--out", default=None)
+    p.add_argument("--part", choices=("all", "feedback"), default="all",
+                   help="feedback: only the error-feedback section (§5), ~1 min")
+    p.add_argument("--windup-steps", type=int, default=4000)
     a = p.parse_args(argv)
     torch.set_num_threads(2)
     t0 = time.perf_counter()
@@ -134,6 +246,11 @@ def main(argv=None) -> int:
 
     # 1. the derivation: α_N, model, exact error at α_N, exact optimum over α with the same level construction
     lx, lw = laplace_density()
+    if a.part == "feedback":
+        return _emit([f"Generated by `python -m experiments.codebook_math --part feedback --windup-steps "
+                      f"{a.windup_steps}`. Laplace γ = 1; errors per element.", ""]
+                     + feedback_section(lx, lw, a.windup_steps)
+                     + [f"Run time: {time.perf_counter() - t0:.0f} s.", ""], a.out)
     out += ["### α_N and the error of the N-client average (Laplace)", "",
             "α_N = 3·ln(1 + s√N/a) (closed form); bound = 27/(s√N + a)² (the minimum of the model with the paper's "
             "Δ²/4 cell variance); exact = bias² + var/N at α_N by numerical integration (true cell variance); "
@@ -201,12 +318,17 @@ def main(argv=None) -> int:
                 out.append(f"| {name} | {m2 / m1 ** 2:.2f} | {bits} | {n_cl} | {rel(m1):.4f} | "
                            f"{rel(math.sqrt(m2 / 2)):.4f} | {rel(ch):.4f} | {rel(math.exp(ls)):.4f} | "
                            f"{math.exp(ls) / ch:.2f} |")
-    out += ["", f"Run time: {time.perf_counter() - t0:.0f} s.", ""]
+    out += [""] + feedback_section(lx, lw, a.windup_steps)
+    out += [f"Run time: {time.perf_counter() - t0:.0f} s.", ""]
+    return _emit(out, a.out)
+
+
+def _emit(out: list[str], path: str | None) -> int:
     text = "\n".join(out)
-    if a.out:
+    if path:
         import os
-        os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
-        with open(a.out, "w") as fh:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w") as fh:
             fh.write(text)
     print(text)
     return 0

@@ -113,3 +113,81 @@ def test_max_scaled_codebook_bounds_every_residual(codebook, bits):
     r, e_inf, g_inf = _feedback_run(codebook, bits, 40)
     assert e_inf <= rho / (1 - rho) * g_inf * (1 + 1e-5), (e_inf, g_inf, rho)
     assert max(r) <= rho / (1 - rho) * 20.0 * (1 + 1e-5)
+
+
+# ---- the derivation under error feedback (docs/codebooks.md §5, experiments/codebook_math.py) ----
+
+BITS = [2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+def test_ef_alpha_minimises_one_clients_model_error(bits, rounding):
+    from experiments import codebook_math as cm
+    lo = cm.golden(lambda a: cm.ef_model_error(a, bits, rounding), 0.1, 40.0, it=200)
+    assert lo == pytest.approx(cm.ef_alpha(bits, rounding), rel=1e-6)
+    assert cm.ef_model_error(lo, bits, rounding) == pytest.approx(cm.ef_error_bound(bits, rounding), rel=1e-9)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_one_clients_optimum_with_stochastic_rounding_is_tnqs_threshold(bits):
+    from experiments import codebook_math as cm
+    assert cm.ef_alpha(bits, "stochastic") == pytest.approx(cb.tnq_alpha(bits), rel=1e-12)
+    assert cm.ef_alpha(bits, "stochastic") < cb.rtnq_alpha(bits, 8)  # feedback wants less range than rtnq8
+
+
+@pytest.fixture(scope="module")
+def laplace_grid():
+    """|g| ~ Laplace(1) on codebook_math's grid with 20k points (the study uses 200k: slower, same conclusions)."""
+    from experiments import codebook_math as cm
+    x = cm._grid(80.0, 20_001)
+    return x, cm._weights(x, torch.exp(-x))
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_nearest_rounding_has_the_lower_per_client_error(bits, laplace_grid):
+    """Exact integration: at each rounding's own optimal α (p^(1/3) tables), one client's error with rounding to the
+    nearest level is below stochastic rounding's, and each closed form is within 5% of its exact optimum."""
+    from experiments import codebook_math as cm
+    x, w = laplace_grid
+    best = {}
+    for rounding in ("stochastic", "nearest"):
+        def f(al):
+            b2, v = cm.errors(cm.tnq_shape(bits, al), 1.0, x, w, rounding)
+            return b2 + v
+        alpha = cm.ef_alpha(bits, rounding)
+        best[rounding] = f(cm.golden(f, 0.3 * alpha, 3 * alpha, it=40))
+        assert f(alpha) <= 1.05 * best[rounding]
+    assert best["nearest"] < 0.8 * best["stochastic"], best
+
+
+def test_panter_dite_rounding_error_ratio_on_a_fine_table(laplace_grid):
+    """On a fine table the nearest level errs by Δ²/12 per cell and stochastic rounding by Δ²/6: ratio 2."""
+    from experiments import codebook_math as cm
+    x, w = laplace_grid
+    lv = cm.tnq_shape(8, cm.ef_alpha(8))
+    _, v_sr = cm.errors(lv, 1.0, x, w, "stochastic")
+    _, v_rn = cm.errors(lv, 1.0, x, w, "nearest")
+    assert v_sr / v_rn == pytest.approx(2.0, rel=0.02)
+
+
+@pytest.mark.parametrize("codebook", ["tnq", "rtnq8", "qsgd"])
+def test_windup_point_is_where_clipping_stops_the_residual(codebook):
+    """Clipping only (other entries fixed and sent exactly): iterate x_0 ← g + e_0, e_0 ← x_0 − min(x_0, t(x)) with
+    the codebook's scale rule and top level until it settles; it settles at windup_point."""
+    from experiments import codebook_math as cm
+    n, g = 64, 5.0
+    others = torch.linspace(0.05, 1.5, n - 1, dtype=torch.float64)
+    s1, s2 = float(others.sum()), float((others ** 2).sum())
+    rule, top = cb.scale_rule(codebook), cb.levels(codebook, 2)[-1]
+    e = 0.0
+    for _ in range(20000):
+        x0 = g + e
+        if rule == cb.SCALE_MEAN_ABS:
+            t = top * (x0 + s1) / n
+        elif rule == cb.SCALE_M2_M1:
+            t = top * (x0 * x0 + s2) / (2 * (x0 + s1))
+        else:
+            t = top * max(x0, float(others.max()))
+        e = x0 - min(x0, t)
+    assert g + e == pytest.approx(cm.windup_point(rule, g, n, top, s1, s2), rel=1e-6)
