@@ -115,41 +115,18 @@ def _backward(model, rank, dtype):
 
 @pytest.mark.parametrize("bits", [2, 3, 5])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_optimizer_averages_decoded_payloads(bits, dtype):
+@pytest.mark.parametrize("codebook, error_feedback", [("tnq", False), ("qsgd", True)])
+def test_optimizer_averages_decoded_payloads(bits, dtype, codebook, error_feedback):
+    """Each .grad is decompress_sum of the ranks' payloads, checked against the public API step by step. With
+    error_feedback=True rank r compresses g + e (fp32) and keeps e ← (g + e) − decode(own payload) per parameter; the
+    mean is decoded in the gradient's dtype."""
     hub, W, steps = Hub(2), 2, 3
     models = [_net(dtype) for _ in range(W)]
     opts = [tnq_hvd.DistributedOptimizer(
         torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), named_parameters=m.named_parameters(),
-        compression=tnq_hvd.TNQCompressor(codebook="tnq", bits=bits, block_size=256, seed=3, backend=BACKEND),
-        hvd=FakeHvd(hub, r)) for r, m in enumerate(models)]
+        compression=tnq_hvd.TNQCompressor(codebook=codebook, bits=bits, block_size=256, seed=3, backend=BACKEND),
+        error_feedback=error_feedback, hvd=FakeHvd(hub, r)) for r, m in enumerate(models)]
     assert isinstance(opts[0], torch.optim.SGD)
-    for t in range(steps):
-        for r in range(W):
-            opts[r].zero_grad()
-            _backward(models[r], r, dtype)
-        local = [[p.grad.clone() for p in m.parameters()] for m in models]
-        for o in opts:
-            o.step()
-        for i, ps in enumerate(zip(*(m.parameters() for m in models))):
-            payloads = [tnq.compress(local[r][i], bits, 256, "tnq", tnq.derive_seed(3, r, t, i), backend=BACKEND)
-                        for r in range(W)]
-            want = tnq.decompress_sum(payloads, [0.5, 0.5], ps[0].shape, dtype, backend=BACKEND)
-            for r in range(W):
-                assert torch.equal(_view_bits(ps[r].grad), _view_bits(want)), f"step {t} param {i} rank {r}"
-        for a, b in zip(*(m.parameters() for m in models)):
-            assert torch.equal(a, b), "replicas diverged"
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_optimizer_error_feedback_reinjects_each_ranks_residual(dtype):
-    """error_feedback=True: rank r compresses g + e (fp32) and keeps e ← (g + e) − decode(own payload), per
-    parameter; the mean is decoded in the gradient's dtype. Checked against the public API step by step."""
-    hub, W, steps, bits = Hub(2), 2, 3, 2
-    models = [_net(dtype) for _ in range(W)]
-    opts = [tnq_hvd.DistributedOptimizer(
-        torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), named_parameters=m.named_parameters(),
-        compression=tnq_hvd.TNQCompressor(codebook="qsgd", bits=bits, block_size=256, seed=3, backend=BACKEND),
-        error_feedback=True, hvd=FakeHvd(hub, r)) for r, m in enumerate(models)]
     res = [[torch.zeros(p.numel()) for p in models[0].parameters()] for _ in range(W)]
     for t in range(steps):
         for r in range(W):
@@ -161,14 +138,17 @@ def test_optimizer_error_feedback_reinjects_each_ranks_residual(dtype):
         for i, ps in enumerate(zip(*(m.parameters() for m in models))):
             payloads = []
             for r in range(W):
-                x = local[r][i].float() + res[r][i].view(local[r][i].shape)
-                payloads.append(tnq.compress(x, bits, 256, "qsgd", tnq.derive_seed(3, r, t, i), backend=BACKEND))
-                res[r][i] = (x - tnq.decompress(payloads[-1], x.shape, torch.float32, backend=BACKEND)).reshape(-1)
+                x = local[r][i].float() + res[r][i].view(local[r][i].shape) if error_feedback else local[r][i]
+                payloads.append(tnq.compress(x, bits, 256, codebook, tnq.derive_seed(3, r, t, i), backend=BACKEND))
+                if error_feedback:
+                    res[r][i] = (x - tnq.decompress(payloads[-1], x.shape, torch.float32, backend=BACKEND)).reshape(-1)
             want = tnq.decompress_sum(payloads, [0.5, 0.5], ps[0].shape, dtype, backend=BACKEND)
             for r in range(W):
                 assert ps[r].grad.dtype == dtype
                 assert torch.equal(_view_bits(ps[r].grad), _view_bits(want)), f"step {t} param {i} rank {r}"
-    assert all(float(e.abs().sum()) > 0 for e in res[0]), "2-bit residuals should not vanish"
+        for a, b in zip(*(m.parameters() for m in models)):
+            assert torch.equal(a, b), "replicas diverged"
+    assert all(float(e.abs().sum()) > 0 for e in res[0]) == error_feedback, "residuals should not vanish"
 
 
 def test_optimizer_error_feedback_warns_for_a_clipping_codebook():
