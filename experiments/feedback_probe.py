@@ -54,8 +54,8 @@ def compare(ef_dir: str, base_dir: str, task: str) -> str:
                    f"{_spread([sign * (x - y) for x, y in zip(a, b)], scale, digits)} | "
                    f"{_spread([sign * (y - z) for y, z in zip(b, f)], scale, digits)} | "
                    f"{_spread([sign * (x - z) for x, z in zip(a, f)], scale, digits)} |")
-    if fp32:
-        seeds = sorted(fp32)
+    seeds = sorted({s for runs in ef.values() for s in runs} & set(fp32))
+    if seeds:
         m, sd = mean_sd([fp32[s] for s in seeds])
         out += ["", f"fp32 ({metric}, seeds {','.join(map(str, seeds))}): {m:.4f} ± {sd:.4f}."]
     return "\n".join(out)

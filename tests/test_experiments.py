@@ -2,6 +2,7 @@
 backend recording, the text task, paired-difference reports and the gradient statistics. Each test runs in a few
 seconds on one core."""
 import math
+import os
 
 import pytest
 import torch
@@ -413,3 +414,33 @@ def test_new_codebooks_train_bit_identically_on_cpp_and_reference(compressor):
     for k in ref.state:
         assert torch.equal(ref.state[k], nat.state[k]), k
     assert nat.records[-1]["backend"] == "auto" and ref.records[-1]["backend"] == "reference"
+
+
+def _probe_folder(path, acc, lr=0.1):
+    """A study folder with final accuracies acc[(compressor, bits)] = [per seed] (feedback_probe's input)."""
+    os.makedirs(path)
+    rows, runs = [], []
+    for (comp, bits), vals in acc.items():
+        for seed, v in enumerate(vals):
+            rows.append({"compressor": comp, "bits": bits, "seed": seed, "epoch": 1.0, "step": 300, "train_loss": 0.1,
+                         "test_loss": 0.1, "test_accuracy": v, "bits_per_client_step": 0, "backend": "auto"})
+            runs.append({"compressor": comp, "bits": bits, "seed": seed, "mode": "sim", "backend": "auto",
+                         "steps": 300, "seconds": 1, "ms_per_step": 1, "final_accuracy": v, "final_test_loss": 0.1,
+                         "task": "mnist_mlp", "optimizer": "sgdm", "lr": lr, "block_size": 2048, "per_tensor": 0,
+                         "partition": "iid"})
+    mnist.write_csv(os.path.join(path, "results.csv"), rows)
+    report.write_runs(os.path.join(path, "runs.csv"), runs)
+
+
+def test_feedback_probe_pairs_seeds_and_refuses_other_setups(tmp_path):
+    from experiments import feedback_probe
+    fp32 = [0.96, 0.97]
+    _probe_folder(tmp_path / "base", {("none", 32): fp32, ("tnq", 2): [0.95, 0.94]})
+    _probe_folder(tmp_path / "ef", {("none", 32): fp32, ("tnq", 2): [0.50, 0.60]})
+    table = feedback_probe.compare(str(tmp_path / "ef"), str(tmp_path / "base"), "mnist_mlp")
+    # per seed, points: EF − no EF −45, −34; no EF − fp32 −1, −3; EF − fp32 −46, −37
+    assert "| TNQ (ours) | 2 | 0,1 | 0.9450 ± 0.0071 | 0.5500 ± 0.0707 | -39.50 ± 7.78 | -2.00 ± 1.41 | " \
+           "-41.50 ± 6.36 |" in table, table
+    _probe_folder(tmp_path / "other_lr", {("none", 32): fp32, ("tnq", 2): [0.5, 0.6]}, lr=0.2)
+    with pytest.raises(ValueError, match="differ"):
+        feedback_probe.compare(str(tmp_path / "other_lr"), str(tmp_path / "base"), "mnist_mlp")
