@@ -6,11 +6,13 @@
 Both folders hold runs of the same configuration except ``--error-feedback`` (checked: task, optimizer, lr, steps,
 block size and partition of every run). For each codebook and width it prints the final metric with and without
 feedback (mean ± std over the seeds both have), the seed-paired difference EF − no EF, and each against fp32 (the
-``none`` runs of the base folder, same seeds). Positive differences are better (the sign follows the metric).
+``none`` runs of the base folder, same seeds). Positive differences are better (the sign follows the metric). A
+configuration with a diverged (NaN) run lists its seeds one by one instead of a mean.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -38,7 +40,7 @@ def compare(ef_dir: str, base_dir: str, task: str) -> str:
         if s in fp32 and v != fp32[s]:
             raise ValueError(f"fp32 seed {s}: {v} with --error-feedback, {fp32[s]} without: not the same setup")
     scale, digits = (100.0, 2) if higher else (1.0, 3)
-    unit = "points" if higher else metric
+    unit = "points" if higher else f"{metric}, sign flipped"
     out = [f"| codebook | bits | seeds | no feedback | error feedback | EF − no EF ({unit}) | no EF − fp32 | "
            f"EF − fp32 |", "|---|---|---|---|---|---|---|---|"]
     for (comp, bits), runs in sorted(ef.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -48,12 +50,19 @@ def compare(ef_dir: str, base_dir: str, task: str) -> str:
         a, b, f = ([d[s] for s in seeds] for d in (runs, base[(comp, bits)], fp32))
 
         def fmt(v):
+            if any(math.isnan(x) for x in v):  # a diverged run: show every seed
+                return ", ".join("NaN" if math.isnan(x) else f"{x:.4f}" for x in v)
             m, sd = mean_sd(v)
             return f"{m:.4f} ± {sd:.4f}"
+
+        def diff(d):
+            if any(math.isnan(x) for x in d):
+                return ", ".join("NaN" if math.isnan(x) else f"{x * scale:+.{digits}f}" for x in d)
+            return _spread(d, scale, digits)
         out.append(f"| {label(comp)} | {bits} | {','.join(map(str, seeds))} | {fmt(b)} | {fmt(a)} | "
-                   f"{_spread([sign * (x - y) for x, y in zip(a, b)], scale, digits)} | "
-                   f"{_spread([sign * (y - z) for y, z in zip(b, f)], scale, digits)} | "
-                   f"{_spread([sign * (x - z) for x, z in zip(a, f)], scale, digits)} |")
+                   f"{diff([sign * (x - y) for x, y in zip(a, b)])} | "
+                   f"{diff([sign * (y - z) for y, z in zip(b, f)])} | "
+                   f"{diff([sign * (x - z) for x, z in zip(a, f)])} |")
     seeds = sorted({s for runs in ef.values() for s in runs} & set(fp32))
     if seeds:
         m, sd = mean_sd([fp32[s] for s in seeds])

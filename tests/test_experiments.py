@@ -435,12 +435,14 @@ def _probe_folder(path, acc, lr=0.1):
 def test_feedback_probe_pairs_seeds_and_refuses_other_setups(tmp_path):
     from experiments import feedback_probe
     fp32 = [0.96, 0.97]
-    _probe_folder(tmp_path / "base", {("none", 32): fp32, ("tnq", 2): [0.95, 0.94]})
-    _probe_folder(tmp_path / "ef", {("none", 32): fp32, ("tnq", 2): [0.50, 0.60]})
+    _probe_folder(tmp_path / "base", {("none", 32): fp32, ("tnq", 2): [0.95, 0.94], ("rtnq", 2): [0.96, 0.96]})
+    _probe_folder(tmp_path / "ef", {("none", 32): fp32, ("tnq", 2): [0.50, 0.60], ("rtnq", 2): [math.nan, 0.95]})
     table = feedback_probe.compare(str(tmp_path / "ef"), str(tmp_path / "base"), "mnist_mlp")
     # per seed, points: EF − no EF −45, −34; no EF − fp32 −1, −3; EF − fp32 −46, −37
     assert "| TNQ (ours) | 2 | 0,1 | 0.9450 ± 0.0071 | 0.5500 ± 0.0707 | -39.50 ± 7.78 | -2.00 ± 1.41 | " \
            "-41.50 ± 6.36 |" in table, table
+    assert "| RTNQ (robust TNQ) | 2 | 0,1 | 0.9600 ± 0.0000 | NaN, 0.9500 | NaN, -1.00 | -0.50 ± 0.71 | NaN, -2.00 |" \
+        in table, table  # a diverged seed is listed, not averaged away
     _probe_folder(tmp_path / "other_lr", {("none", 32): fp32, ("tnq", 2): [0.5, 0.6]}, lr=0.2)
     with pytest.raises(ValueError, match="differ"):
         feedback_probe.compare(str(tmp_path / "other_lr"), str(tmp_path / "base"), "mnist_mlp")
