@@ -14,6 +14,7 @@ fails when a committed block differs from what the committed CSVs give. Blocks (
 - ``worst-case``: each codebook's worst seed-paired difference to fp32 over the headline studies and widths;
 - ``default-verdicts``: the default codebook's verdict at every study and width (summary.verdicts);
 - ``mnist-sweep``: the earlier 2-epoch MNIST sweep (experiments/results/mnist), as report.table writes it;
+- ``ef-probe``: error feedback against none, seed-paired (experiments/results/ef_probe, feedback_probe.block);
 - ``cpu-kernels``: the CPU kernel table from one run of benchmarks/results/cpu_throughput.csv (benchmarks/plot.py).
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ import re
 import sys
 from typing import Callable
 
-from . import report, summary
+from . import feedback_probe, report, summary
 from .mnist import read_csv
 
 #: the Markdown files whose blocks are generated, relative to the repository root
@@ -60,6 +61,7 @@ BLOCKS: dict[str, Callable[[str, str], str]] = {
     "worst-case": lambda root, bench: summary.worst_case(root, summary.headline(root, summary.studies(root))),
     "default-verdicts": lambda root, bench: summary.verdicts(root, summary.studies(root), summary.DEFAULT),
     "mnist-sweep": lambda root, bench: _mnist_sweep(root),
+    "ef-probe": lambda root, bench: feedback_probe.block(root),
     "cpu-kernels": lambda root, bench: _cpu_kernels(bench),
 }
 

@@ -70,6 +70,17 @@ def compare(ef_dir: str, base_dir: str, task: str) -> str:
     return "\n".join(out)
 
 
+#: (title, folder with feedback, folder without, task) of the committed probe, relative to experiments/results
+PROBE = (("MLP, momentum SGD, test accuracy", "ef_probe/mlp_sgdm_ef", "mlp_sgdm", "mnist_mlp"),
+         ("transformer, momentum SGD, held-out bits per byte", "ef_probe/text600_sgdm_ef", "text600_sgdm", "text"))
+
+
+def block(root: str) -> str:
+    """The generated docs block ``ef-probe`` (experiments/docs_blocks.py): both probe tables from ``root``."""
+    return "\n\n".join(f"*{title}*\n\n" + compare(os.path.join(root, ef), os.path.join(root, base), task)
+                       for title, ef, base, task in PROBE)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.feedback_probe", description=__doc__.split("\n")[0])
     p.add_argument("--ef", required=True, help="folder of the runs with --error-feedback")
