@@ -4,20 +4,20 @@ With error feedback a rank adds its residual e to the gradient before compressin
 e ← (g + e) − decode(own payload) in fp32 (:func:`feedback_residual`); :func:`gather_residual` and
 :func:`split_residual` move residuals between one flat tensor and per-parameter pieces.
 
-**Clipping codebooks and error feedback** (:func:`check_error_feedback`). The truncating codebooks put their top
-level at a fixed multiple of a mean-type scale of the block (``tnq``, ``tqsgd``: mean|x|; ``rtnq``: Σx²/(2Σ|x|)).
-Under error feedback the clipped tail goes into the residual and comes back on the next step; one coordinate barely
-moves a mean over 2048, so a coordinate whose gradient keeps its sign stays above the threshold and its residual
-grows step after step (integrator wind-up), and once the gradient turns, the wound-up residual keeps pushing the
-old way for many steps. The max-scaled ``qsgd`` and ``nqsgd`` clip nothing, so their residual stays within one level
-gap of the block's largest entry (docs/codebooks.md §5). Measured in this project's simulator
-(experiments/results/ef_probe/, 8 clients, momentum SGD at the fp32-chosen learning rates, 3 paired seeds): with
-feedback at 2 bits, ``tnq`` falls from 0.948 to 0.537 MNIST-MLP accuracy and diverges on the byte-level transformer,
-``rtnq`` ends at 4.2 bpb or NaN on the transformer (2.68 without), while ``qsgd`` gains 0.21 bpb there and is level
-with fp32 on both models. So error feedback with a clipping codebook warns (:class:`FeedbackWarning`, naming what to
-use). It is not refused: the harm runs from −0.2 points (``rtnq`` on the MLP) to divergence, the studies must still
-run these configurations, and ``warnings.simplefilter("error", FeedbackWarning)`` makes it an error for whoever
-wants one.
+**Clipping codebooks and error feedback** (:func:`check_error_feedback`). The truncating codebooks put their top level
+at a fixed multiple of a mean-type scale of the block (``tnq``, ``tqsgd``: mean|x|; ``rtnq``: Σx²/(2Σ|x|)). Under
+error feedback the clipped tail goes into the residual and comes back on the next step; one coordinate barely moves a
+mean over 2048, so a coordinate whose gradient keeps its sign stays above the threshold and its residual grows step
+after step (integrator wind-up), and once the gradient turns, the wound-up residual keeps pushing the old way for many
+steps. The max-scaled ``qsgd`` and ``nqsgd`` clip nothing, so their residual stays within one level gap of the block's
+largest entry (docs/codebooks.md §5). Measured in this project's simulator (experiments/results/ef_probe/, 8 clients,
+momentum SGD at the fp32-chosen learning rates, 3 paired seeds): with feedback at 2 bits, ``tnq`` falls from 0.948 to
+0.537 MNIST-MLP accuracy and diverges on the byte-level transformer, ``rtnq`` ends at 4.2 bpb or NaN on the
+transformer (2.68 without), while ``qsgd`` gains 0.21 bpb there and is level with fp32 on both models (``nqsgd`` gains
+0.28 bpb but stays 0.16 behind fp32). So error feedback with a clipping codebook warns (:class:`FeedbackWarning`,
+naming what to use). It is not refused: the harm runs from −0.2 points (``rtnq`` on the MLP) to divergence, the
+studies must still run these configurations, and ``warnings.simplefilter("error", FeedbackWarning)`` makes it an error
+for whoever wants one.
 """
 from __future__ import annotations
 
