@@ -364,6 +364,15 @@ def check_bad_config():
     _raises(lambda: tnq_fsdp.compress_reduce_scatter(model, block_size=100), "block_size")
     _raises(lambda: tnq_fsdp.compress_reduce_scatter(model, node_size=dist.get_world_size() + 1), "node_size")
     _raises(lambda: tnq_fsdp.compress_reduce_scatter(nn.Linear(2, 2)), "fully_shard")
+    import warnings
+    from tnq_kernels.feedback import FeedbackWarning
+    for codebook, warns in (("rtnq", True), ("tnq", True), ("qsgd", False)):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            tnq_fsdp.compress_reduce_scatter(_shard(_model()), codebook=codebook, error_feedback=True)
+        got = [w for w in seen if issubclass(w.category, FeedbackWarning)]
+        assert bool(got) == warns, (codebook, [str(w.message) for w in seen])
+        assert not got or "compress_reduce_scatter" in str(got[0].message)
     state = tnq_fsdp.compress_reduce_scatter(model, min_numel=0)
     other = tnq_fsdp.compress_reduce_scatter(_shard(_model()), bits=2, min_numel=0)
     _raises(lambda: other.load_state_dict(state.state_dict()), "bits")

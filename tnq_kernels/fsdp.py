@@ -34,7 +34,9 @@ Plain reduce-scatter (FSDP's own ``reduce_scatter_single`` with its op) replaces
 ``warmup_steps`` calls of each module, and for modules whose flat input has fewer than ``min_numel`` elements.
 
 Error feedback (``error_feedback=True``): each rank adds its residual to the rows it compresses and keeps
-e ← (rows + e) − decode(own payloads) in fp32. Memory: one fp32 residual per FSDP module per rank, of W·chunk
+e ← (rows + e) − decode(own payloads) in fp32. With a clipping codebook (``tnq``, ``tqsgd``, ``rtnq``) it warns
+(``tnq_kernels.feedback.FeedbackWarning``, as the DDP hook and the Horovod wrapper do): measured to degrade training;
+``qsgd`` or ``nqsgd`` are the codebooks to use with it. Memory: one fp32 residual per FSDP module per rank, of W·chunk
 elements in the flat mode (the module's whole padded *unsharded* gradient: FSDP's sharding saves none of it) and
 of W·chunk/k in the hierarchical mode. During plain steps the residual is sent exactly and reset to zero.
 
@@ -53,7 +55,8 @@ import torch.distributed as dist
 from . import api
 from . import codebooks as cb
 from . import format as fmt
-from .ddp import _check_int, feedback_residual
+from .ddp import _check_int
+from .feedback import check_error_feedback, feedback_residual
 from .rng import derive_seed
 
 try:  # torch >= 2.9; import must not fail on an older torch (the call that needs it says so)
@@ -435,6 +438,7 @@ def compress_reduce_scatter(model: torch.nn.Module, bits: int = api.DEFAULT_BITS
     if backend is not None and backend not in api.BACKENDS:
         raise ValueError(f"backend must be None or one of {api.BACKENDS}, got {backend!r}")
     cfg = Config.checked(bits, block_size, codebook, node_size, error_feedback, warmup_steps, min_numel)
+    check_error_feedback(cfg.codebook, cfg.bits, cfg.error_feedback, where="compress_reduce_scatter")
     if not dist.is_initialized():
         raise RuntimeError("compress_reduce_scatter: torch.distributed is not initialized")
     state = FSDPState(cfg, seed, backend)
