@@ -370,8 +370,10 @@ def setup_line(config) -> str:
     length = f"{config.steps} steps" if config.steps else f"{config.epochs} epochs"
     opt = (f"momentum SGD (lr {config.lr}, momentum {config.momentum}" if config.optimizer == "sgdm" else
            f"AdamW (lr {config.lr}, betas 0.9/0.999") + f", weight decay {config.weight_decay}, constant lr)"
-    gran = ("one payload per parameter tensor" if config.per_tensor else "one payload per client per step (the "
-            "DDP bucket)")
+    gran = ("one payload per parameter tensor" if config.per_tensor else
+            "FSDP2 semantics: each FSDP unit's gradient reduce-scattered, one row per client, quantized once "
+            "(tnq_kernels.fsdp.simulate)" if getattr(config, "fsdp", False) else
+            "one payload per client per step (the DDP bucket)")
     block = "one scale per tensor" if config.block_size == 0 else f"block size {config.block_size}"
     return (f"Setup: {make_task_description(config)}, {config.clients} clients ({partition(config)}), batch "
             f"{config.batch_size} per client, {opt}, {length}, {gran}, {block}"
