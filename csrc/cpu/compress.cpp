@@ -40,13 +40,17 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
   constexpr int S = (1 << BITS) - 1;
   const __m256 vr = _mm256_set1_ps(inverse_scale(scale));
   const __m256 lo = _mm256_set1_ps(t.c[0]), hi = _mm256_set1_ps(t.c[S]);
-  const __m256 u_scale = _mm256_set1_ps(1.0f / 16777216.0f);
+  const __m256 half = _mm256_set1_ps(0.5f), u_scale = _mm256_set1_ps(1.0f / 65536.0f);
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i key0 = _mm256_set1_epi32(int(keys.key0));
+  GroupKey group_key(keys);
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t i0 = g * kGroup;
-    // a group never straddles a multiple of 2^32, so the high index word is the same for all its lanes
-    const __m256i hi_key = _mm256_set1_epi32(int(uint32_t(uint64_t(i0) >> 32) ^ keys.key1));
+    // the 16 pairs of the group in two hashes of 8 lanes: as 16-bit words, h[0] holds m of elements 0..15 in
+    // order (pair j's low half is element 2j), h[1] elements 16..31
+    const __m256i key = _mm256_set1_epi32(int(group_key(i0)));
+    const __m256i j0 = _mm256_add_epi32(_mm256_set1_epi32(int(uint32_t(uint64_t(i0) >> 1))), lane);
+    const __m256i h[2] = {fmix32_x8(_mm256_xor_si256(j0, key)),
+                          fmix32_x8(_mm256_xor_si256(_mm256_add_epi32(j0, _mm256_set1_epi32(8)), key))};
     uint32_t w[BITS] = {};
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
@@ -57,10 +61,8 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
       __m256 ck = lo;
       const __m256i k = search_levels<0, BITS>(z, t, _mm256_setzero_si256(), ck);
       const __m256 p = _mm256_mul_ps(_mm256_sub_ps(z, ck), lookup<S>(t.inv_gap, k));
-      const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(int(uint32_t(i0 + 8 * v))), lane);
-      __m256i h = fmix32_x8(_mm256_xor_si256(idx, key0));
-      h = fmix32_x8(_mm256_add_epi32(h, hi_key));
-      const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(h, 8)), u_scale);
+      const __m128i m16 = v & 1 ? _mm256_extracti128_si256(h[v >> 1], 1) : _mm256_castsi256_si128(h[v >> 1]);
+      const __m256 u = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(m16)), half), u_scale);
       const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(u, p, _CMP_LT_OQ));
       const __m256i code = _mm256_sub_epi32(k, up);  // up is -1 where the value rounds up
 #pragma GCC unroll 8
@@ -95,16 +97,18 @@ TNQ_AVX512 void encode_full_groups_avx512(const typename Src<DT>::T* x, int64_t 
   const __m512 bin_scale = _mm512_set1_ps(t.bin_scale);
   const __m512i last_bin = _mm512_set1_epi32(t.bins - 1), last_probe = _mm512_set1_epi32(31);
   const __m512i one = _mm512_set1_epi32(1), bit5 = _mm512_set1_epi32(32);
-  const __m512 u_scale = _mm512_set1_ps(1.0f / 16777216.0f);
+  const __m512 half = _mm512_set1_ps(0.5f), u_scale = _mm512_set1_ps(1.0f / 65536.0f);
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i key0 = _mm512_set1_epi32(int(keys.key0));
+  GroupKey group_key(keys);
   // every table in registers for the whole block (the search table of a 5-bit codebook is NaN from index 31 on,
   // so a probe clamped to 31 never succeeds)
   const Table32 bins_a(t.bin_lo), bins_b(t.bin_lo + 32), search(t.search), levels(t.c), inv_gap(t.inv_gap);
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t i0 = g * kGroup;
-    // a group never straddles a multiple of 2^32, so the high index word is the same for all its lanes
-    const __m512i hi_key = _mm512_set1_epi32(int(uint32_t(uint64_t(i0) >> 32) ^ keys.key1));
+    // one hash of 16 lanes for the group's 16 pairs: as 16-bit words it holds m of elements 0..31 in order
+    // (pair j's low half is element 2j), elements 0..15 in its low 256 bits
+    const __m512i j0 = _mm512_add_epi32(_mm512_set1_epi32(int(uint32_t(uint64_t(i0) >> 1))), lane);
+    const __m512i h = fmix32_x16(_mm512_xor_si512(j0, _mm512_set1_epi32(int(group_key(i0)))));
     uint32_t w[BITS] = {};
 #pragma GCC unroll 2
     for (int v = 0; v < 2; ++v) {
@@ -122,10 +126,8 @@ TNQ_AVX512 void encode_full_groups_avx512(const typename Src<DT>::T* x, int64_t 
       k = _mm512_mask_add_epi32(k, ge1, k, one);
       k = _mm512_mask_add_epi32(k, ge2, k, one);
       const __m512 p = _mm512_mul_ps(_mm512_sub_ps(z, levels.ps(k)), inv_gap.ps(k));
-      const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(int(uint32_t(i0 + 16 * v))), lane);
-      __m512i h = fmix32_x16(_mm512_xor_si512(idx, key0));
-      h = fmix32_x16(_mm512_add_epi32(h, hi_key));
-      const __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(h, 8)), u_scale);
+      const __m256i m16 = v ? _mm512_extracti64x4_epi64(h, 1) : _mm512_castsi512_si256(h);
+      const __m512 u = _mm512_mul_ps(_mm512_add_ps(_mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(m16)), half), u_scale);
       const __m512i code = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(u, p, _CMP_LT_OQ), k, one);
 #pragma GCC unroll 8
       for (int b = 0; b < BITS; ++b)
@@ -171,6 +173,7 @@ TNQ_CLONES void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g
   const float lo = t.c[0], hi = t.c[t.s], r = inverse_scale(scale);
   alignas(32) float z[kGroup];
   alignas(32) uint8_t code[kGroup];
+  GroupKey group_key(keys);
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t i0 = g * kGroup;
     const int64_t cnt = std::min<int64_t>(kGroup, n - i0);
@@ -179,7 +182,12 @@ TNQ_CLONES void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g
     } else {
       for (int j = 0; j < kGroup; ++j) z[j] = j < cnt ? truncate(Src<DT>::load(x[(g - g0) * kGroup + j]), r, mode, lo, hi) : 0.f;
     }
-    for (int j = 0; j < kGroup; ++j) code[j] = uint8_t(round_code<BITS>(z[j], t, hash_index(keys, uint64_t(i0 + j))));
+    const uint32_t key = group_key(i0), j0 = uint32_t(uint64_t(i0) >> 1);
+    for (int j = 0; j < kGroup / 2; ++j) {
+      const uint32_t h = pair_hash(key, j0 + uint32_t(j));
+      code[2 * j] = uint8_t(round_code<BITS>(z[2 * j], t, h & 0xFFFFu));
+      code[2 * j + 1] = uint8_t(round_code<BITS>(z[2 * j + 1], t, h >> 16));
+    }
     for (int64_t j = cnt; j < kGroup; ++j) code[j] = 0;  // tail codes are zero on the wire
     pack_group<BITS>(code, words + (g - g0) * BITS);
   }

@@ -425,16 +425,32 @@ inline float truncate(float g, float r, BlockMode mode, float lo, float hi) {
 }
 
 // ---- job 2: codebook lookup + stochastic rounding ----
-// k = number of interior levels <= z by a branchless binary search over the padded table; p from the real gaps.
+// k = number of interior levels <= z by a branchless binary search over the padded table; p from the real gaps;
+// m: the element's 16 random bits (SPEC v1.2), U = (m + 0.5) · 2^-16.
 template <int BITS>
-inline uint32_t round_code(float z, const Tables& t, uint32_t h) {
+inline uint32_t round_code(float z, const Tables& t, uint32_t m) {
   int k = 0;
 #pragma GCC unroll 8
   for (int step = 1 << (BITS - 1); step > 0; step >>= 1) k += (z >= t.search[k + step]) ? step : 0;
   const float p = (z - t.c[k]) * t.inv_gap[k];
-  const float u = float(h >> (32 - kUniformBits)) * (1.0f / 16777216.0f);
-  return uint32_t(k) + (u < p ? 1u : 0u);
+  return uint32_t(k) + (uniform16(m) < p ? 1u : 0u);
 }
+
+// The pair key K of the 32-element group starting at element i0 (a multiple of 32, so all its pairs share
+// j_hi = i0 >> 33), recomputed only when j_hi changes: blocks straddle a change only past 2^33 elements.
+struct GroupKey {
+  SeedKeys keys;
+  uint32_t j_hi = 0, key = 0;
+  explicit GroupKey(SeedKeys k) : keys(k), key(pair_key(k, 0)) {}
+  inline uint32_t operator()(int64_t i0) {
+    const uint32_t hi = uint32_t(uint64_t(i0) >> 33);
+    if (hi != j_hi) {
+      j_hi = hi;
+      key = pair_key(keys, hi);
+    }
+    return key;
+  }
+};
 
 // ---- job 3: pack / unpack one group of 32 codes <-> BITS bit-plane words ----
 template <int BITS>

@@ -123,10 +123,9 @@ __device__ __forceinline__ float truncate(float g, float r, float scale, float c
 // ---- job 2: codebook lookup + stochastic rounding ----
 
 // code = k + [U < p] with k = #interior levels <= z (branchless binary search over the shared table),
-// p = (z - c_k) * inv_gap_k in fp32, U = H(seed, i) >> 8 scaled to [0, 1).
+// p = (z - c_k) * inv_gap_k in fp32, U = (m + 0.5) · 2^-16 from the element's 16 random bits m (SPEC v1.2).
 template <int BITS>
-__device__ __forceinline__ uint32_t round_code(float z, uint64_t i, SeedKeys keys, const SharedTable& st,
-                                               int bits_rt) {
+__device__ __forceinline__ uint32_t round_code(float z, uint32_t m, const SharedTable& st, int bits_rt) {
   const int nb = BITS ? BITS : bits_rt;
   int k = 0;
 #pragma unroll
@@ -136,8 +135,7 @@ __device__ __forceinline__ uint32_t round_code(float z, uint64_t i, SeedKeys key
     k += (st.search[k + step] <= z) ? step : 0;
   }
   const float p = __fmul_rn(__fsub_rn(z, st.c[k]), st.r[k]);
-  const float u = uniform_from_hash(hash_index(keys, i));
-  return uint32_t(k) + (u < p ? 1u : 0u);
+  return uint32_t(k) + (uniform16(m) < p ? 1u : 0u);
 }
 
 // ---- job 3: pack, one warp at a time ----
@@ -300,15 +298,22 @@ __device__ __forceinline__ void encode_range(const typename Elem<DT>::T* __restr
   const float r = inverse_scale(scale);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const int64_t group_end = (end + 31) >> 5;
+  // the pair key of the range's first element; recomputed only for a chunk past a change of j_hi (2^33 elements)
+  const uint32_t hi_start = uint32_t(uint64_t(start) >> 33), key_start = pair_key(keys, hi_start);
   for (int64_t base = start + int64_t(warp) * CH; base < end; base += int64_t(nwarps) * CH) {
     const int64_t i = base + int64_t(lane) * V;
     float f[V];
     load_vec<DT>(x, i, end, f);
     uint32_t code[V];
+    // i is even and the lane's V elements share j_hi: one hash per pair, element i + t takes half t & 1
+    const uint32_t hi = uint32_t(uint64_t(i) >> 33);
+    const uint32_t key = hi == hi_start ? key_start : pair_key(keys, hi);
 #pragma unroll
-    for (int t = 0; t < V; ++t) {
-      const float z = truncate(f[t], r, scale, c0, cs);
-      code[t] = (i + t < end) ? round_code<BITS>(z, uint64_t(i + t), keys, st, nb) : 0u;
+    for (int t = 0; t < V; t += 2) {
+      const uint32_t h = pair_hash(key, uint32_t(uint64_t(i + t) >> 1));
+      const float z0 = truncate(f[t], r, scale, c0, cs), z1 = truncate(f[t + 1], r, scale, c0, cs);
+      code[t] = (i + t < end) ? round_code<BITS>(z0, h & 0xFFFFu, st, nb) : 0u;
+      code[t + 1] = (i + t + 1 < end) ? round_code<BITS>(z1, h >> 16, st, nb) : 0u;
     }
     CW cw;
     pack_chunk<V, BITS>(code, nb, cw);
