@@ -223,6 +223,35 @@ __device__ __forceinline__ double block_reduce(double v, double* smem /* [32 + 1
   return smem[32];
 }
 
+// Two sums (Σ|g| and Σg²) reduced together: each in block_reduce<false>'s order, so the same bits, but one
+// shared-memory round (two __syncthreads fewer) for the Σg²/(2Σ|g|) rule.
+__device__ __forceinline__ void block_reduce_sum2(double& a, double& b, double* smem /* [2·32 + 2] */) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    a = __dadd_rn(a, __shfl_xor_sync(kFullMask, a, o));
+    b = __dadd_rn(b, __shfl_xor_sync(kFullMask, b, o));
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = (blockDim.x + 31) >> 5;
+  __syncthreads();  // smem may still be read by a previous call
+  if (lane == 0) {
+    smem[warp] = a;
+    smem[32 + warp] = b;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double u = smem[0], v = smem[32];
+    for (int w = 1; w < nwarps; ++w) {
+      u = __dadd_rn(u, smem[w]);
+      v = __dadd_rn(v, smem[32 + w]);
+    }
+    smem[64] = u;
+    smem[65] = v;
+  }
+  __syncthreads();
+  a = smem[64];
+  b = smem[65];
+}
+
 // A block's (or tile's) reduction for its scale rule (tnq_constants.h ScaleRule): s1 = Σ|g| (mean), max|g| (max,
 // NaN-propagating) or Σg² (L2); s2 = Σg² for the Σg²/(2Σ|g|) rule, else 0. Squares of fp32 values are exact in fp64.
 struct ScaleSums {
@@ -230,7 +259,9 @@ struct ScaleSums {
 };
 
 // ScaleSums over [start, end) by the whole CTA. start must be a multiple of V. The rule is a template parameter so
-// each element costs only the adds (or the compare) its rule needs.
+// each element costs only the adds (or the compare) its rule needs: Σg² takes one fp64 fused multiply-add per
+// element, which rounds once like mul + add because the square of an fp32 value is exact in fp64.
+constexpr int kReduceSmem = 66;  // doubles of shared memory reduce_rule / block_reduce_sum2 need
 template <int DT, int RULE>
 __device__ __forceinline__ ScaleSums reduce_rule(const typename Elem<DT>::T* __restrict__ x, int64_t start,
                                                  int64_t end, double* smem) {
@@ -248,16 +279,19 @@ __device__ __forceinline__ ScaleSums reduce_rule(const typename Elem<DT>::T* __r
       if constexpr (RULE == kScaleMaxAbs) {
         mx = nanmax(mx, fabsf(f[t]));
       } else if constexpr (RULE == kScaleL2) {
-        sum = __dadd_rn(sum, __dmul_rn(a, a));
+        sum = __fma_rn(a, a, sum);
       } else {
         sum = __dadd_rn(sum, a);
-        if constexpr (RULE == kScaleM2M1) sum2 = __dadd_rn(sum2, __dmul_rn(a, a));
+        if constexpr (RULE == kScaleM2M1) sum2 = __fma_rn(a, a, sum2);
       }
     }
   }
   if constexpr (RULE == kScaleMaxAbs) return ScaleSums{block_reduce<true>(double(mx), smem), 0.0};
-  const double s1 = block_reduce<false>(sum, smem);
-  return ScaleSums{s1, RULE == kScaleM2M1 ? block_reduce<false>(sum2, smem) : 0.0};
+  if constexpr (RULE == kScaleM2M1) {
+    block_reduce_sum2(sum, sum2, smem);
+    return ScaleSums{sum, sum2};
+  }
+  return ScaleSums{block_reduce<false>(sum, smem), 0.0};
 }
 
 template <int DT>
