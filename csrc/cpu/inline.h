@@ -453,21 +453,9 @@ inline uint32_t round_code(float z, const Tables& t, uint32_t m) {
   return uint32_t(k) + (uniform16(m) < p ? 1u : 0u);
 }
 
-// The pair key K of the 32-element group starting at element i0 (a multiple of 32, so all its pairs share
-// j_hi = i0 >> 33), recomputed only when j_hi changes: blocks straddle a change only past 2^33 elements.
-struct GroupKey {
-  SeedKeys keys;
-  uint32_t j_hi = 0, key = 0;
-  explicit GroupKey(SeedKeys k) : keys(k), key(pair_key(k, 0)) {}
-  inline uint32_t operator()(int64_t i0) {
-    const uint32_t hi = uint32_t(uint64_t(i0) >> 33);
-    if (hi != j_hi) {
-      j_hi = hi;
-      key = pair_key(keys, hi);
-    }
-    return key;
-  }
-};
+// The pair key is constant over 2^28 groups (2^33 elements, one j_hi): the encode loops take one key for a run of
+// groups that never crosses a multiple of kGroupsPerKey.
+constexpr int64_t kGroupsPerKey = int64_t(1) << 28;
 
 // ---- job 3: pack / unpack one group of 32 codes <-> BITS bit-plane words ----
 template <int BITS>
