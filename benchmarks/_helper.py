@@ -185,6 +185,7 @@ def native_backend() -> str:
 
 def environment(device="cpu") -> dict:
     """Date, host, hardware and versions for one CSV row. GPU fields are filled for a CUDA ``device``."""
+    from tnq_kernels import rng
     device = torch.device(device)
     env = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -201,6 +202,7 @@ def environment(device="cpu") -> dict:
         "cuda": torch.version.cuda or "none",
         "tnq_native": native_backend(),
         "git": _git_commit(),
+        "rng": rng.VERSION,  # the stochastic-rounding generator the compress rows ran (docs/RNG.md)
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -233,8 +235,9 @@ def append_csv(path, rows: Iterable[Mapping], columns: Iterable[str] = ()) -> Pa
     """Append ``rows`` (dicts) to the CSV at ``path``, creating it and its folder as needed.
 
     Columns are ``columns`` first, then the file's existing ones, then any new keys in first-seen order; when new
-    keys appear the file is rewritten with the wider header (older rows get empty cells), so CSVs written by
-    different versions of a benchmark stay one table.
+    keys appear the file is rewritten with the wider header (older rows get empty cells, but "rng" reads
+    "v1.1" for rows written before the generator was recorded), so CSVs written by different versions of a
+    benchmark stay one table.
     """
     path = Path(path)
     rows = [dict(r) for r in rows]
@@ -249,6 +252,11 @@ def append_csv(path, rows: Iterable[Mapping], columns: Iterable[str] = ()) -> Pa
         for k in r:
             if k not in header:
                 header.append(k)
+    if "rng" in header:
+        from tnq_kernels import rng
+        for r in old:  # rows written before the generator was recorded (no "rng" column, or an empty cell)
+            if not r.get("rng"):
+                r["rng"] = rng.VERSION_BEFORE_RECORDING
     path.parent.mkdir(parents=True, exist_ok=True)
     rewrite = not path.exists() or _header(path) != header
     mode, write_rows = ("w", old + rows) if rewrite else ("a", rows)

@@ -208,8 +208,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return std::vector<double>(t.inv_gap, t.inv_gap + t.s);
   }, py::arg("codebook"), py::arg("bits"), "fp32 inverse level gaps of the C++ table (as Python floats)");
   m.def("lambert_w0", &tnq::cpu::lambert_w0, py::arg("x"));
-  m.def("hash", [](uint64_t seed, uint64_t i) { return tnq::hash_index(tnq::seed_keys(seed), i); },
-        py::arg("seed"), py::arg("i"), "H(seed, i): the 32-bit counter-based hash (seed, i as uint64)");
+  m.def("hash", [](uint64_t seed, uint64_t j) { return tnq::hash_pair(tnq::seed_keys(seed), j); },
+        py::arg("seed"), py::arg("j"), "H(seed, j): the 32-bit word of pair j (seed, j as uint64), SPEC v1.2");
+  m.def("bits16", [](uint64_t seed, uint64_t i) { return tnq::bits16(tnq::seed_keys(seed), i); },
+        py::arg("seed"), py::arg("i"), "m: the 16 random bits of element i (seed, i as uint64)");
   m.def("layout", [](int64_t n, int bits, int64_t block_size) {
     const tnq::cpu::Layout l = tnq::cpu::layout(n, bits, block_size);
     return py::make_tuple(l.nblocks, l.codes_offset, l.payload_bytes);

@@ -41,12 +41,12 @@ constexpr bool scale_is_max(int codebook) { return scale_rule(codebook) == kScal
 // ---- codebook math ----
 constexpr double kTnqA = 3.674234614174767;  // 3·√6/2
 
-// ---- counter-based RNG (docs/RNG.md, tnq_kernels/rng.py) ----
+// ---- counter-based RNG, SPEC v1.2 (docs/RNG.md, tnq_kernels/rng.py) ----
 constexpr uint32_t kFmixC1 = 0x85EBCA6Bu;
 constexpr uint32_t kFmixC2 = 0xC2B2AE35u;
 constexpr uint32_t kSeedSaltLo = 0x9E3779B9u;
 constexpr uint32_t kSeedSaltHi = 0x7F4A7C15u;
-constexpr int kUniformBits = 24;
+constexpr int kUniformBits = 16;
 
 #if defined(__CUDACC__)
 #define TNQ_HD __host__ __device__ __forceinline__
@@ -71,14 +71,20 @@ TNQ_HD SeedKeys seed_keys(uint64_t seed) {
   return SeedKeys{fmix32(uint32_t(seed) ^ kSeedSaltLo), fmix32(uint32_t(seed >> 32) ^ kSeedSaltHi)};
 }
 
-// H(seed, i): 32 random bits for element i.
-TNQ_HD uint32_t hash_index(SeedKeys k, uint64_t i) {
-  uint32_t h = fmix32(uint32_t(i) ^ k.key0);
-  return fmix32(h + (uint32_t(i >> 32) ^ k.key1));
-}
+// K: the key of the pairs j whose high half is j_hi = j >> 32, i.e. of elements [2^33·j_hi, 2^33·(j_hi + 1)).
+// Kernels compute it once per block (or group) and recompute it only where the element index crosses 2^33.
+TNQ_HD uint32_t pair_key(SeedKeys k, uint32_t j_hi) { return fmix32(k.key0 ^ fmix32(j_hi ^ k.key1)); }
 
-// U in [0, 1) with 24 random bits: exact in fp32.
-TNQ_HD float uniform_from_hash(uint32_t h) { return float(h >> (32 - kUniformBits)) * (1.0f / 16777216.0f); }
+// H(seed, j) from the pair key: the 32 random bits of elements 2j (low half) and 2j + 1 (high half).
+TNQ_HD uint32_t pair_hash(uint32_t key, uint32_t j_lo) { return fmix32(j_lo ^ key); }
+
+TNQ_HD uint32_t hash_pair(SeedKeys k, uint64_t j) { return pair_hash(pair_key(k, uint32_t(j >> 32)), uint32_t(j)); }
+
+// The 16 random bits m of element i (the full definition, for stage ops and tails; hot loops hash pairs).
+TNQ_HD uint32_t bits16(SeedKeys k, uint64_t i) { return (hash_pair(k, i >> 1) >> (16 * (i & 1))) & 0xFFFFu; }
+
+// U = (m + 0.5) · 2^-16 in (0, 1): 17 significant bits, exact in fp32 (both operations are exact).
+TNQ_HD float uniform16(uint32_t m) { return (float(m) + 0.5f) * (1.0f / 65536.0f); }
 
 TNQ_HD int64_t num_blocks(int64_t n, int64_t block_size) {
   return block_size == 0 ? 1 : (n + block_size - 1) / block_size;

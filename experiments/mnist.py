@@ -39,6 +39,7 @@ from tnq_kernels import api as tnq_api
 from tnq_kernels import codebooks as cb
 from tnq_kernels import ddp as tnq_ddp
 from tnq_kernels import fsdp as tnq_fsdp
+from tnq_kernels import rng as tnq_rng
 from .data import MNIST, dirichlet_split, load_mnist, split_clients
 from .model import MnistCNN, MnistMLP
 
@@ -63,9 +64,10 @@ BUCKET_CAP_MB = 64
 #: The paper's final MNIST accuracies at 3 bits (the only two it publishes).
 PAPER_3BIT = {"tnq": 0.9595, "tqsgd": 0.9487}
 #: test_loss: mean cross-entropy on the test set (MNIST: nats per image; text: bits per byte); backend: the tnq
-#: backend that encoded and decoded ("none" for fp32), recorded so no run can fall back to another silently.
+#: backend that encoded and decoded ("none" for fp32), recorded so no run can fall back to another silently;
+#: rng: the stochastic-rounding generator (tnq_kernels.rng.VERSION; rows written before it was recorded: "v1.1").
 CSV_FIELDS = ("compressor", "bits", "seed", "epoch", "step", "train_loss", "test_loss", "test_accuracy",
-              "bits_per_client_step", "backend")
+              "bits_per_client_step", "backend", "rng")
 
 Layout = list[list[int]]  # buckets in DDP order, each a list of parameter indices in bucket order
 
@@ -535,7 +537,7 @@ def _record(cfg, step, steps_per_epoch, loss, test_loss, acc, bits, backend):
     return {"compressor": cfg.compressor, "bits": cfg.bits, "seed": cfg.seed,
             "epoch": round(step / steps_per_epoch, 4), "step": step, "train_loss": round(loss, 6),
             "test_loss": round(test_loss, 6), "test_accuracy": acc, "bits_per_client_step": bits,
-            "backend": backend}
+            "backend": backend, "rng": tnq_rng.VERSION}
 
 
 def _progress(cfg: RunConfig, total: int, enabled: bool):
@@ -677,6 +679,7 @@ def read_csv(path: str) -> list[dict]:
         for k in ("epoch", "train_loss", "test_loss", "test_accuracy"):
             r[k] = float(r[k]) if r.get(k) not in (None, "") else float("nan")
         r.setdefault("backend", "")
+        r["rng"] = r.get("rng") or tnq_rng.VERSION_BEFORE_RECORDING
     return rows
 
 
@@ -715,7 +718,7 @@ def sweep(runs: list[RunConfig], out_dir: str, mode: str = "sim", resume: bool =
                         "final_accuracy": res.records[-1]["test_accuracy"],
                         "final_test_loss": res.records[-1]["test_loss"], "task": cfg.task,
                         "optimizer": cfg.optimizer, "lr": cfg.lr, "block_size": cfg.block_size,
-                        "per_tensor": int(cfg.per_tensor), "partition": partition(cfg)})
+                        "per_tensor": int(cfg.per_tensor), "partition": partition(cfg), "rng": tnq_rng.VERSION})
         write_csv(csv_path, records)
         report.write_runs(runs_path, timings)
         report.write_all(records, out_dir, config=runs[0], timings=timings)

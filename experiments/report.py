@@ -10,7 +10,7 @@ import statistics
 from collections import defaultdict
 
 RUN_FIELDS = ("compressor", "bits", "seed", "mode", "backend", "steps", "seconds", "ms_per_step", "final_accuracy",
-              "final_test_loss", "task", "optimizer", "lr", "block_size", "per_tensor", "partition")
+              "final_test_loss", "task", "optimizer", "lr", "block_size", "per_tensor", "partition", "rng")
 _KNOWN = ("none", "clip_tnq", "clip_rtnq", "tnq", "rtnq", "tqsgd", "qsgd_l2", "nuqsgd_l2", "nqsgd", "qsgd")
 LABEL = {"none": "none (fp32)", "tnq": "TNQ (ours)", "rtnq": "RTNQ (robust TNQ)", "tqsgd": "TQSGD",
          "nqsgd": "NQSGD", "qsgd": "QSGD", "qsgd_l2": "QSGD-L2 (Alistarh)",
@@ -46,10 +46,12 @@ def tnq_family(comp: str) -> bool:
 
 
 def read_runs(path: str) -> list[dict]:
+    from tnq_kernels.rng import VERSION_BEFORE_RECORDING
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
         r["bits"], r["seed"], r["steps"] = int(r["bits"]), int(r["seed"]), int(r["steps"])
+        r["rng"] = r.get("rng") or VERSION_BEFORE_RECORDING  # runs written before the generator was recorded
     return rows
 
 

@@ -58,8 +58,16 @@ def test_append_csv_widens_header(tmp_path):
     assert [(r["a"], r["b"], r["c"]) for r in rows] == [("1", "2.5", ""), ("3", "", ""), ("4", "", "bfloat16")]
 
 
+def test_append_csv_marks_rows_before_the_generator_was_recorded(tmp_path):
+    path = tmp_path / "r.csv"
+    H.append_csv(path, [{"op": "compress", "gbps": 1.0}])  # a row of a file written before the "rng" column
+    H.append_csv(path, [{"op": "compress", "gbps": 2.0, "rng": "v1.2"}])
+    assert [r["rng"] for r in H.read_csv(path)] == ["v1.1", "v1.2"]
+
+
 def test_environment_names_hardware_and_versions():
     env = H.environment("cpu")
+    assert env["rng"] == "v1.2"
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["cpu_cores"] >= 1
     assert env["date"].endswith("Z") and env["tnq_native"]
 

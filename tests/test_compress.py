@@ -214,8 +214,16 @@ def test_compress_unbiased_wrt_truncated_value(backend):
 
 # Only the C++ CPU build has a hook that encodes groups at a given index without allocating them
 # (tnq_kernels._C.encode_at); CUDA checks the real thing on a 2^32-element tensor (TNQ_TEST_BIG=1).
-@matrix("first_group", cpu=[0, 2**27 - 1, 2**27, 2**35 + 3], triton=[], cuda=[])
+# 2^28 - 32: the 64 groups straddle element 2^33, where the pair key changes (SPEC v1.2)
+ENCODE_AT_GROUPS = [0, 2**27 - 1, 2**27, 2**28 - 32, 2**35 + 3]
+
+
+@matrix("first_group", cpu=ENCODE_AT_GROUPS, triton=[], cuda=[])
 def test_encode_at_indices_past_2_32(backend, first_group):
+    check_encode_at(first_group)
+
+
+def check_encode_at(first_group):
     # the fused kernel keys the hash with global int64 indices; check groups past 2^32 elements without
     # allocating them, against the rounding rule computed from rng.py and the division-free truncation
     from tnq_kernels import ops

@@ -38,8 +38,18 @@ def test_lambert_w0_same_newton(C, x):
 
 @pytest.mark.parametrize("seed", [0, 1, 0x0123456789ABCDEF, 2**63 - 1, 2**63, 2**64 - 1])
 def test_hash_matches_python(C, seed):
-    for i in [0, 1, 31, 2**31, 2**32 - 1, 2**32, 2**32 + 1, 2**40 + 12345, 2**63 + 7, 2**64 - 1]:
-        assert C.hash(seed, i) == rng.hash_int(seed, i), (seed, i)
+    for i in [0, 1, 31, 2**31, 2**32 - 1, 2**32, 2**32 + 1, 2**33 - 1, 2**33, 2**40 + 12345, 2**63 + 7, 2**64 - 1]:
+        assert C.bits16(seed, i) == rng.bits16_int(seed, i), (seed, i)
+        if i < 2**63:
+            assert C.hash(seed, i) == rng.hash_int(seed, i), (seed, i)
+
+
+def test_hash_vectors_of_the_docs(C):
+    # the SPEC v1.2 vectors of docs/RNG.md (pinned in tests/test_rng.py), from the C++ header's definition
+    from test_rng import ELEMENTS, PAIRS, VECTORS
+    for seed, (pairs, m) in VECTORS.items():
+        assert [C.hash(seed, j) for j in PAIRS] == pairs
+        assert [C.bits16(seed, i) for i in ELEMENTS] == m
 
 
 def test_hash_rejects_out_of_range(C):
@@ -85,6 +95,7 @@ def test_header_file_is_what_was_compiled(C):
     assert int(const("kFmixC2").rstrip("uU"), 16) == k["fmix_c2"]
     assert int(const("kSeedSaltLo").rstrip("uU"), 16) == k["seed_salt_lo"]
     assert int(const("kSeedSaltHi").rstrip("uU"), 16) == k["seed_salt_hi"]
+    assert int(const("kUniformBits")) == k["uniform_bits"]
     assert float(const("kTnqA")) == cb.TNQ_A
 
 

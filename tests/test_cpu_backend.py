@@ -19,3 +19,16 @@ def test_portable_path_matches_reference(native):
     env = dict(os.environ, TNQ_NO_AVX2="1", OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_encode_at_past_2_33_every_isa(native):
+    # the pair key changes at element 2^33 (SPEC v1.2): the AVX-512, AVX2 and portable loops each recompute it
+    code = ("import sys; sys.path.insert(0, 'tests')\n"
+            "from test_compress import ENCODE_AT_GROUPS, check_encode_at\n"
+            "for g in ENCODE_AT_GROUPS: check_encode_at(g)\n"
+            "print('ok')\n")
+    for isa in ({}, {"TNQ_NO_AVX512": "1"}, {"TNQ_NO_AVX2": "1"}):
+        env = dict(os.environ, OMP_NUM_THREADS="1", **isa)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert out.returncode == 0 and out.stdout.strip() == "ok", (isa, out.stderr[-2000:])

@@ -446,3 +446,20 @@ def test_feedback_probe_pairs_seeds_and_refuses_other_setups(tmp_path):
     _probe_folder(tmp_path / "other_lr", {("none", 32): fp32, ("tnq", 2): [0.5, 0.6]}, lr=0.2)
     with pytest.raises(ValueError, match="differ"):
         feedback_probe.compare(str(tmp_path / "other_lr"), str(tmp_path / "base"), "mnist_mlp")
+
+
+def test_results_record_the_generator_and_old_files_read_as_v1_1(tmp_path):
+    # new rows carry rng.VERSION; results.csv / runs.csv written before the column existed read as "v1.1"
+    from tnq_kernels import rng
+    rec = mnist._record(mnist.RunConfig(compressor="rtnq"), 10, 100, 0.5, 0.4, 0.9, 123, "cpu")
+    assert rec["rng"] == rng.VERSION == "v1.2" and set(rec) == set(mnist.CSV_FIELDS)
+    old = tmp_path / "results.csv"
+    fields = [f for f in mnist.CSV_FIELDS if f != "rng"]
+    old.write_text(",".join(fields) + "\n" + ",".join(str(rec[f]) for f in fields) + "\n")
+    assert mnist.read_csv(str(old))[0]["rng"] == "v1.1"
+    mnist.write_csv(str(old), mnist.read_csv(str(old)) + [rec])
+    assert [r["rng"] for r in mnist.read_csv(str(old))] == ["v1.1", "v1.2"]
+    runs = tmp_path / "runs.csv"
+    runs.write_text("compressor,bits,seed,steps\nrtnq,3,0,10\n")
+    assert report.read_runs(str(runs))[0]["rng"] == "v1.1"
+    assert "rng" in report.RUN_FIELDS

@@ -14,7 +14,7 @@ Plain, vectorised torch on whatever device the input lives on. Read top to botto
 Numerics that every backend reproduces exactly: the scale's fp64 accumulation is rounded once to fp32 (so the
 summation order cannot change it except in ~1e-8 of blocks); z = g·r is one fp32 multiply by the block's
 reciprocal r = fp32(1/scale) (one IEEE division per block, none per element — format v1.1 of the encode); the rounding
-probability uses the fp32 table of inverse level gaps; U is the 24-bit hash of rng.py.
+probability uses the fp32 table of inverse level gaps; U is the 16-bit centred uniform of rng.py (SPEC v1.2).
 Edge cases: scale = 0 (all-zero block) gives z = 0 and decodes to exact zeros; a block holding NaN/±Inf keeps a
 non-finite scale (so it decodes non-finite, as AMP's GradScaler needs), its z is set to c_0 and its codes are 0.
 """

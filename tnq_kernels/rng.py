@@ -1,27 +1,35 @@
-"""The counter-based generator H(seed, i) of docs/RNG.md, in its reference forms.
+"""The counter-based generator of docs/RNG.md (SPEC v1.2), in its reference forms.
 
 Every backend computes, for element i (its global index in the flattened tensor, 64-bit) and a 64-bit seed:
 
     fmix32(x):  x ^= x >> 16;  x *= 0x85EBCA6B;  x ^= x >> 13;  x *= 0xC2B2AE35;  x ^= x >> 16   (mod 2^32)
     key0 = fmix32(seed_lo ^ 0x9E3779B9)          key1 = fmix32(seed_hi ^ 0x7F4A7C15)   (once per call)
-    h    = fmix32(i_lo ^ key0)
-    h    = fmix32((h + (i_hi ^ key1)) mod 2^32)
-    U    = (h >> 8) · 2^-24                        (a 24-bit uniform in [0, 1), exact in fp32)
+    j    = i >> 1                                  the pair index; j_hi / j_lo its high / low 32 bits
+    K    = fmix32(key0 ^ fmix32(j_hi ^ key1))      constant over 2^33 elements: once per block
+    h    = fmix32(j_lo ^ K)                        H(seed, j): one finaliser per pair of elements
+    m    = (h >> (16 · (i & 1))) & 0xFFFF          element 2j takes the low half, 2j + 1 the high half
+    U    = (m + 0.5) · 2^-16                       16-bit centred uniform in (0, 1), exact in fp32
 
-seed_lo/seed_hi and i_lo/i_hi are the low/high 32-bit halves (a negative int64 seed is read as its two's
+seed_lo/seed_hi are the low/high 32-bit halves of the seed (a negative int64 seed is read as its two's
 complement). Only 32-bit integer multiplies, xors and shifts: the same bits in Python, torch, C++, CUDA and
-Triton. Test vectors live in docs/RNG.md and tests/test_rng.py.
+Triton. Test vectors live in docs/RNG.md and tests/test_rng.py. v1.1 (payloads written before) drew
+U = (fmix32(fmix32(i_lo ^ key0) + (i_hi ^ key1)) >> 8) · 2^-24 per element; decoders never see the difference.
 """
 from __future__ import annotations
 
 import torch
+
+#: the generator version that writes results record (experiments, benchmarks); rows without it are "v1.1"
+VERSION = "v1.2"
+#: what a results row without an "rng" field was written with
+VERSION_BEFORE_RECORDING = "v1.1"
 
 M32 = 0xFFFFFFFF
 C1 = 0x85EBCA6B
 C2 = 0xC2B2AE35
 SEED_SALT_LO = 0x9E3779B9
 SEED_SALT_HI = 0x7F4A7C15
-UNIFORM_BITS = 24
+UNIFORM_BITS = 16
 
 
 def fmix32_int(x: int) -> int:
@@ -41,11 +49,26 @@ def seed_keys(seed: int) -> tuple[int, int]:
     return fmix32_int((seed & M32) ^ SEED_SALT_LO), fmix32_int((seed >> 32) ^ SEED_SALT_HI)
 
 
-def hash_int(seed: int, i: int) -> int:
-    """H(seed, i) as a 32-bit int: the scalar definition every backend must reproduce."""
+def pair_key_int(key0: int, key1: int, j_hi: int) -> int:
+    """K: the key of every pair whose index has high half j_hi (once per block in the kernels)."""
+    return fmix32_int(key0 ^ fmix32_int((j_hi & M32) ^ key1))
+
+
+def hash_int(seed: int, j: int) -> int:
+    """H(seed, j): the 32-bit word of pair j (elements 2j and 2j + 1), the scalar definition every backend
+    reproduces."""
     key0, key1 = seed_keys(seed)
-    h = fmix32_int((i & M32) ^ key0)
-    return fmix32_int((h + ((i >> 32) ^ key1)) & M32)
+    return fmix32_int((j & M32) ^ pair_key_int(key0, key1, j >> 32))
+
+
+def bits16_int(seed: int, i: int) -> int:
+    """m: the 16 random bits of element i."""
+    return (hash_int(seed, i >> 1) >> (16 * (i & 1))) & 0xFFFF
+
+
+def uniform_int(seed: int, i: int) -> float:
+    """U of element i as a Python float (exact: (m + 0.5) · 2^-16)."""
+    return (bits16_int(seed, i) + 0.5) * 2.0 ** -UNIFORM_BITS
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
@@ -61,16 +84,21 @@ def _fmix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def hash_tensor(seed: int, index: torch.Tensor) -> torch.Tensor:
-    """H(seed, index) elementwise; ``index`` int64 ≥ 0, result int64 in [0, 2^32)."""
+def hash_tensor(seed: int, j: torch.Tensor) -> torch.Tensor:
+    """H(seed, j) elementwise; ``j`` int64 pair indices ≥ 0, result int64 in [0, 2^32)."""
     key0, key1 = seed_keys(seed)
-    h = _fmix32((index & M32) ^ key0)
-    return _fmix32((h + ((index >> 32) ^ key1)) & M32)
+    k = _fmix32(key0 ^ _fmix32((j >> 32) ^ key1))
+    return _fmix32((j & M32) ^ k)
+
+
+def bits16_tensor(seed: int, index: torch.Tensor) -> torch.Tensor:
+    """m of each element: ``index`` int64 element indices ≥ 0 → int64 in [0, 2^16)."""
+    return (hash_tensor(seed, index >> 1) >> (16 * (index & 1))) & 0xFFFF
 
 
 def uniform_tensor(seed: int, index: torch.Tensor) -> torch.Tensor:
-    """U = H(seed, index) >> 8 scaled to [0, 1): fp32, exactly 24 random bits."""
-    return (hash_tensor(seed, index) >> (32 - UNIFORM_BITS)).to(torch.float32) * 2.0 ** -UNIFORM_BITS
+    """U = (m + 0.5) · 2^-16 of each element: fp32 in (0, 1), exactly 16 random bits, centred."""
+    return (bits16_tensor(seed, index).to(torch.float32) + 0.5) * 2.0 ** -UNIFORM_BITS
 
 
 def derive_seed(*parts: int) -> int:

@@ -32,42 +32,49 @@ TNQ_AVX2 inline __m256i search_levels(__m256 z, const Tables& t, __m256i m, __m2
   }
 }
 
-// Full groups [g0, g1) of one block with a finite scale; same operations as round_code/truncate, lane-wise.
-// x and words point at group g0's first element and first word; g0 is the global group index (for the hash).
+// Full groups [g0, g1) of one block with a finite scale and one pair key; same operations as round_code/truncate,
+// lane-wise (a zero scale multiplies by 0, as in encode_full_groups_avx512). x and words point at group g0's first
+// element and first word; g0 is the global group index (for the hash). The group's 32 codes are narrowed to bytes
+// so each bit plane is one shift and one byte movemask (pack_group's method).
 template <int DT, int BITS>
 TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
-                                      BlockMode mode, const Tables& t, SeedKeys keys, uint32_t* words) {
+                                      BlockMode mode, const Tables& t, uint32_t pair_key, uint32_t* words) {
   constexpr int S = (1 << BITS) - 1;
-  const __m256 vr = _mm256_set1_ps(inverse_scale(scale));
+  const __m256 vr = _mm256_set1_ps(mode == kUsable ? inverse_scale(scale) : 0.0f);
   const __m256 lo = _mm256_set1_ps(t.c[0]), hi = _mm256_set1_ps(t.c[S]);
-  const __m256 u_scale = _mm256_set1_ps(1.0f / 16777216.0f);
+  const __m256 half = _mm256_set1_ps(0.5f), u_scale = _mm256_set1_ps(1.0f / 65536.0f);
+  // the two packs interleave their sources by 128-bit lanes; this restores element order (32-bit units)
+  const __m256i unpack_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i key0 = _mm256_set1_epi32(int(keys.key0));
+  const __m256i key = _mm256_set1_epi32(int(pair_key));
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t i0 = g * kGroup;
-    // a group never straddles a multiple of 2^32, so the high index word is the same for all its lanes
-    const __m256i hi_key = _mm256_set1_epi32(int(uint32_t(uint64_t(i0) >> 32) ^ keys.key1));
-    uint32_t w[BITS] = {};
+    // the 16 pairs of the group in two hashes of 8 lanes: as 16-bit words, h[0] holds m of elements 0..15 in
+    // order (pair j's low half is element 2j), h[1] elements 16..31
+    const __m256i j0 = _mm256_add_epi32(_mm256_set1_epi32(int(uint32_t(uint64_t(i0) >> 1))), lane);
+    const __m256i h[2] = {fmix32_x8(_mm256_xor_si256(j0, key)),
+                          fmix32_x8(_mm256_xor_si256(_mm256_add_epi32(j0, _mm256_set1_epi32(8)), key))};
+    __m256i code[4];
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
-      __m256 z = mode == kUsable ? _mm256_mul_ps(load8<DT>(x + (g - g0) * kGroup + 8 * v), vr) : _mm256_setzero_ps();
+      __m256 z = _mm256_mul_ps(load8<DT>(x + (g - g0) * kGroup + 8 * v), vr);
       z = _mm256_min_ps(_mm256_max_ps(z, lo), hi);
       // Binary search level by level: at level d the probe can only be one of 2^d levels (t.level[d]), indexed
       // by the bits of k found so far, so the first levels are broadcasts and small permutes, not gathers.
       __m256 ck = lo;
       const __m256i k = search_levels<0, BITS>(z, t, _mm256_setzero_si256(), ck);
       const __m256 p = _mm256_mul_ps(_mm256_sub_ps(z, ck), lookup<S>(t.inv_gap, k));
-      const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(int(uint32_t(i0 + 8 * v))), lane);
-      __m256i h = fmix32_x8(_mm256_xor_si256(idx, key0));
-      h = fmix32_x8(_mm256_add_epi32(h, hi_key));
-      const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(h, 8)), u_scale);
+      const __m128i m16 = v & 1 ? _mm256_extracti128_si256(h[v >> 1], 1) : _mm256_castsi256_si128(h[v >> 1]);
+      const __m256 u = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(m16)), half), u_scale);
       const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(u, p, _CMP_LT_OQ));
-      const __m256i code = _mm256_sub_epi32(k, up);  // up is -1 where the value rounds up
-#pragma GCC unroll 8
-      for (int b = 0; b < BITS; ++b)
-        w[b] |= uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(code, 31 - b)))) << (8 * v);
+      code[v] = _mm256_sub_epi32(k, up);  // up is -1 where the value rounds up
     }
-    std::memcpy(words + (g - g0) * BITS, w, sizeof(w));
+    const __m256i c8 = _mm256_permutevar8x32_epi32(
+        _mm256_packus_epi16(_mm256_packus_epi32(code[0], code[1]), _mm256_packus_epi32(code[2], code[3])),
+        unpack_order);
+#pragma GCC unroll 8
+    for (int b = 0; b < BITS; ++b)
+      words[(g - g0) * BITS + b] = uint32_t(_mm256_movemask_epi8(_mm256_slli_epi16(c8, 7 - b)));
   }
 }
 
@@ -79,74 +86,90 @@ struct Table32 {
   __m512i lo, hi;
   TNQ_AVX512 explicit Table32(const void* t)
       : lo(_mm512_loadu_si512(t)), hi(_mm512_loadu_si512(static_cast<const char*>(t) + 64)) {}
+  TNQ_AVX512 Table32(__m512 a, __m512 b) : lo(_mm512_castps_si512(a)), hi(_mm512_castps_si512(b)) {}
   TNQ_AVX512 __m512i operator()(__m512i idx) const { return _mm512_permutex2var_epi32(lo, idx, hi); }
   TNQ_AVX512 __m512 ps(__m512i idx) const { return _mm512_castsi512_ps((*this)(idx)); }
 };
+// A 16-entry table in one register (codebooks up to 4 bits): a one-source permute, which (unlike the two-source
+// one) overwrites no operand, so the compiler needs no register copies around it. It reads idx mod 16.
+struct Table16 {
+  __m512i t;
+  TNQ_AVX512 explicit Table16(const void* p) : t(_mm512_loadu_si512(p)) {}
+  TNQ_AVX512 Table16(__m512 a, __m512) : t(_mm512_castps_si512(a)) {}
+  TNQ_AVX512 __m512i operator()(__m512i idx) const { return _mm512_permutexvar_epi32(idx, t); }
+  TNQ_AVX512 __m512 ps(__m512i idx) const { return _mm512_castsi512_ps((*this)(idx)); }
+};
 
-// Full groups [g0, g1) of one block with a finite scale (t.bins > 0, BITS <= 5): the same z, k, p and U as
-// truncate/round_code, 16 lanes at a time. k comes from the O(1) bin index of t.bin_lo with two compares; every
-// table lookup is a register permute (BINS: the bin table's width, 32 or 64); each bit plane is one mask test.
+// Full groups [g0, g1) of one block with a finite scale (t.bins > 0, BITS <= 5) and one pair key: the same z, k,
+// p and U as truncate/round_code, 16 lanes at a time. k comes from the O(1) bin index of t.bin_lo with two
+// compares; every table lookup is a register permute (BINS: the bin table's width, 32 or 64); one 16-lane hash
+// serves the group's 32 elements; the group's codes are narrowed to 16 bits so each bit plane is one mask test.
+//
+// Two rewrites that keep every code (tests compare the bytes with the reference):
+// - a zero scale multiplies by r = 0 instead of branching per vector: the block is finite (non-finite blocks never
+//   get here), so g·0 = ±0, and −0 and +0 clamp, bin, compare and subtract alike;
+// - U < p is tested as m + 0.5 < p' with p' = (z − c_k)·(ρ_k·2^16): ρ_k·2^16 is exact and finite (make_bins), so
+//   p' = p·2^16 exactly unless (z − c_k)·ρ_k < 2^-126, where both p and p'·2^-16 are far below U ≥ 2^-17.
 template <int DT, int BITS, int BINS>
 TNQ_AVX512 void encode_full_groups_avx512(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
-                                          BlockMode mode, const Tables& t, SeedKeys keys, uint32_t* words) {
+                                          BlockMode mode, const Tables& t, uint32_t pair_key, uint32_t* words) {
   constexpr int S = (1 << BITS) - 1;
-  const __m512 vr = _mm512_set1_ps(inverse_scale(scale));
+  const __m512 vr = _mm512_set1_ps(mode == kUsable ? inverse_scale(scale) : 0.0f);
   const __m512 lo = _mm512_set1_ps(t.c[0]), hi = _mm512_set1_ps(t.c[S]);
   const __m512 bin_scale = _mm512_set1_ps(t.bin_scale);
-  const __m512i last_bin = _mm512_set1_epi32(t.bins - 1), last_probe = _mm512_set1_epi32(31);
+  const __m512i last_bin = _mm512_set1_epi32(t.bins - 1);
   const __m512i one = _mm512_set1_epi32(1), bit5 = _mm512_set1_epi32(32);
-  const __m512 u_scale = _mm512_set1_ps(1.0f / 16777216.0f);
+  const __m512 half = _mm512_set1_ps(0.5f), two16 = _mm512_set1_ps(65536.0f);
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i key0 = _mm512_set1_epi32(int(keys.key0));
-  // every table in registers for the whole block (the search table of a 5-bit codebook is NaN from index 31 on,
-  // so a probe clamped to 31 never succeeds)
-  const Table32 bins_a(t.bin_lo), bins_b(t.bin_lo + 32), search(t.search), levels(t.c), inv_gap(t.inv_gap);
+  const __m512i key = _mm512_set1_epi32(int(pair_key));
+  // packus interleaves its sources by 128-bit lanes; this restores element order (64-bit units)
+  const __m512i unpack_order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
+  // every table in registers for the whole block. The second probe k + 2 reaches at most s + 1, which the tables
+  // read mod 16 (BITS <= 4) or mod 32 (BITS = 5): index s + 1 or 0, both NaN in the search table (search[0] and
+  // search[j >= s] are NaN), so that probe never succeeds and needs no clamp.
+  using Levels = std::conditional_t<(BITS <= 4), Table16, Table32>;
+  const Table32 bins_a(t.bin_lo), bins_b(t.bin_lo + 32);
+  const Levels search(t.search), levels(t.c);
+  const Levels inv_gap16(_mm512_mul_ps(_mm512_loadu_ps(t.inv_gap), two16),
+                          _mm512_mul_ps(_mm512_loadu_ps(t.inv_gap + 16), two16));
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t i0 = g * kGroup;
-    // a group never straddles a multiple of 2^32, so the high index word is the same for all its lanes
-    const __m512i hi_key = _mm512_set1_epi32(int(uint32_t(uint64_t(i0) >> 32) ^ keys.key1));
-    uint32_t w[BITS] = {};
+    // one hash of 16 lanes for the group's 16 pairs: as 16-bit words it holds m of elements 0..31 in order
+    // (pair j's low half is element 2j), elements 0..15 in its low 256 bits
+    const __m512i j0 = _mm512_add_epi32(_mm512_set1_epi32(int(uint32_t(uint64_t(i0) >> 1))), lane);
+    const __m512i h = fmix32_x16(_mm512_xor_si512(j0, key));
+    __m512i code[2];
 #pragma GCC unroll 2
     for (int v = 0; v < 2; ++v) {
-      __m512 z = mode == kUsable ? _mm512_mul_ps(load16<DT>(x + (g - g0) * kGroup + 16 * v), vr)
-                                 : _mm512_setzero_ps();
+      __m512 z = _mm512_mul_ps(load16<DT>(x + (g - g0) * kGroup + 16 * v), vr);
       z = _mm512_min_ps(_mm512_max_ps(z, lo), hi);
       __m512i bin = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_sub_ps(z, lo), bin_scale));
       bin = _mm512_min_epi32(bin, last_bin);
       __m512i k = bins_a(bin);
       if constexpr (BINS > 32) k = _mm512_mask_mov_epi32(k, _mm512_test_epi32_mask(bin, bit5), bins_b(bin));
       const __m512i k1 = _mm512_add_epi32(k, one);
-      const __m512i k2 = _mm512_min_epi32(_mm512_add_epi32(k1, one), last_probe);
+      const __m512i k2 = _mm512_add_epi32(k1, one);
       const __mmask16 ge1 = _mm512_cmp_ps_mask(z, search.ps(k1), _CMP_GE_OQ);
       const __mmask16 ge2 = _mm512_cmp_ps_mask(z, search.ps(k2), _CMP_GE_OQ);
       k = _mm512_mask_add_epi32(k, ge1, k, one);
       k = _mm512_mask_add_epi32(k, ge2, k, one);
-      const __m512 p = _mm512_mul_ps(_mm512_sub_ps(z, levels.ps(k)), inv_gap.ps(k));
-      const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(int(uint32_t(i0 + 16 * v))), lane);
-      __m512i h = fmix32_x16(_mm512_xor_si512(idx, key0));
-      h = fmix32_x16(_mm512_add_epi32(h, hi_key));
-      const __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(h, 8)), u_scale);
-      const __m512i code = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(u, p, _CMP_LT_OQ), k, one);
-#pragma GCC unroll 8
-      for (int b = 0; b < BITS; ++b)
-        w[b] |= uint32_t(_mm512_test_epi32_mask(code, _mm512_set1_epi32(1 << b))) << (16 * v);
+      const __m512 p16 = _mm512_mul_ps(_mm512_sub_ps(z, levels.ps(k)), inv_gap16.ps(k));
+      const __m256i m16 = v ? _mm512_extracti64x4_epi64(h, 1) : _mm512_castsi512_si256(h);
+      const __m512 u16 = _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(m16)), half);  // U·2^16, exact
+      code[v] = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(u16, p16, _CMP_LT_OQ), k, one);
     }
-    std::memcpy(words + (g - g0) * BITS, w, sizeof(w));
+    const __m512i c16 = _mm512_permutexvar_epi64(unpack_order, _mm512_packus_epi32(code[0], code[1]));
+#pragma GCC unroll 8
+    for (int b = 0; b < BITS; ++b)
+      words[(g - g0) * BITS + b] = uint32_t(_mm512_test_epi16_mask(c16, _mm512_set1_epi16(short(1 << b))));
   }
 }
 #endif  // TNQ_HAVE_AVX512_PATH
 
-// Quantize + pack groups [g0, g1), all in one block of scale `scale`; x and words point at group g0's first
-// element and first word, g0 is the global group index (the hash is keyed by global element indices). Elements
-// at global index >= n get code 0.
+// encode_groups for a run of groups that shares one pair key (mode: usable or zero scale).
 template <int DT, int BITS>
-TNQ_CLONES void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g0, int64_t g1, float scale,
-                              const Tables& t, SeedKeys keys, uint32_t* words) {
-  const BlockMode mode = block_mode(scale);
-  if (mode == kNonFinite) {  // z = c_0 gives k = 0, p = 0: every code is 0
-    std::fill(words, words + (g1 - g0) * BITS, 0u);
-    return;
-  }
+TNQ_CLONES void encode_key_run(const typename Src<DT>::T* x, int64_t n, int64_t g0, int64_t g1, float scale,
+                               BlockMode mode, const Tables& t, uint32_t pair_key, uint32_t* words) {
 #if TNQ_HAVE_AVX2_PATH
   if (cpu_has_avx2()) {
     const int64_t full_end = std::min(g1, n / kGroup);  // groups holding 32 real elements
@@ -154,14 +177,14 @@ TNQ_CLONES void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g
 #if TNQ_HAVE_AVX512_PATH
       if constexpr (BITS <= 5) {
         if (t.bins > 0 && t.bins <= 32 && cpu_has_avx512())
-          encode_full_groups_avx512<DT, BITS, 32>(x, g0, full_end, scale, mode, t, keys, words);
+          encode_full_groups_avx512<DT, BITS, 32>(x, g0, full_end, scale, mode, t, pair_key, words);
         else if (t.bins > 0 && cpu_has_avx512())
-          encode_full_groups_avx512<DT, BITS, 64>(x, g0, full_end, scale, mode, t, keys, words);
+          encode_full_groups_avx512<DT, BITS, 64>(x, g0, full_end, scale, mode, t, pair_key, words);
         else
-          encode_full_groups_avx2<DT, BITS>(x, g0, full_end, scale, mode, t, keys, words);
+          encode_full_groups_avx2<DT, BITS>(x, g0, full_end, scale, mode, t, pair_key, words);
       } else
 #endif
-      encode_full_groups_avx2<DT, BITS>(x, g0, full_end, scale, mode, t, keys, words);
+      encode_full_groups_avx2<DT, BITS>(x, g0, full_end, scale, mode, t, pair_key, words);
       x += (full_end - g0) * kGroup;
       words += (full_end - g0) * BITS;
       g0 = full_end;
@@ -179,9 +202,34 @@ TNQ_CLONES void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g
     } else {
       for (int j = 0; j < kGroup; ++j) z[j] = j < cnt ? truncate(Src<DT>::load(x[(g - g0) * kGroup + j]), r, mode, lo, hi) : 0.f;
     }
-    for (int j = 0; j < kGroup; ++j) code[j] = uint8_t(round_code<BITS>(z[j], t, hash_index(keys, uint64_t(i0 + j))));
+    const uint32_t j0 = uint32_t(uint64_t(i0) >> 1);
+    for (int j = 0; j < kGroup / 2; ++j) {
+      const uint32_t h = pair_hash(pair_key, j0 + uint32_t(j));
+      code[2 * j] = uint8_t(round_code<BITS>(z[2 * j], t, h & 0xFFFFu));
+      code[2 * j + 1] = uint8_t(round_code<BITS>(z[2 * j + 1], t, h >> 16));
+    }
     for (int64_t j = cnt; j < kGroup; ++j) code[j] = 0;  // tail codes are zero on the wire
     pack_group<BITS>(code, words + (g - g0) * BITS);
+  }
+}
+
+// Quantize + pack groups [g0, g1), all in one block of scale `scale`; x and words point at group g0's first
+// element and first word, g0 is the global group index (the hash is keyed by global element indices). Elements
+// at global index >= n get code 0.
+template <int DT, int BITS>
+void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g0, int64_t g1, float scale, const Tables& t,
+                   SeedKeys keys, uint32_t* words) {
+  const BlockMode mode = block_mode(scale);
+  if (mode == kNonFinite) {  // z = c_0 gives k = 0, p = 0: every code is 0
+    std::fill(words, words + (g1 - g0) * BITS, 0u);
+    return;
+  }
+  // one pair key per run of groups; a run ends where j_hi changes (a block straddles that only past 2^33 elements)
+  for (int64_t gs = g0; gs < g1;) {
+    const int64_t ge = std::min(g1, (gs / kGroupsPerKey + 1) * kGroupsPerKey);
+    encode_key_run<DT, BITS>(x + (gs - g0) * kGroup, n, gs, ge, scale, mode, t,
+                             tnq::pair_key(keys, uint32_t(uint64_t(gs) / kGroupsPerKey)), words + (gs - g0) * BITS);
+    gs = ge;
   }
 }
 

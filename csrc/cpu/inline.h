@@ -140,39 +140,32 @@ TNQ_AVX2 inline __m256i fmix32_x8(__m256i x) {
   return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
 }
 
-// |x| sums of 8 fp64 lanes, lane j taking the elements i ≡ j (mod 8) — exactly the portable loop's order.
-template <int DT>
-TNQ_AVX2 inline void abs_sum_lanes_avx2(const typename Src<DT>::T* x, int64_t cnt8, double* acc) {
+// Σ|x| (and Σx² with SQUARES) of kSumLanes = 16 fp64 lanes, lane j taking the elements i ≡ j (mod 16) of the
+// first cnt16 — exactly the portable loop's order. The square of an fp32 value is exact in fp64 (48 significant
+// bits), so mul + add rounds once, like the AVX-512 loop's fused multiply-add.
+template <int DT, bool SQUARES>
+TNQ_AVX2 inline void abs_sum_lanes_avx2(const typename Src<DT>::T* x, int64_t cnt16, double* acc, double* acc2) {
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
-  for (int64_t i = 0; i < cnt8; i += 8) {
-    const __m256 v = _mm256_and_ps(load8<DT>(x + i), absmask);
-    a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
-    a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  __m256d a[4], q[4];
+  for (int j = 0; j < 4; ++j) a[j] = q[j] = _mm256_setzero_pd();
+  for (int64_t i = 0; i < cnt16; i += 16) {
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m256 v = _mm256_and_ps(load8<DT>(x + i + 8 * h), absmask);
+      const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+      const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+      a[2 * h] = _mm256_add_pd(a[2 * h], lo);
+      a[2 * h + 1] = _mm256_add_pd(a[2 * h + 1], hi);
+      if constexpr (SQUARES) {
+        q[2 * h] = _mm256_add_pd(q[2 * h], _mm256_mul_pd(lo, lo));
+        q[2 * h + 1] = _mm256_add_pd(q[2 * h + 1], _mm256_mul_pd(hi, hi));
+      }
+    }
   }
-  _mm256_storeu_pd(acc, a0);
-  _mm256_storeu_pd(acc + 4, a1);
-}
-
-// |x| and x² sums of 8 fp64 lanes each, lane j taking the elements i ≡ j (mod 8), as the portable loop; the square
-// of an fp32 value is exact in fp64 (48 significant bits), and mul/add stay separate roundings.
-template <int DT>
-TNQ_AVX2 inline void abs_sq_sum_lanes_avx2(const typename Src<DT>::T* x, int64_t cnt8, double* acc, double* acc2) {
-  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd(), q0 = _mm256_setzero_pd(), q1 = _mm256_setzero_pd();
-  for (int64_t i = 0; i < cnt8; i += 8) {
-    const __m256 v = _mm256_and_ps(load8<DT>(x + i), absmask);
-    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
-    const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-    a0 = _mm256_add_pd(a0, lo);
-    a1 = _mm256_add_pd(a1, hi);
-    q0 = _mm256_add_pd(q0, _mm256_mul_pd(lo, lo));
-    q1 = _mm256_add_pd(q1, _mm256_mul_pd(hi, hi));
+  for (int j = 0; j < 4; ++j) {
+    _mm256_storeu_pd(acc + 4 * j, a[j]);
+    if constexpr (SQUARES) _mm256_storeu_pd(acc2 + 4 * j, q[j]);
   }
-  _mm256_storeu_pd(acc, a0);
-  _mm256_storeu_pd(acc + 4, a1);
-  _mm256_storeu_pd(acc2, q0);
-  _mm256_storeu_pd(acc2 + 4, q1);
 }
 
 // max|x| of 8 lanes (lane j: i ≡ j mod 8) and whether a NaN was seen.
@@ -258,6 +251,31 @@ TNQ_AVX512 inline __m512i fmix32_x16(__m512i x) {
   x = _mm512_mullo_epi32(x, _mm512_set1_epi32(int(kFmixC2)));
   return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
 }
+
+// The same 16 lanes as abs_sum_lanes_avx2 in two 8-lane fp64 registers; x² by a fused multiply-add, which rounds
+// once like mul + add because the square is exact in fp64.
+template <int DT, bool SQUARES>
+TNQ_AVX512 inline void abs_sum_lanes_avx512(const typename Src<DT>::T* x, int64_t cnt16, double* acc,
+                                            double* acc2) {
+  __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd(), q0 = _mm512_setzero_pd(), q1 = _mm512_setzero_pd();
+  for (int64_t i = 0; i < cnt16; i += 16) {
+    const __m512 v = _mm512_abs_ps(load16<DT>(x + i));
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
+    a0 = _mm512_add_pd(a0, lo);
+    a1 = _mm512_add_pd(a1, hi);
+    if constexpr (SQUARES) {
+      q0 = _mm512_fmadd_pd(lo, lo, q0);
+      q1 = _mm512_fmadd_pd(hi, hi, q1);
+    }
+  }
+  _mm512_storeu_pd(acc, a0);
+  _mm512_storeu_pd(acc + 8, a1);
+  if constexpr (SQUARES) {
+    _mm512_storeu_pd(acc2, q0);
+    _mm512_storeu_pd(acc2 + 8, q1);
+  }
+}
 #endif  // TNQ_HAVE_AVX512_PATH
 
 #define TNQ_DISPATCH_BITS(bits, ...)                        \
@@ -273,22 +291,45 @@ TNQ_AVX512 inline __m512i fmix32_x16(__m512i x) {
   }
 
 // ---- job 1: per-block scale ----
-// mean|g|: fp64 sum (8 independent partial sums so the loop vectorises; the fp64 result is rounded once to
-// fp32 after the division, which hides the summation order) / count. NaN/Inf propagate naturally.
-template <int DT>
-inline double abs_sum_f64(const typename Src<DT>::T* x, int64_t cnt) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+// Σ|g| for mean|g|, and Σ|g| with Σg² (SQUARES) for ‖g‖₂ and Σg²/(2Σ|g|): one read, one loop for every sum rule,
+// in fp64 over 16 independent lanes (lane j: the elements i ≡ j (mod 16) of the first cnt/16·16, the rest into
+// lane 0), combined by one fixed pairwise tree, so the AVX-512, AVX2 and portable loops give the same bits. The
+// fp64 results are rounded once to fp32 (finish_scale), which hides the summation order. NaN/Inf propagate.
+constexpr int kSumLanes = 16;
+
+inline double sum_lanes(const double* a) {
+  return (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))) +
+         (((a[8] + a[9]) + (a[10] + a[11])) + ((a[12] + a[13]) + (a[14] + a[15])));
+}
+
+template <int DT, bool SQUARES>
+inline void abs_sums_f64(const typename Src<DT>::T* x, int64_t cnt, double* s1, double* s2) {
+  double acc[kSumLanes] = {}, acc2[kSumLanes] = {};
   int64_t i = 0;
 #if TNQ_HAVE_AVX2_PATH
   if (cpu_has_avx2()) {
-    i = cnt / 8 * 8;
-    abs_sum_lanes_avx2<DT>(x, i, acc);
+    i = cnt / kSumLanes * kSumLanes;
+#if TNQ_HAVE_AVX512_PATH
+    if (cpu_has_avx512())
+      abs_sum_lanes_avx512<DT, SQUARES>(x, i, acc, acc2);
+    else
+#endif
+      abs_sum_lanes_avx2<DT, SQUARES>(x, i, acc, acc2);
   }
 #endif
-  for (; i + 8 <= cnt; i += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += std::fabs(double(Src<DT>::load(x[i + j])));
-  for (; i < cnt; ++i) acc[0] += std::fabs(double(Src<DT>::load(x[i])));
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i + kSumLanes <= cnt; i += kSumLanes)
+    for (int j = 0; j < kSumLanes; ++j) {
+      const double a = std::fabs(double(Src<DT>::load(x[i + j])));
+      acc[j] += a;
+      if constexpr (SQUARES) acc2[j] += a * a;
+    }
+  for (; i < cnt; ++i) {
+    const double a = std::fabs(double(Src<DT>::load(x[i])));
+    acc[0] += a;
+    if constexpr (SQUARES) acc2[0] += a * a;
+  }
+  *s1 = sum_lanes(acc);
+  *s2 = SQUARES ? sum_lanes(acc2) : 0.0;
 }
 
 // max|g| in fp32 (exact in any order); a NaN anywhere makes the result NaN, as torch.amax does.
@@ -323,32 +364,6 @@ inline float mean_scale(double sum, int64_t cnt) {
   return cnt == 0 ? 0.0f : static_cast<float>(sum / double(cnt));
 }
 
-// Σ|x| and Σx² in fp64 in one read (the L2 and Σg²/(2Σ|g|) rules), lanes and pairing as abs_sum_f64.
-template <int DT>
-inline void abs_sq_sum_f64(const typename Src<DT>::T* x, int64_t cnt, double* s1, double* s2) {
-  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, acc2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-#if TNQ_HAVE_AVX2_PATH
-  if (cpu_has_avx2()) {
-    i = cnt / 8 * 8;
-    abs_sq_sum_lanes_avx2<DT>(x, i, acc, acc2);
-  }
-#endif
-  for (; i + 8 <= cnt; i += 8)
-    for (int j = 0; j < 8; ++j) {
-      const double a = std::fabs(double(Src<DT>::load(x[i + j])));
-      acc[j] += a;
-      acc2[j] += a * a;
-    }
-  for (; i < cnt; ++i) {
-    const double a = std::fabs(double(Src<DT>::load(x[i])));
-    acc[0] += a;
-    acc2[0] += a * a;
-  }
-  *s1 = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  *s2 = ((acc2[0] + acc2[1]) + (acc2[2] + acc2[3])) + ((acc2[4] + acc2[5]) + (acc2[6] + acc2[7]));
-}
-
 // The fp32 scale of the sum rules from fp64 sums, each rounded once to fp32 as the reference: mean|g|, ‖g‖₂ =
 // sqrt(Σg²) (IEEE sqrt, correctly rounded), Σg²/(2Σ|g|) (0 for an all-zero block; NaN for a non-finite one).
 inline float finish_scale(int rule, double s1, double s2, int64_t cnt) {
@@ -360,9 +375,11 @@ inline float finish_scale(int rule, double s1, double s2, int64_t cnt) {
 template <int DT>
 inline float block_scale(const typename Src<DT>::T* x, int64_t cnt, int rule) {
   if (rule == kScaleMaxAbs) return abs_max<DT>(x, cnt);
-  if (rule == kScaleMeanAbs) return mean_scale(abs_sum_f64<DT>(x, cnt), cnt);
   double s1, s2;
-  abs_sq_sum_f64<DT>(x, cnt, &s1, &s2);
+  if (rule == kScaleMeanAbs)
+    abs_sums_f64<DT, false>(x, cnt, &s1, &s2);
+  else
+    abs_sums_f64<DT, true>(x, cnt, &s1, &s2);
   return finish_scale(rule, s1, s2, cnt);
 }
 
@@ -381,9 +398,9 @@ inline float whole_tensor_scale(const typename Src<DT>::T* x, int64_t n, int rul
       if (use_max)
         part[c] = double(abs_max<DT>(x + c * kChunk, cnt));
       else if (rule == kScaleMeanAbs)
-        part[c] = abs_sum_f64<DT>(x + c * kChunk, cnt);
+        abs_sums_f64<DT, false>(x + c * kChunk, cnt, &part[c], &part2[c]);
       else
-        abs_sq_sum_f64<DT>(x + c * kChunk, cnt, &part[c], &part2[c]);
+        abs_sums_f64<DT, true>(x + c * kChunk, cnt, &part[c], &part2[c]);
     }
   });
   if (!use_max) {
@@ -425,16 +442,20 @@ inline float truncate(float g, float r, BlockMode mode, float lo, float hi) {
 }
 
 // ---- job 2: codebook lookup + stochastic rounding ----
-// k = number of interior levels <= z by a branchless binary search over the padded table; p from the real gaps.
+// k = number of interior levels <= z by a branchless binary search over the padded table; p from the real gaps;
+// m: the element's 16 random bits (SPEC v1.2), U = (m + 0.5) · 2^-16.
 template <int BITS>
-inline uint32_t round_code(float z, const Tables& t, uint32_t h) {
+inline uint32_t round_code(float z, const Tables& t, uint32_t m) {
   int k = 0;
 #pragma GCC unroll 8
   for (int step = 1 << (BITS - 1); step > 0; step >>= 1) k += (z >= t.search[k + step]) ? step : 0;
   const float p = (z - t.c[k]) * t.inv_gap[k];
-  const float u = float(h >> (32 - kUniformBits)) * (1.0f / 16777216.0f);
-  return uint32_t(k) + (u < p ? 1u : 0u);
+  return uint32_t(k) + (uniform16(m) < p ? 1u : 0u);
 }
+
+// The pair key is constant over 2^28 groups (2^33 elements, one j_hi): the encode loops take one key for a run of
+// groups that never crosses a multiple of kGroupsPerKey.
+constexpr int64_t kGroupsPerKey = int64_t(1) << 28;
 
 // ---- job 3: pack / unpack one group of 32 codes <-> BITS bit-plane words ----
 template <int BITS>

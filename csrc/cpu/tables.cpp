@@ -105,6 +105,10 @@ static int cell_of(const Tables& t, float z) {
 static void make_bins(Tables& t) {
   t.bins = 0;
   if (t.bits > 5) return;  // the AVX-512 kernel's permutes hold 32 levels
+  // that kernel tests U < p as (m + 0.5) < p·2^16 with the table ρ_k·2^16, which must stay finite (it does for every
+  // codebook up to 5 bits: the smallest gap is 2^-14)
+  for (int k = 0; k < t.s; ++k)
+    if (!std::isfinite(t.inv_gap[k] * 65536.0f)) return;
   const float c0 = t.c[0], cs = t.c[t.s];
   const int64_t k0 = ordered_key(c0), k1 = ordered_key(cs);
   for (int bins = 4; bins <= Tables::kMaxBins; bins *= 2) {

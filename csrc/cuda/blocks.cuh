@@ -22,7 +22,7 @@ __global__ void __launch_bounds__(kThreads)
                         float* __restrict__ scales, uint32_t* __restrict__ flags, uint32_t* __restrict__ words,
                         float* __restrict__ z) {
   __shared__ SharedTable st;
-  __shared__ double red[33];
+  __shared__ double red[kReduceSmem];
   if constexpr (!ZOUT) load_table(st, tab, bits);
   const int64_t blk = blockIdx.x;
   const int64_t start = blk * block_len;
@@ -59,7 +59,7 @@ template <int DT>
 __global__ void __launch_bounds__(kThreads)
     partials_kernel(const typename Elem<DT>::T* __restrict__ x, int64_t n, int64_t block_len,
                     int64_t tiles_per_block, int rule, double* __restrict__ partials) {
-  __shared__ double red[33];
+  __shared__ double red[kReduceSmem];
   const TileRange r = tile_range(blockIdx.x, tiles_per_block, block_len, n);
   const ScaleSums v = reduce_scale<DT>(x, r.start, r.end, rule, red);  // 0 for an empty tile: neutral for all
   if (threadIdx.x == 0) {
@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads)
     block_scale_kernel(const double* __restrict__ partials, int64_t n, int64_t block_len, int64_t tiles_per_block,
                        int rule, float* __restrict__ scales, uint32_t* __restrict__ flags) {
-  __shared__ double red[33];
+  __shared__ double red[kReduceSmem];
   const int64_t blk = blockIdx.x;
   const double* p = partials + 2 * blk * tiles_per_block;  // (s1, s2) pairs
   const bool max_rule = rule == kScaleMaxAbs;
@@ -80,8 +80,10 @@ __global__ void __launch_bounds__(kThreads)
     v = max_rule ? nanmax(v, p[2 * j]) : __dadd_rn(v, p[2 * j]);
     v2 = __dadd_rn(v2, p[2 * j + 1]);
   }
-  v = max_rule ? block_reduce<true>(v, red) : block_reduce<false>(v, red);
-  v2 = block_reduce<false>(v2, red);
+  if (max_rule)
+    v = block_reduce<true>(v, red);  // v2 stays 0: max partials carry no second sum
+  else
+    block_reduce_sum2(v, v2, red);
   const int64_t start = blk * block_len;
   const int64_t count = (start + block_len < n ? start + block_len : n) - start;
   const float scale = finish_scale(ScaleSums{v, v2}, count, rule);

@@ -123,10 +123,9 @@ __device__ __forceinline__ float truncate(float g, float r, float scale, float c
 // ---- job 2: codebook lookup + stochastic rounding ----
 
 // code = k + [U < p] with k = #interior levels <= z (branchless binary search over the shared table),
-// p = (z - c_k) * inv_gap_k in fp32, U = H(seed, i) >> 8 scaled to [0, 1).
+// p = (z - c_k) * inv_gap_k in fp32, U = (m + 0.5) · 2^-16 from the element's 16 random bits m (SPEC v1.2).
 template <int BITS>
-__device__ __forceinline__ uint32_t round_code(float z, uint64_t i, SeedKeys keys, const SharedTable& st,
-                                               int bits_rt) {
+__device__ __forceinline__ uint32_t round_code(float z, uint32_t m, const SharedTable& st, int bits_rt) {
   const int nb = BITS ? BITS : bits_rt;
   int k = 0;
 #pragma unroll
@@ -136,8 +135,7 @@ __device__ __forceinline__ uint32_t round_code(float z, uint64_t i, SeedKeys key
     k += (st.search[k + step] <= z) ? step : 0;
   }
   const float p = __fmul_rn(__fsub_rn(z, st.c[k]), st.r[k]);
-  const float u = uniform_from_hash(hash_index(keys, i));
-  return uint32_t(k) + (u < p ? 1u : 0u);
+  return uint32_t(k) + (uniform16(m) < p ? 1u : 0u);
 }
 
 // ---- job 3: pack, one warp at a time ----
@@ -225,6 +223,35 @@ __device__ __forceinline__ double block_reduce(double v, double* smem /* [32 + 1
   return smem[32];
 }
 
+// Two sums (Σ|g| and Σg²) reduced together: each in block_reduce<false>'s order, so the same bits, but one
+// shared-memory round (two __syncthreads fewer) for the Σg²/(2Σ|g|) rule.
+__device__ __forceinline__ void block_reduce_sum2(double& a, double& b, double* smem /* [2·32 + 2] */) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    a = __dadd_rn(a, __shfl_xor_sync(kFullMask, a, o));
+    b = __dadd_rn(b, __shfl_xor_sync(kFullMask, b, o));
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = (blockDim.x + 31) >> 5;
+  __syncthreads();  // smem may still be read by a previous call
+  if (lane == 0) {
+    smem[warp] = a;
+    smem[32 + warp] = b;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double u = smem[0], v = smem[32];
+    for (int w = 1; w < nwarps; ++w) {
+      u = __dadd_rn(u, smem[w]);
+      v = __dadd_rn(v, smem[32 + w]);
+    }
+    smem[64] = u;
+    smem[65] = v;
+  }
+  __syncthreads();
+  a = smem[64];
+  b = smem[65];
+}
+
 // A block's (or tile's) reduction for its scale rule (tnq_constants.h ScaleRule): s1 = Σ|g| (mean), max|g| (max,
 // NaN-propagating) or Σg² (L2); s2 = Σg² for the Σg²/(2Σ|g|) rule, else 0. Squares of fp32 values are exact in fp64.
 struct ScaleSums {
@@ -232,7 +259,9 @@ struct ScaleSums {
 };
 
 // ScaleSums over [start, end) by the whole CTA. start must be a multiple of V. The rule is a template parameter so
-// each element costs only the adds (or the compare) its rule needs.
+// each element costs only the adds (or the compare) its rule needs: Σg² takes one fp64 fused multiply-add per
+// element, which rounds once like mul + add because the square of an fp32 value is exact in fp64.
+constexpr int kReduceSmem = 66;  // doubles of shared memory reduce_rule / block_reduce_sum2 need
 template <int DT, int RULE>
 __device__ __forceinline__ ScaleSums reduce_rule(const typename Elem<DT>::T* __restrict__ x, int64_t start,
                                                  int64_t end, double* smem) {
@@ -250,16 +279,19 @@ __device__ __forceinline__ ScaleSums reduce_rule(const typename Elem<DT>::T* __r
       if constexpr (RULE == kScaleMaxAbs) {
         mx = nanmax(mx, fabsf(f[t]));
       } else if constexpr (RULE == kScaleL2) {
-        sum = __dadd_rn(sum, __dmul_rn(a, a));
+        sum = __fma_rn(a, a, sum);
       } else {
         sum = __dadd_rn(sum, a);
-        if constexpr (RULE == kScaleM2M1) sum2 = __dadd_rn(sum2, __dmul_rn(a, a));
+        if constexpr (RULE == kScaleM2M1) sum2 = __fma_rn(a, a, sum2);
       }
     }
   }
   if constexpr (RULE == kScaleMaxAbs) return ScaleSums{block_reduce<true>(double(mx), smem), 0.0};
-  const double s1 = block_reduce<false>(sum, smem);
-  return ScaleSums{s1, RULE == kScaleM2M1 ? block_reduce<false>(sum2, smem) : 0.0};
+  if constexpr (RULE == kScaleM2M1) {
+    block_reduce_sum2(sum, sum2, smem);
+    return ScaleSums{sum, sum2};
+  }
+  return ScaleSums{block_reduce<false>(sum, smem), 0.0};
 }
 
 template <int DT>
@@ -300,15 +332,22 @@ __device__ __forceinline__ void encode_range(const typename Elem<DT>::T* __restr
   const float r = inverse_scale(scale);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const int64_t group_end = (end + 31) >> 5;
+  // the pair key of the range's first element; recomputed only for a chunk past a change of j_hi (2^33 elements)
+  const uint32_t hi_start = uint32_t(uint64_t(start) >> 33), key_start = pair_key(keys, hi_start);
   for (int64_t base = start + int64_t(warp) * CH; base < end; base += int64_t(nwarps) * CH) {
     const int64_t i = base + int64_t(lane) * V;
     float f[V];
     load_vec<DT>(x, i, end, f);
     uint32_t code[V];
+    // i is even and the lane's V elements share j_hi: one hash per pair, element i + t takes half t & 1
+    const uint32_t hi = uint32_t(uint64_t(i) >> 33);
+    const uint32_t key = hi == hi_start ? key_start : pair_key(keys, hi);
 #pragma unroll
-    for (int t = 0; t < V; ++t) {
-      const float z = truncate(f[t], r, scale, c0, cs);
-      code[t] = (i + t < end) ? round_code<BITS>(z, uint64_t(i + t), keys, st, nb) : 0u;
+    for (int t = 0; t < V; t += 2) {
+      const uint32_t h = pair_hash(key, uint32_t(uint64_t(i + t) >> 1));
+      const float z0 = truncate(f[t], r, scale, c0, cs), z1 = truncate(f[t + 1], r, scale, c0, cs);
+      code[t] = (i + t < end) ? round_code<BITS>(z0, h & 0xFFFFu, st, nb) : 0u;
+      code[t + 1] = (i + t + 1 < end) ? round_code<BITS>(z1, h >> 16, st, nb) : 0u;
     }
     CW cw;
     pack_chunk<V, BITS>(code, nb, cw);

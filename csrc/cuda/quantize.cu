@@ -17,7 +17,7 @@ __global__ void __launch_bounds__(kThreads)
     const float v = z[i];
     // the reference's searchsorted puts NaN after every level (k = s-1) and p = NaN never rounds up; the
     // fused kernels never see NaN (truncate maps a non-finite block to c_0), only this stage op can
-    codes[i] = v != v ? nan_code : uint8_t(round_code<BITS>(v, uint64_t(i), keys, st, bits));
+    codes[i] = v != v ? nan_code : uint8_t(round_code<BITS>(v, bits16(keys, uint64_t(i)), st, bits));
   }
 }
 

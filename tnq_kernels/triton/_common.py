@@ -1,4 +1,4 @@
-"""Shared pieces of the Triton backend: the counter-based hash (docs/RNG.md), exact fp32 arithmetic helpers,
+"""Shared pieces of the Triton backend: the counter-based hash of SPEC v1.2 (docs/RNG.md), exact fp32 arithmetic helpers,
 the codebook table cache and small host-side helpers.
 
 Numerics contract (see tnq_kernels/reference.py): every expression is evaluated in the same IEEE fp32 operations
@@ -59,11 +59,24 @@ def fmix32(x):
 
 
 @triton.jit
-def uniform24(idx, key0, key1):
-    """U = H(seed, idx) >> 8 scaled to [0, 1): idx int64 global element index, keys uint32 → fp32 (exact)."""
-    h = fmix32(idx.to(tl.uint32) ^ key0)
-    h = fmix32(h + ((idx >> 32).to(tl.uint32) ^ key1))
-    return (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
+def pair_key(key0, key1, j_hi):
+    """K = fmix32(key0 ^ fmix32(j_hi ^ key1)): the key of every pair whose index has high half j_hi (uint32)."""
+    return fmix32(key0 ^ fmix32(j_hi ^ key1))
+
+
+@triton.jit
+def uniform16(idx, i_first, key0, key1):
+    """U = (m + 0.5) · 2^-16 of SPEC v1.2 (docs/RNG.md): idx int64 global element indices, keys uint32 → fp32
+    (exact). i_first: an int64 scalar ≤ every idx and less than 2^33 below all of them (the program's first
+    element), so the pair keys are computed once per program, for its j_hi and the next; each element picks its
+    own. m is the low (even idx) or high (odd idx) half of the hash of the pair idx >> 1."""
+    hi0 = i_first >> 33
+    ka = pair_key(key0, key1, hi0.to(tl.uint32))
+    kb = pair_key(key0, key1, (hi0 + 1).to(tl.uint32))
+    k = tl.where((idx >> 33) == hi0, ka, kb)
+    h = fmix32((idx >> 1).to(tl.uint32) ^ k)
+    m = tl.where((idx & 1) == 0, h & 0xFFFF, h >> 16)
+    return (m.to(tl.float32) + 0.5) * (1.0 / 65536.0)
 
 
 @triton.jit

@@ -51,7 +51,7 @@ def emit_chunk(g, m, e0, ngroups_valid, r, scale, c0, cs, table_ptr, codes_ptr, 
                BITS: tl.constexpr, BITS_P2: tl.constexpr, CHUNK: tl.constexpr):
     """Jobs 1 (truncate) → 2 (round) → 3 (pack + store) for one register tile starting at element e0 (int64)."""
     z = truncate(g, r, scale, c0, cs)
-    code = round_codes(z, e0 + tl.arange(0, CHUNK), table_ptr, key0, key1, BITS, False)
+    code = round_codes(z, e0 + tl.arange(0, CHUNK), e0, table_ptr, key0, key1, BITS, False)
     code = tl.where(m, code, 0)  # tail codes are zero (docs/format.md)
     store_words(codes_ptr, pack_planes(code, CHUNK, BITS, BITS_P2), e0 // 32, ngroups_valid, CHUNK, BITS, BITS_P2)
 
@@ -79,8 +79,8 @@ def compress_blocks_kernel(x_ptr, out_ptr, table_ptr, n, block_size, nblocks, co
     c0 = tl.load(table_ptr)
     cs = tl.load(table_ptr + (1 << BITS) - 1)
     z = truncate(g, inverse_scale(scale)[:, None], scale[:, None], c0, cs)
-    code = round_codes(z, start[:, None] + col, table_ptr, key0.to(tl.uint32, bitcast=True),
-                       key1.to(tl.uint32, bitcast=True), BITS, False)
+    code = round_codes(z, start[:, None] + col, tl.program_id(0).to(tl.int64) * ROWS * block_size, table_ptr,
+                       key0.to(tl.uint32, bitcast=True), key1.to(tl.uint32, bitcast=True), BITS, False)
     code = tl.where(m, code, 0)  # tail codes are zero (docs/format.md)
     # ---- job 3: pack each row's CHUNK // 32 groups, store the groups that hold elements ----
     G: tl.constexpr = CHUNK // 32

@@ -5,7 +5,7 @@ kernel helper → stage kernel → registered op (`tnq::triton_quantize`, a trit
 k = the number of interior levels c_1..c_{s-1} that are ≤ z, found by a branchless binary search over the fp32
 level table (b gathers from a ≤ 1 KiB table that stays in L1); p = (z − c_k)·(1/(c_{k+1} − c_k)) as one fp32
 subtraction and one fp32 multiplication (no add follows, so nothing can be contracted into an FMA);
-code = k + [U < p] with U the 24-bit hash of (seed, global index) from _common.uniform24.
+code = k + [U < p] with U the 16-bit centred uniform of (seed, global index) from _common.uniform16.
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from . import _common as C
 
 
 @triton.jit
-def round_codes(z, idx, table_ptr, key0, key1, BITS: tl.constexpr, NAN_Z: tl.constexpr):
-    """z fp32 in [c_0, c_s], idx int64 global indices, keys uint32 → codes int32 in [0, 2^BITS − 1].
+def round_codes(z, idx, i_first, table_ptr, key0, key1, BITS: tl.constexpr, NAN_Z: tl.constexpr):
+    """z fp32 in [c_0, c_s], idx int64 global indices (i_first: the program's first, see _common.uniform16),
+    keys uint32 → codes int32 in [0, 2^BITS − 1].
 
     NAN_Z: z may be NaN (the quantize stage takes any z). The reference's searchsorted sorts NaN after every
     level (k = s − 1) and p = NaN never rounds up, so NaN gives s − 1; the search runs on +inf instead (which also
@@ -39,16 +40,17 @@ def round_codes(z, idx, table_ptr, key0, key1, BITS: tl.constexpr, NAN_Z: tl.con
         k = tl.where(take, cand, k)
         ck = tl.where(take, cv, ck)
     p = (z - ck) * tl.load(table_ptr + (1 << BITS) + k)
-    u = C.uniform24(idx, key0, key1)
+    u = C.uniform16(idx, i_first, key0, key1)
     return k + (u < p).to(tl.int32)
 
 
 @triton.jit(do_not_specialize=["key0", "key1"])
 def quantize_kernel(z_ptr, codes_ptr, table_ptr, n, key0, key1, BITS: tl.constexpr, CHUNK: tl.constexpr):
-    idx = tl.program_id(0).to(tl.int64) * CHUNK + tl.arange(0, CHUNK)
+    i_first = tl.program_id(0).to(tl.int64) * CHUNK
+    idx = i_first + tl.arange(0, CHUNK)
     m = idx < n
     z = tl.load(z_ptr + idx, mask=m, other=0.0)
-    code = round_codes(z, idx, table_ptr, key0.to(tl.uint32, bitcast=True), key1.to(tl.uint32, bitcast=True), BITS,
+    code = round_codes(z, idx, i_first, table_ptr, key0.to(tl.uint32, bitcast=True), key1.to(tl.uint32, bitcast=True), BITS,
                        True)
     tl.store(codes_ptr + idx, code.to(tl.uint8), mask=m)
 
