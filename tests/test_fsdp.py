@@ -142,7 +142,9 @@ def _check_against_simulation(state, recs, residuals=None):
     assert not mismatches, f"rank {rank} differs from the simulation: {mismatches}"
     assert checked >= 8, checked
     # a sanity bound independent of the simulation: 3-bit rtnq's aggregate stays near the exact reduce-scatter
-    assert sq_err < 0.25 * sq_ref, f"relative squared error {sq_err / sq_ref:.3f} at 3 bits"
+    # (without feedback: with it, each output also carries the residuals of earlier steps, by design)
+    if residuals is None:
+        assert sq_err < 0.25 * sq_ref, f"relative squared error {sq_err / sq_ref:.3f} at 3 bits"
 
 
 # ---- the checks every rank runs ----
