@@ -215,7 +215,8 @@ def plot_e2e(rows: list[dict], out: Path) -> Path:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
                 linestyle=":" if comp == "compute-only" else "-", label=comp)
     ax.set(xscale="log", yscale="log", xlabel="link bandwidth (Gbit/s, tc tbf)", ylabel="step time (ms, median)",
-           title=f"DDP step, gloo, world size {rows[0].get('world', 2)}, "
+           title=f"{'FSDP2' if rows[0]['compressor'].startswith('fsdp-') else 'DDP'} step, gloo, world size "
+                 f"{rows[0].get('world', 2)}, "
                  f"{_f(rows[0].get('params')) / 1e6:.1f} M params")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
@@ -226,6 +227,14 @@ def plot_e2e(rows: list[dict], out: Path) -> Path:
     return out
 
 
+def e2e_latest(rows: list[dict], all_runs: bool = False, pick: tuple[str, ...] = ()) -> dict[str, list[dict]]:
+    """{"e2e_ddp": the latest DDP run's rows, "e2e_fsdp": the latest FSDP2 run's}: a run with an fsdp-… compressor
+    (e2e_ddp.py --world 4 --compressors compute-only,fsdp-…) is an FSDP2 run, with its own table."""
+    fsdp_runs = {r.get("run") for r in rows if r["compressor"].startswith("fsdp-")}
+    return {"e2e_ddp": latest_run([r for r in rows if r.get("run") not in fsdp_runs], all_runs, pick),
+            "e2e_fsdp": latest_run([r for r in rows if r.get("run") in fsdp_runs], all_runs, pick)}
+
+
 def e2e_table(rows: list[dict]) -> str:
     table = []
     for r in rows:
@@ -233,13 +242,16 @@ def e2e_table(rows: list[dict]) -> str:
                       "measured Gbit/s": _f(r.get("link_gbit_measured")), "compressor": r["compressor"],
                       "step ms": _f(r.get("step_ms_median")), "vs allreduce": _f(r.get("speedup_vs_allreduce")),
                       "MB sent/rank/step": _f(r.get("wire_bytes_per_rank_step")) / 1e6,
+                      "tnq payload MB/rank/step": _f(r.get("payload_bytes_per_rank_step")) / 1e6,
                       "wire ms": _f(r.get("wire_ms")), "tnq kernel ms": _f(r.get("tnq_kernel_ms")),
                       "load 1m": _f(r.get("loadavg_1m")), "note": r.get("note", "")})
     params = _f(rows[0].get("params")) / 1e6
     return (f"world size {rows[0].get('world', 2)}, {params:.1f} M params ({4 * params:.0f} MB fp32 gradients), "
             f"{_stamp(rows)}; run {rows[0].get('run', '?')}\n\n"
-            "wire ms = bytes this rank's interface sent per step / measured link rate; tnq kernel ms = the hook's "
-            "compress + decode calls alone for the same buckets, timed on the rank's own thread.\n\n"
+            "MB sent = what this rank's interface (the shaped link) sent per step, TCP/IP included; tnq payload MB = "
+            "the tnq state's own count of the bytes it sent (FSDP2 hierarchical: node link included); wire ms = "
+            "MB sent / measured link rate; tnq kernel ms = the hook's compress + decode calls alone for the same "
+            "buckets, timed on the rank's own thread.\n\n"
             + H.format_table(table, list(table[0])))
 
 
@@ -409,11 +421,11 @@ def main(argv=None) -> int:
             made.append(plot_throughput(groups, out / f"{name}.png"))
             (out / f"{name}.md").write_text("\n\n".join(throughput_table(rows) for rows in groups) + "\n")
             made.append(out / f"{name}.md")
-    rows = latest_run(H.read_csv(src / "e2e_ddp.csv"), args.all_runs, tuple(args.run))
-    if rows:
-        made.append(plot_e2e(rows, out / "e2e_ddp.png"))
-        (out / "e2e_ddp.md").write_text(e2e_table(rows) + "\n")
-        made.append(out / "e2e_ddp.md")
+    for name, rows in e2e_latest(H.read_csv(src / "e2e_ddp.csv"), args.all_runs, tuple(args.run)).items():
+        if rows:
+            made.append(plot_e2e(rows, out / f"{name}.png"))
+            (out / f"{name}.md").write_text(e2e_table(rows) + "\n")
+            made.append(out / f"{name}.md")
     rows = latest_run([r for r in H.read_csv(src / "tta_ddp.csv") if r.get("mode") == "run"], args.all_runs,
                       tuple(args.run))
     if rows:

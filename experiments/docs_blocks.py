@@ -15,7 +15,8 @@ fails when a committed block differs from what the committed CSVs give. Blocks (
 - ``default-verdicts``: the default codebook's verdict at every study and width (summary.verdicts);
 - ``mnist-sweep``: the earlier 2-epoch MNIST sweep (experiments/results/mnist), as report.table writes it;
 - ``ef-probe``: error feedback against none, seed-paired (experiments/results/ef_probe, feedback_probe.block);
-- ``cpu-kernels``: the CPU kernel table from one run of benchmarks/results/cpu_throughput.csv (benchmarks/plot.py).
+- ``cpu-kernels``: the CPU kernel table from one run of benchmarks/results/cpu_throughput.csv (benchmarks/plot.py);
+- ``e2e-ddp``, ``e2e-fsdp``: the latest DDP and FSDP2 runs of benchmarks/results/e2e_ddp.csv (plot.e2e_table).
 """
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ def _cpu_kernels(bench: str) -> str:
     return plot.readme_table(helper.read_csv(os.path.join(bench, "cpu_throughput.csv")))
 
 
+def _e2e(bench: str, kind: str) -> str:
+    plot, helper = bench_modules()
+    rows = plot.e2e_latest(helper.read_csv(os.path.join(bench, "e2e_ddp.csv")))[kind]
+    return plot.e2e_table(rows) if rows else "(no run yet)"
+
+
 def _mnist_sweep(root: str) -> str:
     return report.table(read_csv(os.path.join(root, "mnist", "results.csv")))
 
@@ -63,6 +70,8 @@ BLOCKS: dict[str, Callable[[str, str], str]] = {
     "mnist-sweep": lambda root, bench: _mnist_sweep(root),
     "ef-probe": lambda root, bench: feedback_probe.block(root),
     "cpu-kernels": lambda root, bench: _cpu_kernels(bench),
+    "e2e-ddp": lambda root, bench: _e2e(bench, "e2e_ddp"),
+    "e2e-fsdp": lambda root, bench: _e2e(bench, "e2e_fsdp"),
 }
 
 
