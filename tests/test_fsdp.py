@@ -510,3 +510,16 @@ def test_example_script_runs():
     assert out.returncode == 0, out.stderr[-3000:]
     assert "done: final loss" in out.stdout and "step    2" in out.stdout
     assert "x10." in out.stdout  # 3 bits: ~10.6x fewer bytes than FSDP2's fp32 reduce-scatter
+
+
+def test_simulate_non_finite_stays_non_finite_and_residual_resets():
+    """A NaN gradient entry makes its destination's shard non-finite (GradScaler must see the overflow); the
+    error-feedback residual of that block resets to 0 instead of carrying NaN into later steps."""
+    W, chunk = 2, 64
+    inputs = [torch.randn(W * chunk, generator=torch.Generator().manual_seed(r)) for r in range(W)]
+    inputs[0][chunk + 3] = float("nan")  # rank 0's row for rank 1
+    cfg = tnq_fsdp.Config(block_size=32, error_feedback=True)
+    res = [torch.zeros(W, chunk) for _ in range(W)]
+    out = tnq_fsdp.simulate(inputs, dist.ReduceOp.AVG, cfg, 1, 0, 0, backend="reference", residuals=res)
+    assert torch.isfinite(out[0]).all() and not torch.isfinite(out[1]).all()
+    assert all(torch.isfinite(r).all() for r in res)
