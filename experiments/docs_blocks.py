@@ -16,7 +16,8 @@ fails when a committed block differs from what the committed CSVs give. Blocks (
 - ``mnist-sweep``: the earlier 2-epoch MNIST sweep (experiments/results/mnist), as report.table writes it;
 - ``ef-probe``: error feedback against none, seed-paired (experiments/results/ef_probe, feedback_probe.block);
 - ``cpu-kernels``: the CPU kernel table from one run of benchmarks/results/cpu_throughput.csv (benchmarks/plot.py);
-- ``e2e-ddp``, ``e2e-fsdp``: the latest DDP and FSDP2 runs of benchmarks/results/e2e_ddp.csv (plot.e2e_table).
+- ``e2e-ddp``, ``e2e-fsdp``: the latest DDP and FSDP2 runs of benchmarks/results/e2e_ddp.csv (plot.e2e_table);
+- ``tta``: the latest time-to-accuracy run of benchmarks/results/tta_ddp.csv (plot.tta_table).
 """
 from __future__ import annotations
 
@@ -56,6 +57,12 @@ def _e2e(bench: str, kind: str) -> str:
     return plot.e2e_table(rows) if rows else "(no run yet)"
 
 
+def _tta(bench: str) -> str:
+    plot, helper = bench_modules()
+    rows = plot.latest_run([r for r in helper.read_csv(os.path.join(bench, "tta_ddp.csv")) if r.get("mode") == "run"])
+    return plot.tta_table(rows) if rows else "(no run yet)"
+
+
 def _mnist_sweep(root: str) -> str:
     return report.table(read_csv(os.path.join(root, "mnist", "results.csv")))
 
@@ -72,6 +79,7 @@ BLOCKS: dict[str, Callable[[str, str], str]] = {
     "cpu-kernels": lambda root, bench: _cpu_kernels(bench),
     "e2e-ddp": lambda root, bench: _e2e(bench, "e2e_ddp"),
     "e2e-fsdp": lambda root, bench: _e2e(bench, "e2e_fsdp"),
+    "tta": lambda root, bench: _tta(bench),
 }
 
 
