@@ -83,17 +83,25 @@ def study_label(runs: list[dict]) -> str:
 
 def headline(root: str, names: Sequence[str]) -> list[str]:
     """The studies the README shows: of those with the same task, optimizer, partition and granularity, the longest
-    (then the one with the most runs), so a longer rerun in a new folder replaces the shorter one there."""
-    best: dict[tuple, tuple] = {}
+    (then the one with the most runs), so a longer rerun in a new folder replaces the shorter one there; a shorter
+    study stays when it has a (codebook, bits) that no longer study of its setting has (a long run of the
+    3-bit codebooks leaves the shorter sweep of every width in view, labelled with its length)."""
+    groups: dict[tuple, list[tuple]] = defaultdict(list)
     for n in names:
         runs = _runs(os.path.join(root, n))
         r = setting(runs[0])
         key = (r["task"], r["optimizer"], r["partition"], r["per_tensor"], r["block_size"])
-        rank = (max(int(x["steps"]) for x in runs), len(runs), n)
-        if key not in best or rank > best[key]:
-            best[key] = rank
+        cover = {(x["compressor"], int(x["bits"])) for x in runs}
+        groups[key].append(((max(int(x["steps"]) for x in runs), len(runs), n), cover))
+    keep = []
+    for studies_of_setting in groups.values():
+        seen: set = set()
+        for rank, cover in sorted(studies_of_setting, reverse=True):
+            if not seen or cover - seen:
+                keep.append(rank[2])
+            seen |= cover
     order = list(MODEL)
-    return sorted((v[2] for v in best.values()), key=lambda n: (
+    return sorted(keep, key=lambda n: (
         order.index(setting(_runs(os.path.join(root, n))[0])["task"]), study_label(_runs(os.path.join(root, n)))))
 
 

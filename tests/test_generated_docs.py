@@ -42,12 +42,13 @@ def test_render_rewrites_only_the_block_body_and_rejects_unknown_names(tmp_path)
         docs_blocks.render("<!-- generated: nope -->\nx\n<!-- end: nope -->\n", RESULTS, BENCH)
 
 
-def _study(root, name, steps, task="text", seeds=3, rtnq_nan=False):
+def _study(root, name, steps, task="text", seeds=3, rtnq_nan=False, widths=(3,)):
     d = root / name
     d.mkdir()
     recs, runs = [], []
     for seed in range(seeds):
-        for comp, bits, loss in [("none", 32, 2.5), ("rtnq", 3, 2.6), ("tnq", 3, 2.4 + 0.001 * seed)]:
+        for comp, bits, loss in [("none", 32, 2.5)] + [(c, b, v) for b in widths for c, v in
+                                                       [("rtnq", 2.6), ("tnq", 2.4 + 0.001 * seed)]]:
             acc = 0.5
             if rtnq_nan and comp == "rtnq":
                 loss = acc = float("nan")
@@ -75,6 +76,17 @@ def test_a_longer_study_of_the_same_setting_replaces_the_shorter_one(tmp_path):
     assert "**FAILED**: diverged (NaN) on seed(s) 0, 1, 2" in default  # the MLP study's rtnq diverged
     # every study, the shorter one included, keeps its verdict rows
     assert "| text600_sgdm | 3 | 3 |" in summary.verdicts(str(tmp_path), names, "rtnq")
+
+
+def test_a_shorter_study_stays_for_the_widths_the_longer_one_lacks(tmp_path):
+    _study(tmp_path, "text600_sgdm", 600, widths=(2, 3))
+    _study(tmp_path, "text300_sgdm", 300, widths=(2, 3))
+    _study(tmp_path, "text2000_sgdm", 2000)
+    names = summary.studies(str(tmp_path))
+    assert summary.headline(str(tmp_path), names) == ["text2000_sgdm", "text600_sgdm"]
+    default = summary.default_table(str(tmp_path), summary.headline(str(tmp_path), names))
+    assert "| text, SGDM, 600 steps (bpb) | -0.1000 ± 0.0000 (3); behind `tnq`" in default
+    assert "| text, SGDM, 2000 steps (bpb) | – | -0.1000" in default and "300 steps" not in default
 
 
 def _bench_rows(run, date, scale):
