@@ -228,6 +228,41 @@ def verdicts(root: str, names: Sequence[str], codebook: str) -> str:
     return "\n".join(lines)
 
 
+def horizon(root: str, name: str, steps: Sequence[int], bits: int = 3) -> str:
+    """Does a short run's ranking hold? Rows: fp32 (mean ± std), each codebook at ``bits`` (minus fp32, seed-paired,
+    positive = better, with t), the ranking by mean; columns: the state of the same runs at each of ``steps``."""
+    d = os.path.join(root, name)
+    runs = _runs(d)
+    metric, higher = report.task_metric(setting(runs[0])["task"])
+    recs = read_csv(os.path.join(d, "results.csv"))
+    at = {s: [r for r in recs if int(r["step"]) <= s] for s in steps}
+    comps = [c for c in report.ORDER if c != "none" and any(r["compressor"] == c and int(r["bits"]) == bits
+                                                            for r in recs)]
+    scale, digits, unit = report.units(metric)
+    lines = [f"| {study_label(runs)}, {bits} bits | " + " | ".join(f"step {s}" for s in steps) + " |",
+             "|---|" + "---|" * len(steps)]
+    lines.append("| fp32 | " + " | ".join(report.fmt_mean(list(report.final_by_seed(at[s], metric)
+                                                                  .get(("none", 32), {}).values()), True)
+                                        for s in steps) + " |")
+    for c in comps:
+        cells = []
+        for s in steps:
+            v = report.verdict(at[s], c, bits, metric, higher)
+            cells.append(report.fmt_diff(v["vs_fp32"], metric, n=True) + report.t_of(v["vs_fp32"]) if v else "–")
+        lines.append(f"| `{c}` − fp32 | " + " | ".join(cells) + " |")
+    order = []
+    for s in steps:
+        fin = report.final_by_seed(at[s], metric)
+        means = {("fp32" if c == "none" else f"`{c}`"): report.mean_sd(list(v.values()))[0]
+                 for (c, b), v in fin.items() if b in (bits, 32) and (c == "none" or c in comps)}
+        order.append(" > ".join(sorted(means, key=lambda k: -means[k] if higher else means[k])))
+    lines.append("| ranking (best first) | " + " | ".join(order) + " |")
+    lines += ["", f"{unit}; the same runs read at each step (a run's state at step s is that of a run stopped "
+                  f"there: the learning rate is constant). Differences are seed-paired, positive = better than "
+                  f"fp32, mean ± std (seeds), t = mean / standard error."]
+    return "\n".join(lines)
+
+
 def lr_table(root: str) -> str:
     d = os.path.join(root, "lr_check")
     if not os.path.isdir(d):

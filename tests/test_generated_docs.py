@@ -122,3 +122,28 @@ def test_the_cpu_table_comes_from_one_run(tmp_path):
     assert "decompress_sum, 4 payloads, into `out`" in text
     assert "Compress is 50× the reference at n = 2^20" in text
     assert plot.readme_table(rows, run="old").startswith("Run `old`")
+
+
+def test_horizon_reads_the_same_runs_at_each_step_and_ranks_them(tmp_path):
+    d = tmp_path / "text2000_sgdm"
+    d.mkdir()
+    recs, runs = [], []
+    # tnq ahead of fp32 at step 600, behind it at 2000; rtnq level with fp32 throughout
+    curve = {"none": {600: 2.7, 2000: 2.2}, "tnq": {600: 2.6, 2000: 2.3}, "rtnq": {600: 2.7, 2000: 2.2}}
+    for seed in range(3):
+        for comp, by_step in curve.items():
+            bits = 32 if comp == "none" else 3
+            for step, loss in by_step.items():
+                recs.append({k: 0 for k in mnist.CSV_FIELDS} | {"compressor": comp, "bits": bits, "seed": seed,
+                                                                "step": step, "test_accuracy": 0.5,
+                                                                "test_loss": loss + 0.01 * seed * (comp == "tnq")})
+            runs.append({k: "" for k in report.RUN_FIELDS} | {
+                "compressor": comp, "bits": bits, "seed": seed, "mode": "sim", "backend": "auto", "steps": 2000,
+                "seconds": 1.0, "ms_per_step": 10.0, "task": "text", "optimizer": "sgdm", "lr": 0.1,
+                "block_size": 2048, "per_tensor": 0, "partition": "iid"})
+    mnist.write_csv(str(d / "results.csv"), recs)
+    report.write_runs(str(d / "runs.csv"), runs)
+    table = summary.horizon(str(tmp_path), "text2000_sgdm", (600, 2000))
+    assert "| fp32 | 2.7000 ± 0.0000 (3) | 2.2000 ± 0.0000 (3) |" in table
+    assert "| `tnq` − fp32 | +0.0900 ± 0.0100 (3) (t +15.6) | -0.1100 ± 0.0100 (3) (t -19.1) |" in table
+    assert "| ranking (best first) | `tnq` > " in table and "| fp32 > `rtnq` > `tnq` |" in table
