@@ -14,6 +14,9 @@ fails when a committed block differs from what the committed CSVs give. Blocks (
 - ``worst-case``: each codebook's worst seed-paired difference to fp32 over the headline studies and widths;
 - ``default-verdicts``: the default codebook's verdict at every study and width (summary.verdicts);
 - ``mnist-sweep``: the earlier 2-epoch MNIST sweep (experiments/results/mnist), as report.table writes it;
+- ``mnist-2ep``, ``paper-2ep``: the 2-epoch CNN sweep of every codebook (mnist2ep_sgdm) and the paper preset at
+  2 epochs (mnist2ep_paper_sgdm), the same way;
+- ``text-horizons``: the 2000-step transformer studies read at 600-2000 steps (summary.horizon);
 - ``ef-probe``: error feedback against none, seed-paired (experiments/results/ef_probe, feedback_probe.block);
 - ``cpu-kernels``: the CPU kernel table from one run of benchmarks/results/cpu_throughput.csv (benchmarks/plot.py);
 - ``e2e-ddp``, ``e2e-fsdp``: the latest DDP and FSDP2 runs of benchmarks/results/e2e_ddp.csv (plot.e2e_table);
@@ -63,8 +66,16 @@ def _tta(bench: str) -> str:
     return plot.tta_table(rows) if rows else "(no run yet)"
 
 
-def _mnist_sweep(root: str) -> str:
-    return report.table(read_csv(os.path.join(root, "mnist", "results.csv")))
+def _mnist_sweep(root: str, name: str = "mnist") -> str:
+    return report.table(read_csv(os.path.join(root, name, "results.csv")))
+
+
+#: the steps at which the long transformer studies are read (the 600-step studies' length first)
+HORIZON_STEPS = (600, 1000, 1400, 2000)
+
+
+def _horizons(root: str) -> str:
+    return "\n\n".join(summary.horizon(root, name, HORIZON_STEPS) for name in ("text2000_sgdm", "text2000_adamw"))
 
 
 #: block name -> its text, from (experiments results folder, benchmarks results folder)
@@ -75,6 +86,9 @@ BLOCKS: dict[str, Callable[[str, str], str]] = {
     "worst-case": lambda root, bench: summary.worst_case(root, summary.headline(root, summary.studies(root))),
     "default-verdicts": lambda root, bench: summary.verdicts(root, summary.studies(root), summary.DEFAULT),
     "mnist-sweep": lambda root, bench: _mnist_sweep(root),
+    "mnist-2ep": lambda root, bench: _mnist_sweep(root, "mnist2ep_sgdm"),
+    "paper-2ep": lambda root, bench: _mnist_sweep(root, "mnist2ep_paper_sgdm"),
+    "text-horizons": lambda root, bench: _horizons(root),
     "ef-probe": lambda root, bench: feedback_probe.block(root),
     "cpu-kernels": lambda root, bench: _cpu_kernels(bench),
     "e2e-ddp": lambda root, bench: _e2e(bench, "e2e_ddp"),
