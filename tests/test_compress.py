@@ -80,7 +80,8 @@ _TRITON_BITS_CODEBOOKS = ([(b, 0, n, blk, "stochastic") for b in (1, 6, 7, 8)
 @matrix("bits,codebook,n,block,rounding",
         cpu=[(b, c, n, blk, r) for b in ALL_BITS for c in CODEBOOKS for n, blk in ((4097, 96), (1000, 0))
              for r in ("stochastic", "nearest")]
-        + [(b, 0, n, blk, r) for b in (1, 6, 7, 8) for n, blk in ((33, 0), (4097, 2048)) for r in ("stochastic", "nearest")],
+        + [(b, 0, n, blk, r) for b in (1, 6, 7, 8) for n, blk in ((33, 0), (4097, 2048))
+           for r in ("stochastic", "nearest")],
         triton=_TRITON_BITS_CODEBOOKS,
         cuda=[(b, c, 4097, blk, r) for b in ALL_BITS for c in CODEBOOKS for blk in (64, 4096)
               for r in ("stochastic", "nearest")])

@@ -83,7 +83,8 @@ def test_quantize_dtype_errors(backend, dtype):
 
 @pytest.mark.parametrize("rounding", [2, -1, 7])
 def test_quantize_rounding_id_errors(backend, rounding):
-    with pytest.raises(ValueError, match=f"rounding must be one of 'stochastic' \\(0\\), 'nearest' \\(1\\), got {rounding}"):
+    msg = f"rounding must be one of 'stochastic' \\(0\\), 'nearest' \\(1\\), got {rounding}"
+    with pytest.raises(ValueError, match=msg):
         backend.kernel("quantize")(backend.to(torch.zeros(10)), 3, 0, 0, rounding)
 
 

@@ -5,7 +5,7 @@ Plain, vectorised torch on whatever device the input lives on. Read top to botto
     scale_truncate   per block: scale = mean|g| (fp64 sum, rounded once to fp32), max|g|, ‖g‖₂ = fp32(sqrt(fp64
                      Σg²)) or Σg²/(2Σ|g|) (fp64 sums, one fp64 division, rounded once); r = fp32(1/scale);
                      z = clamp(g·r)
-    quantize         k = the level cell holding z; p = (z − c_k)·(1/(c_{k+1} − c_k)); code = k + [U < p], with U the
+    quantize         k = the level cell holding z; p = (z − c_k)·(1/(c_{k+1} − c_k)); code = k + [U < p], U the
                      uniform of (seed, index) ("stochastic") or the constant 0.5 ("nearest": ties round down)
     pack / unpack    codes ↔ b-bit bit-plane uint32 words (bit j of word p = bit p of element 32g + j)
     compress         the three jobs above, written into one payload (format.py)

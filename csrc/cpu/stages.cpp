@@ -45,7 +45,8 @@ void quantize_impl(const float* z, int64_t n, int codebook, uint64_t seed, uint8
     for (int64_t i = i0; i < i1; ++i) {
       const float v = z[i];
       // the reference's searchsorted puts NaN after every level (k = s-1), and p = NaN never rounds up
-      codes[i] = v != v ? uint8_t(t.s - 1) : uint8_t(round_code<BITS, NEAREST>(v, t, NEAREST ? 0u : bits16(keys, uint64_t(i))));
+      const uint32_t m = NEAREST ? 0u : bits16(keys, uint64_t(i));
+      codes[i] = v != v ? uint8_t(t.s - 1) : uint8_t(round_code<BITS, NEAREST>(v, t, m));
     }
   });
 }

@@ -118,8 +118,8 @@ __global__ void __launch_bounds__(kThreads)
 // rounding: a RoundingId (ignored with ZOUT).
 template <bool ZOUT>
 const char* run_blocks(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, int rule,
-                       SeedKeys keys, int rounding, const LevelTable& tab, float* scales, uint32_t* flags, uint32_t* words,
-                       float* z, void* workspace, cudaStream_t s) {
+                       SeedKeys keys, int rounding, const LevelTable& tab, float* scales, uint32_t* flags,
+                       uint32_t* words, float* z, void* workspace, cudaStream_t s) {
   if (n == 0) return launch_status();
   const int64_t block_len = effective_block_len(n, block_size);
   const int64_t nblocks = num_blocks(n, block_size);
