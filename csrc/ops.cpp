@@ -47,8 +47,10 @@ cpu::PayloadView view_of(const at::Tensor& payload, const Header& h) {
 
 // ---- the nine ops (CPU kernels) ----
 
-at::Tensor compress_cpu(const at::Tensor& x_in, int64_t bits, int64_t block_size, int64_t codebook, int64_t seed) {
+at::Tensor compress_cpu(const at::Tensor& x_in, int64_t bits, int64_t block_size, int64_t codebook, int64_t seed,
+                        int64_t rounding) {
   const int dt = check_compress_args(x_in, bits, block_size, codebook);
+  check_rounding(rounding);
   check_cpu(x_in, "x");
   const at::Tensor x = x_in.contiguous();
   const int64_t n = x.numel();
@@ -61,7 +63,7 @@ at::Tensor compress_cpu(const at::Tensor& x_in, int64_t bits, int64_t block_size
   float* scales = reinterpret_cast<float*>(p + kHeaderBytes);
   uint32_t* words = reinterpret_cast<uint32_t*>(p + lay.codes_offset);
   const bool bad = cpu::compress(x.const_data_ptr(), dt, n, int(bits), block_size, int(codebook), uint64_t(seed),
-                                 scales, words);
+                                 int(rounding), scales, words);
   write_header(p, Header{int(bits), int(codebook), dt, block_size, bad ? kFlagNonFinite : 0u, n});
   return out;
 }
@@ -140,15 +142,16 @@ std::tuple<at::Tensor, at::Tensor> scale_truncate_cpu(const at::Tensor& x_in, in
   return {scales, z};
 }
 
-at::Tensor quantize_cpu(const at::Tensor& z_in, int64_t bits, int64_t codebook, int64_t seed) {
+at::Tensor quantize_cpu(const at::Tensor& z_in, int64_t bits, int64_t codebook, int64_t seed, int64_t rounding) {
   TORCH_CHECK_VALUE(z_in.scalar_type() == at::kFloat, "z must be float32 (the output of scale_truncate), got ",
                     z_in.scalar_type());
   check_bits(bits);
   check_codebook(codebook);
+  check_rounding(rounding);
   check_cpu(z_in, "z");
   const at::Tensor z = z_in.contiguous();
   at::Tensor codes = at::empty({z.numel()}, z.options().dtype(at::kByte));
-  cpu::quantize(z.const_data_ptr<float>(), z.numel(), int(bits), int(codebook), uint64_t(seed),
+  cpu::quantize(z.const_data_ptr<float>(), z.numel(), int(bits), int(codebook), uint64_t(seed), int(rounding),
                 codes.mutable_data_ptr<uint8_t>());
   return codes;
 }
@@ -264,6 +267,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["seed_salt_lo"] = tnq::kSeedSaltLo;
     d["seed_salt_hi"] = tnq::kSeedSaltHi;
     d["uniform_bits"] = tnq::kUniformBits;
+    py::dict roundings;
+    roundings["stochastic"] = int(tnq::kStochastic);
+    roundings["nearest"] = int(tnq::kNearest);
+    d["rounding_ids"] = roundings;
+    d["num_roundings"] = tnq::kNumRoundings;
+    d["nearest_u"] = tnq::kNearestU;
     return d;
   }, "the constants of csrc/tnq_constants.h, for tests/test_constants.py");
 }

@@ -48,6 +48,13 @@ constexpr uint32_t kSeedSaltLo = 0x9E3779B9u;
 constexpr uint32_t kSeedSaltHi = 0x7F4A7C15u;
 constexpr int kUniformBits = 16;
 
+// ---- encode rounding modes (the ops' `rounding` argument; tnq_kernels/rng.py ROUNDING_IDS) ----
+// Both give code = k + [U < p]: kStochastic takes U from the hash below, kNearest the constant kNearestU for every
+// element (the nearest level, ties down; no hash is computed, so the seed does not change the codes).
+enum RoundingId : int { kStochastic = 0, kNearest = 1 };
+constexpr int kNumRoundings = 2;
+constexpr float kNearestU = 0.5f;
+
 #if defined(__CUDACC__)
 #define TNQ_HD __host__ __device__ __forceinline__
 #else

@@ -43,6 +43,11 @@ inline void check_codebook(int64_t codebook) {
                     "6-14 rtnq1-rtnq256), got ", codebook);
 }
 
+inline void check_rounding(int64_t rounding) {
+  TORCH_CHECK_VALUE(rounding >= 0 && rounding < kNumRoundings,
+                    "rounding must be one of 'stochastic' (0), 'nearest' (1), got ", rounding);
+}
+
 // The checks every compress-like op starts with; returns the dtype id of x.
 inline int check_compress_args(const at::Tensor& x, int64_t bits, int64_t block_size, int64_t codebook) {
   const int dt = dtype_id_of(x.scalar_type(), "x");

@@ -105,8 +105,12 @@ class RunConfig:
     #: reduce-scattered by tnq_kernels.fsdp.simulate (one quantization, rtnq member for N clients), as
     #: compress_reduce_scatter does on real ranks; instead of one payload per client (the DDP hook's allgather)
     fsdp: bool = False
+    #: the encode's rounding (tnq.compress(rounding=)): "stochastic" or "nearest" (biased; for error feedback)
+    rounding: str = tnq.api.DEFAULT_ROUNDING
 
     def __post_init__(self):
+        if self.rounding not in tnq.api.ROUNDINGS:
+            raise ValueError(f"rounding must be one of {tnq.api.ROUNDINGS}, got {self.rounding!r}")
         if self.compressor not in COMPRESSORS:
             raise ValueError(f"compressor must be one of {COMPRESSORS}, got {self.compressor!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -208,8 +212,9 @@ def compress_piece(g: torch.Tensor, cfg: "RunConfig", seed: int, backend: str) -
     the rtnq family; the other codebooks ignore it)."""
     if RTNQ:
         return tnq.compress(g, cfg.bits, cfg.block_size, cfg.compressor, seed=seed, backend=backend,
-                            clients=cfg.clients)
-    return tnq.compress(g, cfg.bits, cfg.block_size, cfg.compressor, seed=seed, backend=backend)
+                            clients=cfg.clients, rounding=cfg.rounding)
+    return tnq.compress(g, cfg.bits, cfg.block_size, cfg.compressor, seed=seed, backend=backend,
+                        rounding=cfg.rounding)
 
 
 def sends_fp32(cfg: "RunConfig") -> bool:
@@ -518,7 +523,8 @@ def _fsdp_reduce(cfg, params, units, grads, step, backend, residual) -> None:
     """Each unit's averaged gradient through tnq_kernels.fsdp.simulate (fp32 sums for compressor "none")."""
     W = cfg.clients
     cfg_rs = tnq_fsdp.Config(bits=cfg.bits, block_size=cfg.block_size, codebook=cfg.compressor,
-                             error_feedback=cfg.error_feedback) if cfg.compressor != "none" else None
+                             error_feedback=cfg.error_feedback, rounding=cfg.rounding) \
+        if cfg.compressor != "none" else None
     for u, unit in enumerate(units):
         inputs = [tnq_fsdp.flat_input(grads[c][u], W) for c in range(W)]
         if cfg_rs is None:
@@ -546,6 +552,7 @@ def _progress(cfg: RunConfig, total: int, enabled: bool):
     from tqdm import tqdm
     name = "fp32" if cfg.compressor == "none" else f"{cfg.compressor} {cfg.bits}b"
     name += " +EF" if cfg.error_feedback else ""
+    name += " nearest" if cfg.rounding != tnq.api.DEFAULT_ROUNDING and cfg.compressor != "none" else ""
     return tqdm(total=total, desc=f"{name} seed={cfg.seed}", unit="step", leave=True, dynamic_ncols=True,
                 file=sys.stderr)
 
@@ -578,7 +585,7 @@ def _ddp_worker(rank: int, cfg: RunConfig, port: int, out_path: str, max_steps: 
             state = tnq_ddp.TNQState(process_group=None, bits=cfg.bits, block_size=cfg.block_size,
                                      codebook=cfg.compressor, scheme="allgather", seed=cfg.seed,
                                      error_feedback=cfg.error_feedback, warmup_steps=0, min_bucket_numel=0,
-                                     backend=backend)
+                                     backend=backend, rounding=cfg.rounding)
             box = {"step": 0}
 
             def hook(state, bucket):
@@ -701,6 +708,11 @@ def sweep(runs: list[RunConfig], out_dir: str, mode: str = "sim", resume: bool =
     csv_path, runs_path = os.path.join(out_dir, "results.csv"), os.path.join(out_dir, "runs.csv")
     records = read_csv(csv_path) if resume and os.path.exists(csv_path) else []
     timings = report.read_runs(runs_path) if resume and os.path.exists(runs_path) else []
+    # runs are keyed by (compressor, bits, seed): one folder holds one rounding
+    other = {r["rounding"] for r in timings} - {cfg.rounding for cfg in runs}
+    if other and runs:
+        raise ValueError(f"{runs_path} holds runs with rounding {sorted(other)}, these runs use "
+                         f"{sorted({cfg.rounding for cfg in runs})}: write them to another --out")
     done = {(r["compressor"], int(r["bits"]), int(r["seed"])) for r in timings}
     if mode == "sim" and data is None and runs and runs[0].task != "text":
         data = load_mnist()
@@ -718,7 +730,8 @@ def sweep(runs: list[RunConfig], out_dir: str, mode: str = "sim", resume: bool =
                         "final_accuracy": res.records[-1]["test_accuracy"],
                         "final_test_loss": res.records[-1]["test_loss"], "task": cfg.task,
                         "optimizer": cfg.optimizer, "lr": cfg.lr, "block_size": cfg.block_size,
-                        "per_tensor": int(cfg.per_tensor), "partition": partition(cfg), "rng": tnq_rng.VERSION})
+                        "per_tensor": int(cfg.per_tensor), "partition": partition(cfg), "rng": tnq_rng.VERSION,
+                        "rounding": cfg.rounding})
         write_csv(csv_path, records)
         report.write_runs(runs_path, timings)
         report.write_all(records, out_dir, config=runs[0], timings=timings)
@@ -790,6 +803,9 @@ def build_parser(prog: str = "python -m experiments.mnist", task: str = "mnist")
                         "(rows per client, one quantization) instead of one payload per client")
     p.add_argument("--error-feedback", action="store_true",
                    help="each client adds its previous compression residual to its gradient (off in the sweep)")
+    p.add_argument("--rounding", choices=tnq.api.ROUNDINGS, default=tnq.api.DEFAULT_ROUNDING,
+                   help="the encode's rounding: stochastic (unbiased, default) or nearest (no random numbers; "
+                        "docs/codebooks.md §5); recorded in runs.csv")
     p.add_argument("--eval-every", type=int, default=None, help="steps between test evaluations")
     p.add_argument("--backend", default=None,
                    help="tnq backend, or a default plus per-codebook overrides, e.g. 'auto,rtnq=reference' "
@@ -831,7 +847,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[RunConfig, list[str], list[
     base = RunConfig(epochs=epochs, steps=steps, clients=pick("clients", 8), batch_size=batch, lr=lr,
                      momentum=a.momentum, block_size=pick("block_size", tnq.DEFAULT_BLOCK_SIZE), iid=not a.non_iid,
                      eval_every=eval_every, backend=a.backend or (DEMO["backend"] if a.demo else None),
-                     error_feedback=a.error_feedback, fsdp=a.fsdp,
+                     error_feedback=a.error_feedback, fsdp=a.fsdp, rounding=a.rounding,
                      train_subset=a.train_subset, test_subset=a.test_subset, optimizer=optimizer,
                      weight_decay=a.weight_decay, per_tensor=bool(pick("per_tensor", False)), dirichlet=a.dirichlet,
                      task=task)

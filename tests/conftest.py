@@ -57,9 +57,9 @@ class Backend:
 
     # the public API, inputs moved to the backend's device (a no-op when they are there already)
 
-    def compress(self, x, bits, block_size, codebook=0, seed=0):
+    def compress(self, x, bits, block_size, codebook=0, seed=0, rounding="stochastic"):
         import tnq_kernels
-        return tnq_kernels.compress(self.to(x), bits, block_size, codebook, seed, backend=self.api)
+        return tnq_kernels.compress(self.to(x), bits, block_size, codebook, seed, backend=self.api, rounding=rounding)
 
     def decompress(self, payload, shape=None, dtype=None):
         import tnq_kernels
@@ -74,9 +74,9 @@ class Backend:
         import tnq_kernels
         return tnq_kernels.scale_truncate(self.to(x), bits, block_size, codebook, backend=self.api)
 
-    def quantize(self, z, bits, codebook=0, seed=0):
+    def quantize(self, z, bits, codebook=0, seed=0, rounding="stochastic"):
         import tnq_kernels
-        return tnq_kernels.quantize(self.to(z), bits, codebook, seed, backend=self.api)
+        return tnq_kernels.quantize(self.to(z), bits, codebook, seed, backend=self.api, rounding=rounding)
 
     def pack(self, codes, bits):
         import tnq_kernels
@@ -248,7 +248,8 @@ def opcheck_samples() -> dict[str, list[tuple]]:
     codes = ref.quantize(z, 3, 0, OPCHECK_SEED)
     codes_a = ref.quantize(za, 3, 0, 7)
     return {
-        "compress": [(x, 3, 96, 0, OPCHECK_SEED), (xa, 3, 2048, 0, 7), (xa.half().view(17, 241).t(), 5, 0, 2, 8)],
+        "compress": [(x, 3, 96, 0, OPCHECK_SEED), (xa, 3, 2048, 0, 7), (xa.half().view(17, 241).t(), 5, 0, 2, 8),
+                     (x, 2, 96, 6, OPCHECK_SEED, 1)],  # rounding = 1: nearest
         "decompress": [(p, [10, 20], torch.bfloat16), (p, [10, 20], torch.float16), (pa, [4097], torch.float32)],
         "decompress_sum": [([p, q], [0.5, 2.0], [200], torch.float32), ([pa, pa], [0.5, 2.0], [4097], torch.bfloat16),
                            ([pa], None, [4097], torch.float32)],
@@ -256,7 +257,7 @@ def opcheck_samples() -> dict[str, list[tuple]]:
         "decompress_sum_into": [([p, q], [0.5, 2.0], torch.empty(200)),
                                 ([p, q], None, torch.empty(200, dtype=torch.bfloat16))],
         "scale_truncate": [(x, 3, 96, 0), (xa, 3, 2048, 0)],
-        "quantize": [(z, 3, 0, OPCHECK_SEED), (za, 3, 0, 7)],
+        "quantize": [(z, 3, 0, OPCHECK_SEED), (za, 3, 0, 7), (za, 3, 0, 7, 1)],
         "pack": [(codes, 3), (codes_a, 3)],
         "unpack": [(ref.pack(codes, 3), 3, 200), (ref.pack(codes_a, 3), 3, 4097)],
     }
@@ -282,8 +283,8 @@ def opcheck(backend: Backend, op: str) -> None:
             if op in ("compress", "scale_truncate"):
                 args = (args[0], _common.table(args[3], args[1], backend.device), *args[1:])
             elif op == "quantize":
-                z, bits, codebook, seed = args
-                args = (z, _common.table(codebook, bits, backend.device), bits, seed)
+                z, bits, codebook, seed, *rounding = args
+                args = (z, _common.table(codebook, bits, backend.device), bits, seed, *rounding)
             target = getattr(torch.ops.tnq, f"triton_{op}")
         else:
             target = getattr(torch.ops.tnq, op).default

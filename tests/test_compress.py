@@ -7,6 +7,7 @@ Each backend has its own matrix (conftest.matrix): the C++ CPU kernels the full 
 one; CUDA adds sizes and block sizes that take its other code paths (1e6 elements, blocks above kFusedMaxBlock).
 """
 import os
+import re
 
 import pytest
 import torch
@@ -34,10 +35,10 @@ def _x(n, dtype=torch.float32, seed=0, scale=0.01):
     return laplace(n, scale=scale, seed=seed, dtype=dtype)
 
 
-def same_payload(backend, x, bits, block, codebook=0, seed=SEED, any_nan_scale=False):
+def same_payload(backend, x, bits, block, codebook=0, seed=SEED, any_nan_scale=False, rounding="stochastic"):
     """compress on the backend equals the reference payload; returns the backend's payload (on its device)."""
-    got = backend.compress(x, bits, block, codebook, seed)
-    want = ref.compress(x.cpu(), bits, block, codebook, api._seed(seed))
+    got = backend.compress(x, bits, block, codebook, seed, rounding)
+    want = ref.compress(x.cpu(), bits, block, codebook, api._seed(seed), rng.ROUNDING_IDS[rounding])
     assert got.numel() == fmt.payload_bytes(x.numel(), bits, block)
     assert_same_payload(backend, got, want, any_nan_scale)
     return got
@@ -56,45 +57,58 @@ def decodes_like_reference(backend, p, shape, dtype):
 
 # ---- equal to the reference ----
 
-@matrix("bits,dtype,n,block,scale",
-        cpu=grid(FAST_BITS, DTYPES, SIZES, BLOCKS, [0.01]),
-        triton=grid(FAST_BITS, DTYPES, SIZES, BLOCKS, [1.0]),
-        cuda=grid(FAST_BITS, DTYPES, SIZES + [1_000_000], BLOCKS, [0.01]))
-def test_compress_matches_reference(backend, bits, dtype, n, block, scale):
+# rounding="nearest" (U = 0.5 for every element) on a thinner grid of sizes: its only difference is where U comes from
+@matrix("bits,dtype,n,block,scale,rounding",
+        cpu=grid(FAST_BITS, DTYPES, SIZES, BLOCKS, [0.01], ["stochastic"])
+        + grid(FAST_BITS, DTYPES, [1, 33, 4097], BLOCKS, [0.01], ["nearest"]),
+        triton=grid(FAST_BITS, DTYPES, SIZES, BLOCKS, [1.0], ["stochastic"])
+        + grid(FAST_BITS, DTYPES, [33, 4097], [0, 96, 2048], [1.0], ["nearest"]),
+        cuda=grid(FAST_BITS, DTYPES, SIZES + [1_000_000], BLOCKS, [0.01], ["stochastic", "nearest"]))
+def test_compress_matches_reference(backend, bits, dtype, n, block, scale, rounding):
     x = _x(n, dtype, seed=n + bits, scale=scale)
-    p = same_payload(backend, x, bits, block)
+    p = same_payload(backend, x, bits, block, rounding=rounding)
     decodes_like_reference(backend, p, x.shape, dtype)
 
 
-_TRITON_BITS_CODEBOOKS = ([(b, 0, n, blk) for b in (1, 6, 7, 8) for n, blk in ((33, 0), (4097, 96), (4097, 2048))]
-                          + [(3, c, 3000, blk) for c in CODEBOOKS for blk in (0, 96, 2048)])
+_TRITON_BITS_CODEBOOKS = ([(b, 0, n, blk, "stochastic") for b in (1, 6, 7, 8)
+                           for n, blk in ((33, 0), (4097, 96), (4097, 2048))]
+                          + [(3, c, 3000, blk, "stochastic") for c in CODEBOOKS for blk in (0, 96, 2048)]
+                          + [(b, c, 3000, 96, "nearest") for b in (2, 3) for c in CODEBOOKS]
+                          + [(b, 0, 4097, 2048, "nearest") for b in (1, 6, 8)])
 
 
-@matrix("bits,codebook,n,block",
-        cpu=[(b, c, n, blk) for b in ALL_BITS for c in CODEBOOKS for n, blk in ((4097, 96), (1000, 0))]
-        + [(b, 0, n, blk) for b in (1, 6, 7, 8) for n, blk in ((33, 0), (4097, 2048))],
+@matrix("bits,codebook,n,block,rounding",
+        cpu=[(b, c, n, blk, r) for b in ALL_BITS for c in CODEBOOKS for n, blk in ((4097, 96), (1000, 0))
+             for r in ("stochastic", "nearest")]
+        + [(b, 0, n, blk, r) for b in (1, 6, 7, 8) for n, blk in ((33, 0), (4097, 2048))
+           for r in ("stochastic", "nearest")],
         triton=_TRITON_BITS_CODEBOOKS,
-        cuda=[(b, c, 4097, blk) for b in ALL_BITS for c in CODEBOOKS for blk in (64, 4096)])
-def test_compress_every_width_and_codebook(backend, bits, codebook, n, block):
-    p = same_payload(backend, _x(n, seed=bits), bits, block, codebook)
+        cuda=[(b, c, 4097, blk, r) for b in ALL_BITS for c in CODEBOOKS for blk in (64, 4096)
+              for r in ("stochastic", "nearest")])
+def test_compress_every_width_and_codebook(backend, bits, codebook, n, block, rounding):
+    p = same_payload(backend, _x(n, seed=bits), bits, block, codebook, rounding=rounding)
     decodes_like_reference(backend, p, [n], torch.float32)
 
 
-_CPU_LARGE = [(10**6 + 17, torch.float32, 3, 2048, 0, SEED, 0.01), (10**6 + 17, torch.bfloat16, 2, 0, 0, SEED, 0.01),
-              (10**6 + 17, torch.float16, 5, 96, 0, SEED, 0.01)]
+_CPU_LARGE = [(10**6 + 17, torch.float32, 3, 2048, 0, SEED, 0.01, "stochastic"),
+              (10**6 + 17, torch.bfloat16, 2, 0, 0, SEED, 0.01, "stochastic"),
+              (10**6 + 17, torch.float16, 5, 96, 0, SEED, 0.01, "stochastic"),
+              (10**6 + 17, torch.float32, 2, 2048, 6, SEED, 0.01, "nearest"),
+              (10**6 + 17, torch.bfloat16, 3, 0, 2, SEED, 0.01, "nearest")]
 # 8192: Triton's two-pass path for blocks above one register tile; a negative seed is read as its two's complement
-_TRITON_LARGE = [(100_003, dt, 4, blk, 0, -5, 1e-3) for dt in (torch.float32, torch.bfloat16)
-                 for blk in (0, 2048, 8192)]
+_TRITON_LARGE = ([(100_003, dt, 4, blk, 0, -5, 1e-3, "stochastic") for dt in (torch.float32, torch.bfloat16)
+                  for blk in (0, 2048, 8192)]
+                 + [(100_003, torch.float32, 2, blk, 0, -5, 1e-3, "nearest") for blk in (0, 8192)])
 # blocks longer than kFusedMaxBlock (16384) and B = 0 take CUDA's partials -> block scale -> tiles path
-_CUDA_LARGE = [(1_000_003, dt, 3, blk, c, SEED, 0.01) for dt in DTYPES for blk in (16384, 16416, 32768, 0)
-               for c in (0, 3)]
+_CUDA_LARGE = [(1_000_003, dt, 3, blk, c, SEED, 0.01, r) for dt in DTYPES for blk in (16384, 16416, 32768, 0)
+               for c in (0, 3) for r in ("stochastic", "nearest")]
 
 
-@matrix("n,dtype,bits,block,codebook,seed,scale", cpu=_CPU_LARGE, triton=_TRITON_LARGE,
+@matrix("n,dtype,bits,block,codebook,seed,scale,rounding", cpu=_CPU_LARGE, triton=_TRITON_LARGE,
         cuda=_CPU_LARGE + _CUDA_LARGE)
-def test_compress_large(backend, n, dtype, bits, block, codebook, seed, scale):
+def test_compress_large(backend, n, dtype, bits, block, codebook, seed, scale, rounding):
     x = _x(n, dtype, scale=scale)
-    p = same_payload(backend, x, bits, block, codebook, seed)
+    p = same_payload(backend, x, bits, block, codebook, seed, rounding=rounding)
     decodes_like_reference(backend, p, x.shape, dtype)
 
 
@@ -135,6 +149,40 @@ def test_compress_same_seed_same_bytes_and_seed_matters(backend, n):
     assert torch.equal(a, backend.compress(x, 3, 2048, 0, 1))
     assert not torch.equal(a, backend.compress(x, 3, 2048, 0, 2))
 
+
+@matrix("n,codebook", cpu=[(100_000, c) for c in (0, 3, 6)], triton=[(4097, 6)], cuda=[(100_000, c) for c in (0, 3, 6)])
+def test_compress_nearest_ignores_the_seed(backend, n, codebook):
+    """rounding="nearest" draws no random numbers: every seed (None too) gives the same bytes, which differ from
+    stochastic rounding's; the seed is still validated."""
+    x = backend.to(_x(n))
+    a = backend.compress(x, 2, 2048, codebook, 1, "nearest")
+    for seed in (2, -1, 2**64 - 1, None):
+        assert torch.equal(a, backend.compress(x, 2, 2048, codebook, seed, "nearest"))
+    assert not torch.equal(a, backend.compress(x, 2, 2048, codebook, 1))
+    with pytest.raises(ValueError, match="seed"):
+        backend.compress(x, 2, 2048, codebook, 2**64, "nearest")
+
+
+@matrix("bits,codebook", cpu=grid(FAST_BITS, CODEBOOKS), triton=[(2, 0), (3, 6)],
+        cuda=grid(FAST_BITS, CODEBOOKS))
+def test_compress_nearest_decodes_to_the_nearest_level(backend, bits, codebook):
+    """Every decoded value is the level nearest to z = clamp(g/scale) (the truncated value): |z − c_code| is at most
+    half its cell and at most |z − c_j| for every level j (fp32 slack: one ulp of the level's magnitude)."""
+    x = _x(5000, seed=bits)
+    p = backend.compress(x, bits, 2048, codebook, SEED, "nearest")
+    scales, z = ref.scale_truncate(x, bits, 2048, codebook)
+    codes = ref.unpack(p.cpu()[fmt.codes_offset(5000, 2048):].view(torch.int32), bits, 5000).long()
+    c = torch.tensor(cb.levels(codebook, bits), dtype=torch.float64)
+    z = z.double()
+    err = (z - c[codes]).abs()
+    slack = 2.0 ** -23 * c.abs().max()
+    assert (err <= (z[:, None] - c[None, :]).abs().min(dim=1).values + slack).all()
+    k = torch.searchsorted(c[1:-1].contiguous(), z, right=True)
+    assert ((codes == k) | (codes == k + 1)).all()
+    assert (err <= (c[k + 1] - c[k]) / 2 + slack).all()
+    y = backend.decompress(p, [5000], torch.float32).cpu().double()
+    scale = scales.double()[torch.arange(5000) // 2048]
+    assert torch.equal(y, (scale * c[codes]).float().double())
 
 def test_compress_zero_blocks_decode_to_exact_zeros(backend):
     x = torch.zeros(4097)
@@ -268,16 +316,31 @@ _BAD_CODEBOOK = max(CODEBOOKS) + 1
     (dict(bits=0), "bits"), (dict(bits=9), "bits"), (dict(block_size=33), "block_size"),
     (dict(block_size=48), "block_size"), (dict(block_size=-32), "block_size"), (dict(block_size=2**31), "block_size"),
     (dict(codebook=_BAD_CODEBOOK), "codebook"), (dict(codebook=-1), "codebook"),
+    (dict(rounding=2), "rounding must be one of 'stochastic' \\(0\\), 'nearest' \\(1\\), got 2"),
+    (dict(rounding=-1), "rounding.*got -1"),
 ])
 def test_compress_argument_errors(backend, kwargs, match):
     # the backend's own checks: the public API would turn a bad codebook id into its own error first
-    args = dict(bits=3, block_size=32, codebook=0)
+    args = dict(bits=3, block_size=32, codebook=0, rounding=0)
     args.update(kwargs)
     x = backend.to(torch.randn(100))
     with pytest.raises(ValueError, match=match):
-        backend.kernel("compress")(x, args["bits"], args["block_size"], args["codebook"], 0)
+        backend.kernel("compress")(x, args["bits"], args["block_size"], args["codebook"], 0, args["rounding"])
+    if "rounding" in kwargs:
+        return
     with pytest.raises(ValueError, match=match):
         backend.kernel("scale_truncate")(x, args["bits"], args["block_size"], args["codebook"])
+
+
+@pytest.mark.parametrize("rounding", ["round", "Nearest", "", 1, None])
+def test_compress_rounding_name_errors(backend, rounding):
+    # the public API takes the name; a bad one is named with what is accepted
+    x = backend.to(torch.randn(100))
+    msg = "rounding must be one of 'stochastic' \\(0\\), 'nearest' \\(1\\), got " + re.escape(repr(rounding))
+    with pytest.raises(ValueError, match=msg):
+        backend.compress(x, 3, 32, 0, 0, rounding)
+    with pytest.raises(ValueError, match=msg):
+        backend.quantize(backend.to(torch.zeros(10)), 3, 0, 0, rounding)
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.float64, torch.uint8])

@@ -77,6 +77,14 @@ def test_header_constants(C):
     assert (k["seed_salt_lo"], k["seed_salt_hi"]) == (rng.SEED_SALT_LO, rng.SEED_SALT_HI)
     assert k["uniform_bits"] == rng.UNIFORM_BITS
     assert k["tnq_a"] == cb.TNQ_A
+    assert k["rounding_ids"] == rng.ROUNDING_IDS and k["num_roundings"] == len(rng.ROUNDING_IDS)
+    assert k["nearest_u"] == rng.NEAREST_U
+
+
+def test_rounding_constants_of_triton():
+    tc = pytest.importorskip("tnq_kernels.triton._common", reason="triton is not installed")
+    assert tc.NEAREST_U.value == rng.NEAREST_U
+    assert (rng.STOCHASTIC, rng.NEAREST) == (rng.ROUNDING_IDS["stochastic"], rng.ROUNDING_IDS["nearest"])
 
 
 def test_header_file_is_what_was_compiled(C):
@@ -97,6 +105,11 @@ def test_header_file_is_what_was_compiled(C):
     assert int(const("kSeedSaltHi").rstrip("uU"), 16) == k["seed_salt_hi"]
     assert int(const("kUniformBits")) == k["uniform_bits"]
     assert float(const("kTnqA")) == cb.TNQ_A
+    assert float(const("kNearestU").rstrip("fF")) == rng.NEAREST_U
+    assert int(const("kNumRoundings")) == len(rng.ROUNDING_IDS)
+    ids = re.search(r"enum RoundingId : int \{([^}]*)\}", text).group(1)
+    assert {k.strip(): int(v) for k, v in (e.split("=") for e in ids.split(","))} == {
+        "kStochastic": rng.ROUNDING_IDS["stochastic"], "kNearest": rng.ROUNDING_IDS["nearest"]}
 
 
 @pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 4097, 10**6, 2**31 - 1, 2**31 + 5, 2**32, 2**32 + 33, 2**40 + 3])

@@ -32,3 +32,24 @@ def test_encode_at_past_2_33_every_isa(native):
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         assert out.returncode == 0 and out.stdout.strip() == "ok", (isa, out.stderr[-2000:])
+
+
+def test_nearest_rounding_every_isa_matches_reference(native):
+    # rounding="nearest" replaces U in each loop (AVX-512 with 32 and 64 bins, AVX2, portable): every codebook (their
+    # bin tables differ; nqsgd has none and takes the AVX2 loop on AVX-512 machines), widths, dtypes and a short tail
+    code = (
+        "import torch\n"
+        "from tnq_kernels import codebooks as cb, reference as ref\n"
+        "x = torch.randn(4097, generator=torch.Generator().manual_seed(3))\n"
+        "for dt in (torch.float32, torch.float16, torch.bfloat16):\n"
+        "  for bits in (1, 2, 3, 4, 5, 8):\n"
+        "    for c in cb.CODEBOOK_NAMES:\n"
+        "      for block in (0, 96):\n"
+        "        want = ref.compress(x.to(dt), bits, block, c, 9, 1)\n"
+        "        assert torch.equal(torch.ops.tnq.compress(x.to(dt), bits, block, c, 9, 1), want), (dt, bits, c)\n"
+        "        assert not torch.equal(want, ref.compress(x.to(dt), bits, block, c, 9, 0)), (dt, bits, c)\n"
+        "print('ok')\n")
+    for isa in ({}, {"TNQ_NO_AVX512": "1"}, {"TNQ_NO_AVX2": "1"}):
+        env = dict(os.environ, OMP_NUM_THREADS="1", **isa)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0 and out.stdout.strip() == "ok", (isa, out.stderr[-2000:])

@@ -77,23 +77,24 @@ def _gather(t: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def _expected_allgather(inputs, step, index, dtype, bits):
+def _expected_allgather(inputs, step, index, dtype, bits, rounding="stochastic"):
     W = len(inputs)
-    payloads = [tnq.compress(x, bits, BLOCK, "tnq", tnq.derive_seed(SEED, r, step, index), backend=BACKEND)
-                for r, x in enumerate(inputs)]
+    payloads = [tnq.compress(x, bits, BLOCK, "tnq", tnq.derive_seed(SEED, r, step, index), backend=BACKEND,
+                             rounding=rounding) for r, x in enumerate(inputs)]
     return tnq.decompress_sum(payloads, [1.0 / W] * W, [inputs[0].numel()], dtype, backend=BACKEND)
 
 
-def _expected_two_phase(inputs, step, index, dtype, bits):
+def _expected_two_phase(inputs, step, index, dtype, bits, rounding="stochastic"):
     W, n = len(inputs), inputs[0].numel()
     chunk = (-(-n // W) + 31) // 32 * 32
     out = torch.empty(n, dtype=dtype)
     for j in range(W):
         lo, hi = min(j * chunk, n), min((j + 1) * chunk, n)
         parts = [tnq.compress(x[lo:hi], bits, BLOCK, "tnq", tnq.derive_seed(SEED, r, step, index, 1, j),
-                              backend=BACKEND) for r, x in enumerate(inputs)]
+                              backend=BACKEND, rounding=rounding) for r, x in enumerate(inputs)]
         shard = tnq.decompress_sum(parts, [1.0 / W] * W, [hi - lo], torch.float32, backend=BACKEND)
-        again = tnq.compress(shard, bits, BLOCK, "tnq", tnq.derive_seed(SEED, j, step, index, 2), backend=BACKEND)
+        again = tnq.compress(shard, bits, BLOCK, "tnq", tnq.derive_seed(SEED, j, step, index, 2), backend=BACKEND,
+                             rounding=rounding)
         out[lo:hi] = tnq.decompress(again, [hi - lo], dtype, backend=BACKEND)
     return out
 
@@ -133,9 +134,9 @@ def _check_identical(model):
 
 # ---- the checks every rank runs ----
 
-def check_matches_simulation(scheme, dtype, steps=3, bits=3):
+def check_matches_simulation(scheme, dtype, steps=3, bits=3, rounding="stochastic"):
     state = tnq_ddp.TNQState(codebook="tnq", bits=bits, block_size=BLOCK, scheme=scheme, seed=SEED, min_bucket_numel=0,
-                             backend=BACKEND)
+                             backend=BACKEND, rounding=rounding)
     rec = Recorder(state)
     model = _model(dtype)
     net = _ddp(model, state, rec.hook)
@@ -144,7 +145,9 @@ def check_matches_simulation(scheme, dtype, steps=3, bits=3):
     assert len({r["step"] for r in rec.seen}) == steps
     for r in rec.seen:
         inputs = _gather(r["input"])
-        want = expect(inputs, r["step"], r["index"], dtype, bits)
+        want = expect(inputs, r["step"], r["index"], dtype, bits, rounding)
+        if rounding != "stochastic":  # the hook's rounding reached compress: stochastic rounding differs
+            assert not torch.equal(want, expect(inputs, r["step"], r["index"], dtype, bits))
         got = r["output"]
         assert got.dtype == dtype and got.shape == r["input"].shape
         assert torch.equal(got.view(torch.int16 if dtype != torch.float32 else torch.int32),
@@ -278,6 +281,9 @@ CHECKS = {
     "sim_allgather_bf16": lambda: check_matches_simulation("allgather", torch.bfloat16),
     "sim_two_phase_fp32": lambda: check_matches_simulation("two_phase", torch.float32),
     "sim_two_phase_bf16": lambda: check_matches_simulation("two_phase", torch.bfloat16),
+    "sim_allgather_nearest": lambda: check_matches_simulation("allgather", torch.float32, rounding="nearest"),
+    "sim_two_phase_nearest": lambda: check_matches_simulation("two_phase", torch.bfloat16, bits=2,
+                                                              rounding="nearest"),
     "traffic": check_two_phase_traffic,
     "bits8_tracks": check_bits8_tracks_uncompressed,
     "loss_allgather": lambda: check_loss_decreases("allgather"),
@@ -319,6 +325,7 @@ def test_four_ranks(group4, name):
     ({"scheme": "ring"}, "scheme"), ({"bits": 9}, "bits"), ({"block_size": 100}, "block_size"),
     ({"codebook": "fp8"}, "codebook"), ({"warmup_steps": -1}, "warmup_steps"),
     ({"min_bucket_numel": 1.5}, "min_bucket_numel"), ({"seed": "x"}, "seed"), ({"backend": "tpu"}, "backend"),
+    ({"rounding": "down"}, "rounding must be one of 'stochastic' \\(0\\), 'nearest' \\(1\\), got 'down'"),
 ])
 def test_state_rejects_bad_arguments(kwargs, field):
     with pytest.raises(ValueError, match=field):

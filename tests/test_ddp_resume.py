@@ -122,11 +122,17 @@ def check_refuses_other_configuration():
              (_state(), sd, "error_feedback"),
              (_state(error_feedback=True), {**sd, "world_size": 4}, "world_size"),
              (_state(error_feedback=True), {**sd, "rank": 1 - dist.get_rank()}, "rank"),
-             (_state(error_feedback=True), {**sd, "version": 99}, "version")]
+             (_state(error_feedback=True), {**sd, "version": 99}, "version"),
+             (_state(error_feedback=True, rounding="nearest"), sd, "rounding")]
     for fresh, d, field in cases:
         with pytest.raises(ValueError, match=field) as e:
             fresh.load_state_dict(d, model)
         assert "saved" in str(e.value) or field == "version", str(e.value)
+    # a state saved before `rounding` existed was stochastic
+    before = {k: v for k, v in sd.items() if k != "rounding"}
+    _state(error_feedback=True).load_state_dict(before, model)
+    with pytest.raises(ValueError, match="rounding of the saved state is 'stochastic', this state has 'nearest'"):
+        _state(error_feedback=True, rounding="nearest").load_state_dict(before, model)
     with pytest.raises(ValueError, match="module"):
         _state(error_feedback=True).load_state_dict(sd)
     other = torch.nn.Linear(3, 3)
@@ -141,6 +147,8 @@ CHECKS = {
     "two_phase_ef_warmup": lambda: check_resume_bit_identical(error_feedback=True, scheme="two_phase",
                                                               warmup_steps=1),
     "allgather_no_ef": lambda: check_resume_bit_identical(scheme="allgather", bits=3),
+    "allgather_ef_nearest": lambda: check_resume_bit_identical(error_feedback=True, scheme="allgather",
+                                                               codebook="qsgd", rounding="nearest"),
     # saved after DDP's first (one-bucket) step: the layout check must not fire on the rebuilt buckets
     "allgather_ef_after_first_step": lambda: check_resume_bit_identical(stop=1, error_feedback=True,
                                                                         scheme="allgather"),

@@ -115,6 +115,13 @@ def test_paper_preset_config_and_overrides():
     assert base2.block_size == 256 and base2.per_tensor and base2.lr == mnist.DEFAULT_LR[("mnist", "adamw")]
     plain, *_ = mnist.config_from_args(p.parse_args([]))
     assert not plain.per_tensor and plain.block_size == tnq.DEFAULT_BLOCK_SIZE
+    assert plain.rounding == "stochastic"
+    near, *_ = mnist.config_from_args(p.parse_args(["--rounding", "nearest", "--error-feedback"]))
+    assert near.rounding == "nearest" and near.error_feedback
+    with pytest.raises(SystemExit):
+        p.parse_args(["--rounding", "up"])
+    with pytest.raises(ValueError, match="rounding"):
+        mnist.RunConfig(rounding="up")
 
 
 def test_optimizer_choice_and_rejects():
@@ -462,4 +469,10 @@ def test_results_record_the_generator_and_old_files_read_as_v1_1(tmp_path):
     runs = tmp_path / "runs.csv"
     runs.write_text("compressor,bits,seed,steps\nrtnq,3,0,10\n")
     assert report.read_runs(str(runs))[0]["rng"] == "v1.1"
-    assert "rng" in report.RUN_FIELDS
+    assert report.read_runs(str(runs))[0]["rounding"] == "stochastic"  # written before rounding was recorded
+    assert "rng" in report.RUN_FIELDS and "rounding" in report.RUN_FIELDS
+    report.write_runs(str(runs), [{"compressor": "rtnq", "bits": 3, "seed": 0, "steps": 10, "rounding": "nearest"}])
+    assert report.read_runs(str(runs))[0]["rounding"] == "nearest"
+    # a resumed sweep never mixes roundings in one folder (runs are keyed by compressor, bits and seed)
+    with pytest.raises(ValueError, match="rounding"):
+        mnist.sweep([mnist.RunConfig(compressor="rtnq")], str(tmp_path), resume=True, data=object())

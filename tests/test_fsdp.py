@@ -149,11 +149,11 @@ def _check_against_simulation(state, recs, residuals=None):
 
 # ---- the checks every rank runs ----
 
-def check_sim(node_size=None, mp=None, error_feedback=False, setup=None, steps=2, post_divide=None):
+def check_sim(node_size=None, mp=None, error_feedback=False, setup=None, steps=2, post_divide=None, **kw):
     model = _shard(_model(), mp)
     if setup is not None:
         setup(model)
-    state, recs = _install(model, node_size=node_size, error_feedback=error_feedback)
+    state, recs = _install(model, node_size=node_size, error_feedback=error_feedback, **kw)
     _train(model, steps)
     _check_against_simulation(state, recs, {} if error_feedback else None)
     _grads_match_outputs(model, state, recs, post_divide)
@@ -202,6 +202,12 @@ def check_flat_force_sum():
 def check_flat_error_feedback():
     state, _ = check_sim(error_feedback=True, steps=3)
     assert state.stats()["residual_bytes"] > 0
+
+
+def check_flat_nearest_error_feedback():
+    # the simulation is recomputed from state.config: the ranks' payloads must have used its rounding
+    state, _ = check_sim(error_feedback=True, steps=3, codebook="qsgd", rounding="nearest")
+    assert state.config.rounding == "nearest" and state.state_dict()["rounding"] == "nearest"
 
 
 def check_hier_fp32():
@@ -367,6 +373,12 @@ def check_bad_config():
     state = tnq_fsdp.compress_reduce_scatter(model, min_numel=0)
     other = tnq_fsdp.compress_reduce_scatter(_shard(_model()), bits=2, min_numel=0)
     _raises(lambda: other.load_state_dict(state.state_dict()), "bits")
+    _raises(lambda: tnq_fsdp.compress_reduce_scatter(model, rounding="up"), "rounding", "'up'", "'nearest'")
+    nearest = tnq_fsdp.compress_reduce_scatter(_shard(_model()), min_numel=0, rounding="nearest")
+    _raises(lambda: nearest.load_state_dict(state.state_dict()), "rounding")
+    before = {k: v for k, v in state.state_dict().items() if k != "rounding"}  # saved before `rounding` existed
+    _raises(lambda: nearest.load_state_dict(before), "rounding of the saved state is 'stochastic'")
+    state.load_state_dict(before)
 
 
 def check_hsdp_refused():
@@ -393,6 +405,7 @@ def check_param_groups_refused():
 
 CHECKS = {name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_") and name != "check_sim"}
 CHECKS_2 = ["flat_fp32", "flat_bf16", "flat_fp16_sum", "flat_premul_sum", "flat_force_sum", "flat_error_feedback",
+            "flat_nearest_error_feedback",
             "warmup_and_min_numel", "transformer_trains", "checkpoint_resume", "bad_config"]
 CHECKS_3 = ["flat_fp32", "flat_bf16", "flat_error_feedback", "bad_config"]
 CHECKS_4 = ["flat_fp32", "hier_fp32", "hier_bf16_ef", "bytes", "hsdp_refused", "param_groups_refused"]
@@ -429,7 +442,8 @@ def test_op_weight():
 
 @pytest.mark.parametrize("kwargs,field", [({"bits": 0}, "bits"), ({"codebook": "x"}, "codebook"),
                                           ({"node_size": 0}, "node_size"), ({"warmup_steps": -1}, "warmup_steps"),
-                                          ({"min_numel": 1.5}, "min_numel"), ({"block_size": 33}, "block_size")])
+                                          ({"min_numel": 1.5}, "min_numel"), ({"block_size": 33}, "block_size"),
+                                          ({"rounding": "up"}, "rounding must be one of 'stochastic'.*got 'up'")])
 def test_config_rejects(kwargs, field):
     args = dict(bits=3, block_size=2048, codebook="rtnq", node_size=None, error_feedback=False, warmup_steps=0,
                 min_numel=0)
@@ -438,18 +452,19 @@ def test_config_rejects(kwargs, field):
         tnq_fsdp.Config.checked(**args)
 
 
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("W", [2, 3])
-def test_simulate_is_the_public_api(W, dtype):
+def test_simulate_is_the_public_api(W, dtype, rounding):
     """simulate (flat) = compress each rank's row d with derive_seed(seed, r, t, m, d) for W clients, then
     decompress_sum with the op's weights: an independent recomputation with the public API."""
     chunk, t, m = 96, 5, 2
     inputs = [torch.randn(W * chunk, generator=torch.Generator().manual_seed(r)).to(dtype) for r in range(W)]
-    cfg = tnq_fsdp.Config(block_size=32)
+    cfg = tnq_fsdp.Config(block_size=32, rounding=rounding)
     got = tnq_fsdp.simulate(inputs, dist.ReduceOp.AVG, cfg, 7, t, m, backend="reference")
     for d in range(W):
         pays = [tnq.compress(x[d * chunk:(d + 1) * chunk], 3, 32, "rtnq", tnq.derive_seed(7, r, t, m, d),
-                             backend="reference", clients=W) for r, x in enumerate(inputs)]
+                             backend="reference", clients=W, rounding=rounding) for r, x in enumerate(inputs)]
         want = tnq.decompress_sum(pays, [1.0 / W] * W, backend="reference")
         assert torch.equal(got[d], want)
 

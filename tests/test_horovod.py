@@ -65,7 +65,8 @@ def test_compressor_draws_a_new_seed_per_call():
 
 
 @pytest.mark.parametrize("kwargs, field", [({"bits": 0}, "bits"), ({"block_size": 33}, "block_size"),
-                                           ({"codebook": "int8"}, "codebook"), ({"seed": 1.0}, "seed")])
+                                           ({"codebook": "int8"}, "codebook"), ({"seed": 1.0}, "seed"),
+                                           ({"rounding": "floor"}, "rounding must be one of .*got 'floor'")])
 def test_compressor_rejects_bad_arguments(kwargs, field):
     with pytest.raises(ValueError, match=field):
         tnq_hvd.TNQCompressor(**kwargs)
@@ -115,8 +116,9 @@ def _backward(model, rank, dtype):
 
 @pytest.mark.parametrize("bits", [2, 3, 5])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("codebook, error_feedback", [("tnq", False), ("qsgd", True)])
-def test_optimizer_averages_decoded_payloads(bits, dtype, codebook, error_feedback):
+@pytest.mark.parametrize("codebook, error_feedback, rounding", [
+    ("tnq", False, "stochastic"), ("qsgd", True, "stochastic"), ("qsgd", True, "nearest")])
+def test_optimizer_averages_decoded_payloads(bits, dtype, codebook, error_feedback, rounding):
     """Each .grad is decompress_sum of the ranks' payloads, checked against the public API step by step. With
     error_feedback=True rank r compresses g + e (fp32) and keeps e ← (g + e) − decode(own payload) per parameter; the
     mean is decoded in the gradient's dtype."""
@@ -124,8 +126,9 @@ def test_optimizer_averages_decoded_payloads(bits, dtype, codebook, error_feedba
     models = [_net(dtype) for _ in range(W)]
     opts = [tnq_hvd.DistributedOptimizer(
         torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), named_parameters=m.named_parameters(),
-        compression=tnq_hvd.TNQCompressor(codebook=codebook, bits=bits, block_size=256, seed=3, backend=BACKEND),
-        error_feedback=error_feedback, hvd=FakeHvd(hub, r)) for r, m in enumerate(models)]
+        compression=tnq_hvd.TNQCompressor(codebook=codebook, bits=bits, block_size=256, seed=3, backend=BACKEND,
+                                          rounding=rounding),
+        error_feedback=error_feedback, rounding=rounding, hvd=FakeHvd(hub, r)) for r, m in enumerate(models)]
     assert isinstance(opts[0], torch.optim.SGD)
     res = [[torch.zeros(p.numel()) for p in models[0].parameters()] for _ in range(W)]
     for t in range(steps):
@@ -139,7 +142,8 @@ def test_optimizer_averages_decoded_payloads(bits, dtype, codebook, error_feedba
             payloads = []
             for r in range(W):
                 x = local[r][i].float() + res[r][i].view(local[r][i].shape) if error_feedback else local[r][i]
-                payloads.append(tnq.compress(x, bits, 256, codebook, tnq.derive_seed(3, r, t, i), backend=BACKEND))
+                payloads.append(tnq.compress(x, bits, 256, codebook, tnq.derive_seed(3, r, t, i), backend=BACKEND,
+                                             rounding=rounding))
                 if error_feedback:
                     res[r][i] = (x - tnq.decompress(payloads[-1], x.shape, torch.float32, backend=BACKEND)).reshape(-1)
             want = tnq.decompress_sum(payloads, [0.5, 0.5], ps[0].shape, dtype, backend=BACKEND)
@@ -203,6 +207,20 @@ def test_optimizer_rejects_bad_arguments(kwargs, field):
     model = _net(torch.float32)
     with pytest.raises(ValueError, match=field):
         tnq_hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), hvd=FakeHvd(Hub(1), 0), **kwargs)
+
+
+def test_optimizer_rounding_reaches_the_default_compressor():
+    model = _net(torch.float32)
+    opt = tnq_hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), rounding="nearest",
+                                       hvd=FakeHvd(Hub(1), 0))
+    assert opt._compression.rounding == "nearest"
+    x = laplace(3000)
+    got, _ = opt._compression.compress(x, seed=4)
+    assert torch.equal(got, tnq.compress(x, seed=4, rounding="nearest", backend=opt._compression.backend))
+    assert not torch.equal(got, tnq.compress(x, seed=4, backend=opt._compression.backend))
+    with pytest.raises(ValueError, match="rounding='stochastic' contradicts compression.rounding='nearest'"):
+        tnq_hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), rounding="stochastic",
+                                     compression=tnq_hvd.TNQCompressor(rounding="nearest"), hvd=FakeHvd(Hub(1), 0))
 
 
 def test_optimizer_needs_every_parameter_named():

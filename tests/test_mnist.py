@@ -2,6 +2,7 @@
 import csv
 import importlib.util
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -209,14 +210,36 @@ def test_error_feedback_changes_training_and_none_ignores_it():
     assert mnist.RunConfig(compressor="none", error_feedback=True).error_feedback is False
 
 
+@pytest.mark.parametrize("compressor", ["rtnq", "qsgd"])
+def test_rounding_reaches_compress(compressor):
+    g = torch.randn(3000, generator=torch.Generator().manual_seed(0))
+    cfg = mnist.RunConfig(compressor=compressor, bits=2, rounding="nearest", clients=4, block_size=1024)
+    got = mnist.compress_piece(g, cfg, 17, "reference")
+    assert torch.equal(got, tnq.compress(g, 2, 1024, compressor, seed=17, backend="reference", clients=4,
+                                         rounding="nearest"))
+    assert not torch.equal(got, mnist.compress_piece(g, replace(cfg, rounding="stochastic"), 17, "reference"))
+
+
+@needs_data
+def test_nearest_rounding_changes_training_in_simulation_and_fsdp():
+    for extra in ({}, {"fsdp": True}):
+        cfg = mnist.RunConfig(compressor="qsgd", bits=2, error_feedback=True, **SMALL, **extra)
+        a = mnist.simulate(cfg, MNIST_DATA, max_steps=2, progress=False)
+        b = mnist.simulate(replace(cfg, rounding="nearest"), MNIST_DATA, max_steps=2, progress=False)
+        assert any(not torch.equal(a.state[k], b.state[k]) for k in a.state), extra
+
+
 @needs_data
 @pytest.mark.skipif(not HAS_DDP_HOOK, reason="tnq_kernels.ddp (the DDP comm hook) is not in this checkout yet")
-@pytest.mark.parametrize("compressor, error_feedback", [("tnq", False), ("tqsgd", False), ("none", False),
-                                                        ("tnq", True)])
-def test_simulation_matches_real_processes(compressor, error_feedback, one_thread):
+@pytest.mark.parametrize("compressor, error_feedback, rounding", [
+    ("tnq", False, "stochastic"), ("tqsgd", False, "stochastic"), ("none", False, "stochastic"),
+    ("tnq", True, "stochastic"), ("qsgd", True, "nearest")])
+def test_simulation_matches_real_processes(compressor, error_feedback, rounding, one_thread):
     """Same seed ⇒ same parameters, bit for bit, after steps that span DDP's bucket rebuild (step 0 → 1); with
-    error feedback the residuals must also follow the rebuilt layout as the hook's do."""
-    cfg = mnist.RunConfig(compressor=compressor, bits=3, seed=3, error_feedback=error_feedback, **SMALL)
+    error feedback the residuals must also follow the rebuilt layout as the hook's do; the ranks' hook rounds as the
+    simulation does."""
+    cfg = mnist.RunConfig(compressor=compressor, bits=3, seed=3, error_feedback=error_feedback, rounding=rounding,
+                          **SMALL)
     sim = mnist.simulate(cfg, MNIST_DATA, max_steps=3, progress=False)
     real = mnist.run_ddp(cfg, max_steps=3, progress=False, threads=1)
     if compressor != "none":
@@ -241,6 +264,7 @@ def test_quick_mode_writes_csv_table_plots(tmp_path, capsys):
     assert {(r["compressor"], r["bits"]) for r in rows} == {("none", "32"), ("tnq", "3"), ("qsgd", "3")}
     steps = 1280 // 8 // 32
     assert {int(r["step"]) for r in rows} == set(range(2, steps + 1, 2)) | {steps}
+    assert {r["rounding"] for r in csv.DictReader(open(tmp_path / "runs.csv"))} == {"stochastic"}
     for name in ("table.md", "runs.csv", "accuracy_vs_step_3bit.png", "accuracy_vs_bits.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     out = capsys.readouterr().out

@@ -69,15 +69,16 @@ def cases():
                         "compress", "compress_blocks_kernel",
                         dict(x_ptr=ptr, out_ptr="*i32", table_ptr="*fp32", n="i64", block_size="i32",
                              nblocks="i64", codes_w0="i64", key0="i32", key1="i32"),
-                        dict(BITS=bits, BITS_P2=4 if bits <= 4 else 8, RULE=int(max_rule), ROWS=rows, CHUNK=chunk),
-                        4, ["div.rn.f32"] + ([] if max_rule else ["div.rn.f64"])))
+                        dict(BITS=bits, BITS_P2=4 if bits <= 4 else 8, RULE=int(max_rule), ROWS=rows, CHUNK=chunk,
+                             NEAREST=max_rule), 4, ["div.rn.f32"] + ([] if max_rule else ["div.rn.f64"])))
                 for tiles in (False, True):
                     add(f"compress_{'tiles' if tiles else 'b0'}-{dt}-b{bits}", _case(
                         "compress", "compress_kernel",
                         dict(x_ptr=ptr, out_ptr="*i32", part_ptr="*fp64", table_ptr="*fp32", n="i64", seg="i32",
                              nparts="i32", block_size="i32", tpb="i32", codes_w0="i64", key0="i32", key1="i32"),
                         dict(BITS=bits, BITS_P2=4 if bits <= 4 else 8, RULE=0, CHUNK=4096, TILES=tiles,
-                             NPART=1 if tiles else 1024), 8, ["div.rn.f32"] + ([] if tiles else ["div.rn.f64"])))
+                             NPART=1 if tiles else 1024, NEAREST=tiles), 8,
+                        ["div.rn.f32"] + ([] if tiles else ["div.rn.f64"])))
                 add(f"decompress-{dt}-b{bits}", _case(
                     "decompress", "decompress_kernel",
                     dict(in_ptr="*i32", out_ptr=ptr, table_ptr="*fp32", n="i64", block_size="i32", codes_w0="i64"),
@@ -96,7 +97,8 @@ def cases():
         for bits in BITS:
             add(f"quantize-b{bits}", _case("quantize", "quantize_kernel",
                                            dict(z_ptr="*fp32", codes_ptr="*u8", table_ptr="*fp32", n="i64",
-                                                key0="i32", key1="i32"), dict(BITS=bits, CHUNK=2048), 4))
+                                                key0="i32", key1="i32"),
+                                           dict(BITS=bits, CHUNK=2048, NEAREST=bits == 3), 4))
             add(f"pack-b{bits}", _case("pack", "pack_kernel", dict(codes_ptr="*u8", words_ptr="*i32", n="i64"),
                                        dict(BITS=bits, BITS_P2=4 if bits <= 4 else 8, CHUNK=2048), 4))
             add(f"unpack-b{bits}", _case("pack", "unpack_kernel", dict(words_ptr="*i32", codes_ptr="*u8", n="i64"),

@@ -14,6 +14,7 @@ from . import checks
 from . import codebooks as cb
 from . import format as fmt
 from . import ops
+from . import rng
 
 DEFAULT_BITS = 3
 #: one fp32 scale per 2048 elements: 0.016 bits/element of overhead; on Laplace data (2e6 samples, b = 2..5) its
@@ -25,6 +26,9 @@ DEFAULT_BLOCK_SIZE = 2048
 #: The paper's quantizer stays available as "tnq".
 DEFAULT_CODEBOOK = "rtnq"
 BACKENDS = ops.BACKENDS
+#: unbiased stochastic rounding; "nearest" (rng.ROUNDING_IDS) is the option for error feedback (docs/codebooks.md §5)
+DEFAULT_ROUNDING = "stochastic"
+ROUNDINGS = tuple(rng.ROUNDING_IDS)
 
 
 def _device_type(t) -> str:
@@ -59,17 +63,19 @@ def _seed(seed: int | None) -> int:
 
 def compress(x: torch.Tensor, bits: int = DEFAULT_BITS, block_size: int = DEFAULT_BLOCK_SIZE,
              codebook: str | int = DEFAULT_CODEBOOK, seed: int | None = None, backend: str | None = None,
-             clients: int | None = None) -> torch.Tensor:
+             clients: int | None = None, rounding: str = DEFAULT_ROUNDING) -> torch.Tensor:
     """Compress ``x`` (any shape, fp32/fp16/bf16, contiguous or not) to one uint8 payload.
 
     Returns a 1-D uint8 tensor of ``payload_bytes(x.numel(), bits, block_size)`` bytes on x's device: the v1 header,
     one fp32 scale per ``block_size`` elements (0: one per tensor), then ``bits`` bits per element. ``seed`` keys the
     stochastic rounding (same seed, same codes on every backend); None draws one from torch's default generator.
     ``clients``: how many payloads the receiver averages; it picks the member of ``codebook="rtnq"`` (default 1)
-    and is ignored by the other codebooks.
+    and is ignored by the other codebooks. ``rounding``: "stochastic" (unbiased, keyed by ``seed``) or "nearest"
+    (each value to its nearest level, ties down: no random numbers, the seed does not change the codes; biased, for
+    use with error feedback, docs/codebooks.md §5). Decoding is the same for both.
     """
     return _run("compress", backend, x, _int("bits", bits), _int("block_size", block_size),
-                cb.codebook_id(codebook, clients), _seed(seed))
+                cb.codebook_id(codebook, clients), _seed(seed), checks.rounding_id(rounding))
 
 
 def read_header(payload: torch.Tensor) -> fmt.Header:
@@ -140,9 +146,11 @@ def scale_truncate(x: torch.Tensor, bits: int = DEFAULT_BITS, block_size: int = 
 
 
 def quantize(z: torch.Tensor, bits: int = DEFAULT_BITS, codebook: str | int = DEFAULT_CODEBOOK, seed: int | None = None,
-             backend: str | None = None, clients: int | None = None) -> torch.Tensor:
-    """Stage 2: z fp32 [n] → uint8 codes [n] (codebook lookup + unbiased stochastic rounding)."""
-    return _run("quantize", backend, z, _int("bits", bits), cb.codebook_id(codebook, clients), _seed(seed))
+             backend: str | None = None, clients: int | None = None,
+             rounding: str = DEFAULT_ROUNDING) -> torch.Tensor:
+    """Stage 2: z fp32 [n] → uint8 codes [n] (codebook lookup + rounding: "stochastic" or "nearest", as compress)."""
+    return _run("quantize", backend, z, _int("bits", bits), cb.codebook_id(codebook, clients), _seed(seed),
+                checks.rounding_id(rounding))
 
 
 def pack(codes: torch.Tensor, bits: int = DEFAULT_BITS, backend: str | None = None) -> torch.Tensor:

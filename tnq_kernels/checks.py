@@ -12,6 +12,7 @@ import torch
 
 from . import codebooks as cb
 from . import format as fmt
+from . import rng
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -38,6 +39,25 @@ def check_compress(x: torch.Tensor, bits: int, block_size: int, codebook: int) -
     check_bits(bits)
     check_block_size(block_size)
     return cb.codebook_id(codebook)
+
+
+def _rounding_error(rounding) -> ValueError:
+    accepted = ", ".join(f"{name!r} ({i})" for name, i in rng.ROUNDING_IDS.items())
+    return ValueError(f"rounding must be one of {accepted}, got {rounding!r}")
+
+
+def rounding_id(rounding: str) -> int:
+    """The public API's ``rounding=`` name → the ops' rounding id."""
+    if not isinstance(rounding, str) or rounding not in rng.ROUNDING_IDS:
+        raise _rounding_error(rounding)
+    return rng.ROUNDING_IDS[rounding]
+
+
+def check_rounding(rounding: int) -> int:
+    """The ops' ``rounding`` argument: a rounding id (0 stochastic, 1 nearest)."""
+    if isinstance(rounding, bool) or not isinstance(rounding, int) or rounding not in rng.ROUNDING_NAMES:
+        raise _rounding_error(rounding)
+    return rounding
 
 
 def check_z(z: torch.Tensor) -> None:

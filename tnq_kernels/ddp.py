@@ -48,7 +48,8 @@ only the phase-1 error is fed back (the phase-2 error belongs to the shard owner
 Checkpoints (``state_dict`` / ``load_state_dict``): the step counter, seed, byte statistics and each parameter's
 error-feedback residual (keyed by the parameter's name in the model, so the saved form does not depend on DDP's bucket
 layout), plus the configuration, which a restoring state must share: a state saved with another world size, bits,
-block size, codebook, scheme, error feedback, warm-up or bucket threshold is refused, naming the field. With error
+block size, codebook, scheme, error feedback, warm-up, bucket threshold or rounding is refused, naming the field (a
+state saved before ``rounding`` existed reads as "stochastic"). With error
 feedback every rank saves its own state (residuals differ per rank). A fresh DDP starts with one bucket and rebuilds
 its buckets after its first backward pass; bucket indices pick the seeds and buckets are compressed as a whole, so a
 resumed run reproduces the uninterrupted one bit for bit only once its buckets are rebuilt the same way: run one
@@ -69,6 +70,7 @@ import torch
 import torch.distributed as dist
 
 from . import api
+from . import checks
 from . import codebooks as cb
 from . import format as fmt
 from .feedback import check_error_feedback, feedback_residual, gather_residual, split_residual
@@ -81,6 +83,10 @@ DEFAULT_MIN_BUCKET_NUMEL = 1024
 
 # torch 2.13 deprecates all_gather_into_tensor for all_gather_single; torch 2.11 only has the former.
 _all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+#: the value of a configuration field that states saved before the field existed had (TNQState, fsdp.FSDPState)
+SAVED_BEFORE = {"rounding": api.DEFAULT_ROUNDING}
 
 
 def _check_int(name: str, value, lo: int = 0) -> int:
@@ -107,6 +113,8 @@ class TNQState:
         scheme: "allgather", "two_phase" or "auto" (two_phase when the world size is > 2).
         seed: base seed; per-rank/step/bucket seeds are derived from it (module docstring).
         error_feedback: keep and re-inject each rank's compression residual.
+        rounding: "stochastic" (default, unbiased) or "nearest" (no random numbers; meant for error feedback,
+            docs/codebooks.md §5), passed to every compress of the hook.
         warmup_steps: number of first hook steps that use plain all-reduce.
         min_bucket_numel: buckets with fewer elements use plain all-reduce.
         backend: the tnq backend for compress/decompress (None: auto by device; or one of api.BACKENDS,
@@ -117,7 +125,7 @@ class TNQState:
                  codebook: str | int = api.DEFAULT_CODEBOOK, scheme: str = "auto", seed: int = 0,
                  error_feedback: bool = False,
                  warmup_steps: int = 0, min_bucket_numel: int = DEFAULT_MIN_BUCKET_NUMEL,
-                 backend: str | None = None):
+                 backend: str | None = None, rounding: str = api.DEFAULT_ROUNDING):
         if scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -132,6 +140,8 @@ class TNQState:
         self.seed = seed
         self.error_feedback = bool(error_feedback)
         check_error_feedback(self.codebook, self.bits, self.error_feedback, where="TNQState")
+        checks.rounding_id(rounding)
+        self.rounding = rounding
         self.warmup_steps = _check_int("warmup_steps", warmup_steps)
         self.min_bucket_numel = _check_int("min_bucket_numel", min_bucket_numel)
         self.backend = backend
@@ -243,7 +253,8 @@ class TNQState:
 
     #: configuration that must match between a saved and a restoring state (the hook's bits depend on each)
     CONFIG_FIELDS = ("world_size", "bits", "block_size", "codebook", "scheme", "error_feedback", "warmup_steps",
-                     "min_bucket_numel")
+                     "min_bucket_numel", "rounding")
+    SAVED_BEFORE = SAVED_BEFORE
     STATE_DICT_VERSION = 1
 
     def _config(self) -> dict:
@@ -251,7 +262,7 @@ class TNQState:
         return {"world_size": world_size, "bits": self.bits, "block_size": self.block_size,
                 "codebook": self.codebook, "scheme": self.scheme_for(world_size),
                 "error_feedback": self.error_feedback, "warmup_steps": self.warmup_steps,
-                "min_bucket_numel": self.min_bucket_numel}
+                "min_bucket_numel": self.min_bucket_numel, "rounding": self.rounding}
 
     def state_dict(self, module: torch.nn.Module | None = None) -> dict:
         """Everything the hook's future output depends on, in a layout-independent form (module docstring).
@@ -306,9 +317,10 @@ class TNQState:
                                "size must be checked against the process group)")
         mine = self._config()
         for field in self.CONFIG_FIELDS:
-            if state_dict.get(field) != mine[field]:
+            saved = state_dict.get(field, self.SAVED_BEFORE.get(field))
+            if saved != mine[field]:
                 raise ValueError(f"TNQState.load_state_dict: {field} of the saved state is "
-                                 f"{state_dict.get(field)!r}, this state has {mine[field]!r}; construct the state "
+                                 f"{saved!r}, this state has {mine[field]!r}; construct the state "
                                  f"with the saved configuration (TNQState.from_state_dict does)")
         rank, _ = self.world()
         residuals = state_dict.get("residuals") or {}
@@ -355,7 +367,8 @@ class TNQState:
                     codebook=state_dict.get("codebook"), scheme=state_dict.get("scheme"),
                     seed=state_dict.get("seed"), error_feedback=state_dict.get("error_feedback"),
                     warmup_steps=state_dict.get("warmup_steps"),
-                    min_bucket_numel=state_dict.get("min_bucket_numel"), backend=backend)
+                    min_bucket_numel=state_dict.get("min_bucket_numel"), backend=backend,
+                    rounding=state_dict.get("rounding", cls.SAVED_BEFORE["rounding"]))
         state.load_state_dict(state_dict, module)
         return state
 
@@ -411,7 +424,7 @@ def _allgather(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: i
     n = x.numel()
     payload = api.compress(x, state.bits, state.block_size, state.codebook,
                            derive_seed(state.seed, rank, state.step, index), backend=state.backend,
-                           clients=world_size)
+                           clients=world_size, rounding=state.rounding)
     size = payload.numel()
     gathered = torch.empty(world_size * size, dtype=torch.uint8, device=x.device)
     work = _all_gather_flat(gathered, payload, group=state.process_group, async_op=True)
@@ -443,7 +456,7 @@ def _two_phase(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: i
     for j, (lo, hi) in enumerate(bounds):
         p = api.compress(x[lo:hi], state.bits, state.block_size, state.codebook,
                          derive_seed(state.seed, rank, state.step, index, 1, j), backend=state.backend,
-                         clients=W)
+                         clients=W, rounding=state.rounding)
         send[j * slot: j * slot + sizes[j]].copy_(p)
         own.append((p, lo, hi))
     recv = torch.empty_like(send)
@@ -455,7 +468,8 @@ def _two_phase(state: TNQState, x: torch.Tensor, dtype, rank: int, world_size: i
     shard = api.decompress_sum(parts, [1.0 / W] * W, [hi - lo], torch.float32, backend=state.backend)
     # the reduced shard is sent once and decoded alone (no averaging after it): one client
     mine = api.compress(shard, state.bits, state.block_size, state.codebook,
-                        derive_seed(state.seed, rank, state.step, index, 2), backend=state.backend, clients=1)
+                        derive_seed(state.seed, rank, state.step, index, 2), backend=state.backend, clients=1,
+                        rounding=state.rounding)
     shard_slot = torch.zeros(slot, dtype=torch.uint8, device=x.device)
     shard_slot[: mine.numel()].copy_(mine)
     gathered = torch.empty(W * slot, dtype=torch.uint8, device=x.device)

@@ -53,9 +53,10 @@ import torch
 import torch.distributed as dist
 
 from . import api
+from . import checks
 from . import codebooks as cb
 from . import format as fmt
-from .ddp import _check_int
+from .ddp import SAVED_BEFORE, _check_int
 from .feedback import check_error_feedback, feedback_residual
 from .rng import derive_seed
 
@@ -82,15 +83,18 @@ class Config:
     error_feedback: bool = False
     warmup_steps: int = 0
     min_numel: int = DEFAULT_MIN_NUMEL
+    rounding: str = api.DEFAULT_ROUNDING
 
     @classmethod
-    def checked(cls, bits, block_size, codebook, node_size, error_feedback, warmup_steps, min_numel) -> "Config":
+    def checked(cls, bits, block_size, codebook, node_size, error_feedback, warmup_steps, min_numel,
+                rounding=api.DEFAULT_ROUNDING) -> "Config":
         if node_size is None:
             node_size = 1
+        checks.rounding_id(rounding)
         return cls(bits=cb.check_bits(bits), block_size=fmt.check_block_size(block_size),
                    codebook=cb.codebook_name(codebook), node_size=_check_int("node_size", node_size, 1),
                    error_feedback=bool(error_feedback), warmup_steps=_check_int("warmup_steps", warmup_steps),
-                   min_numel=_check_int("min_numel", min_numel))
+                   min_numel=_check_int("min_numel", min_numel), rounding=rounding)
 
 
 def op_weight(op, world_size: int) -> float:
@@ -115,7 +119,7 @@ def _encode(cfg: Config, rows: torch.Tensor, seeds: list[int], clients: int, bac
     out = torch.empty(m, slot, dtype=torch.uint8, device=rows.device)
     for i in range(m):
         out[i].copy_(api.compress(rows[i], cfg.bits, cfg.block_size, cfg.codebook, seeds[i], backend=backend,
-                                  clients=clients))
+                                  clients=clients, rounding=cfg.rounding))
     return out
 
 
@@ -300,7 +304,8 @@ class FSDPState:
 
     #: configuration that must match between a saved and a restoring state
     CONFIG_FIELDS = ("world_size", "bits", "block_size", "codebook", "node_size", "error_feedback", "warmup_steps",
-                     "min_numel")
+                     "min_numel", "rounding")
+    SAVED_BEFORE = SAVED_BEFORE
     STATE_DICT_VERSION = 1
 
     def __init__(self, config: Config, seed: int, backend: str | None):
@@ -369,7 +374,7 @@ class FSDPState:
         c = self.config
         return {"world_size": self.world_size, "bits": c.bits, "block_size": c.block_size, "codebook": c.codebook,
                 "node_size": c.node_size, "error_feedback": c.error_feedback, "warmup_steps": c.warmup_steps,
-                "min_numel": c.min_numel}
+                "min_numel": c.min_numel, "rounding": c.rounding}
 
     def state_dict(self) -> dict:
         """Seed, per-module call counters, byte statistics and (error feedback) this rank's residuals, keyed by
@@ -388,9 +393,10 @@ class FSDPState:
             raise ValueError(f"FSDPState.load_state_dict: version must be {self.STATE_DICT_VERSION}, got {got!r}")
         mine = self._config()
         for field in self.CONFIG_FIELDS:
-            if state_dict.get(field) != mine[field]:
+            saved = state_dict.get(field, self.SAVED_BEFORE.get(field))
+            if saved != mine[field]:
                 raise ValueError(f"FSDPState.load_state_dict: {field} of the saved state is "
-                                 f"{state_dict.get(field)!r}, this state has {mine[field]!r}")
+                                 f"{saved!r}, this state has {mine[field]!r}")
         calls = state_dict.get("calls") or {}
         if set(calls) != set(self.comms):
             raise ValueError(f"FSDPState.load_state_dict: the saved state has FSDP modules {sorted(calls)}, this "
@@ -418,7 +424,8 @@ def compress_reduce_scatter(model: torch.nn.Module, bits: int = api.DEFAULT_BITS
                             codebook: str | int = api.DEFAULT_CODEBOOK, seed: int = 0,
                             block_size: int = api.DEFAULT_BLOCK_SIZE, node_size: int | None = None,
                             error_feedback: bool = False, warmup_steps: int = 0,
-                            min_numel: int = DEFAULT_MIN_NUMEL, backend: str | None = None) -> FSDPState:
+                            min_numel: int = DEFAULT_MIN_NUMEL, backend: str | None = None,
+                            rounding: str = api.DEFAULT_ROUNDING) -> FSDPState:
     """Install a :class:`TNQReduceScatter` on every FSDP module of ``model`` (after ``fully_shard``; call it on
     every rank, in the same order: the hierarchical mode creates process groups). Returns the :class:`FSDPState`.
 
@@ -430,6 +437,7 @@ def compress_reduce_scatter(model: torch.nn.Module, bits: int = api.DEFAULT_BITS
         error_feedback: keep and re-inject each rank's compression residual (memory: module docstring).
         warmup_steps: the first calls of each module use FSDP's plain reduce-scatter.
         min_numel: modules whose flat gradient has fewer elements use the plain reduce-scatter.
+        rounding: "stochastic" (default) or "nearest", passed to every compress (:func:`tnq_kernels.compress`).
     """
     if FSDPModule is None:  # pragma: no cover
         raise RuntimeError("tnq_kernels.fsdp needs FSDP2 (torch.distributed.fsdp.fully_shard, torch >= 2.9)")
@@ -437,7 +445,7 @@ def compress_reduce_scatter(model: torch.nn.Module, bits: int = api.DEFAULT_BITS
         raise ValueError(f"seed must be an int, got {seed!r}")
     if backend is not None and backend not in api.BACKENDS:
         raise ValueError(f"backend must be None or one of {api.BACKENDS}, got {backend!r}")
-    cfg = Config.checked(bits, block_size, codebook, node_size, error_feedback, warmup_steps, min_numel)
+    cfg = Config.checked(bits, block_size, codebook, node_size, error_feedback, warmup_steps, min_numel, rounding)
     check_error_feedback(cfg.codebook, cfg.bits, cfg.error_feedback, where="compress_reduce_scatter")
     if not dist.is_initialized():
         raise RuntimeError("compress_reduce_scatter: torch.distributed is not initialized")

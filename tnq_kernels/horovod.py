@@ -33,6 +33,7 @@ import sys
 import torch
 
 from . import api
+from . import checks
 from . import codebooks as cb
 from . import format as fmt
 from .feedback import check_error_feedback, feedback_residual
@@ -56,11 +57,12 @@ class TNQCompressor:
     ``payload`` is the 1-D uint8 TNQ payload of ``tensor`` (fp32/fp16/bf16, any shape); ``ctx`` is (shape, dtype).
     Use it with allgather/broadcast or with :func:`DistributedOptimizer`, never with allreduce (module docstring).
     Without an explicit ``seed=``, call k of ``compress`` uses ``derive_seed(self.seed, self.rank, k)``.
+    ``rounding``: "stochastic" (default) or "nearest", passed to every compress (api.compress).
     """
 
     def __init__(self, bits: int = api.DEFAULT_BITS, block_size: int = api.DEFAULT_BLOCK_SIZE,
                  codebook: str | int = api.DEFAULT_CODEBOOK, seed: int = 0, rank: int = 0, backend: str | None = None,
-                 clients: int | None = None):
+                 clients: int | None = None, rounding: str = api.DEFAULT_ROUNDING):
         self.bits = cb.check_bits(bits)
         self.block_size = fmt.check_block_size(block_size)
         self.codebook = cb.codebook_name(codebook, clients)  # "rtnq" stays the family, sized per call
@@ -69,6 +71,8 @@ class TNQCompressor:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         self.seed, self.rank, self.backend = seed, rank, backend
+        checks.rounding_id(rounding)
+        self.rounding = rounding
         self._calls = 0
 
     def compress(self, tensor: torch.Tensor, seed: int | None = None, clients: int | None = None):
@@ -83,7 +87,7 @@ class TNQCompressor:
             seed = derive_seed(self.seed, self.rank, self._calls)
             self._calls += 1
         payload = api.compress(tensor, self.bits, self.block_size, self.codebook, seed, backend=self.backend,
-                               clients=self.clients if clients is None else clients)
+                               clients=self.clients if clients is None else clients, rounding=self.rounding)
         return payload, (tuple(tensor.shape), tensor.dtype)
 
     def decompress(self, tensor: torch.Tensor, ctx) -> torch.Tensor:
@@ -202,7 +206,7 @@ class _Methods:
 
 def DistributedOptimizer(optimizer, named_parameters=None, compression=None, backward_passes_per_step=1, op=None,
                          gradient_predivide_factor=1.0, num_groups=0, groups=None, sparse_as_dense=False,
-                         process_set=None, *, error_feedback=False, hvd=None):
+                         process_set=None, *, error_feedback=False, rounding=None, hvd=None):
     """hvd.DistributedOptimizer's signature, moving TNQ payloads with hvd.allgather and averaging after decoding.
 
     ``compression``: a :class:`TNQCompressor` (default: 3 bits, block 2048, "tnq", seed 0). ``op``: hvd.Average
@@ -210,15 +214,19 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
     accepted for compatibility and have no effect: the decode-sum divides each term in fp32 before adding (so fp16
     cannot overflow), and Horovod's tensor fusion already batches the all-gathers. ``error_feedback``: each rank
     adds its residual e to the gradient before compressing and keeps e ← (g + e) − decode(own payload) in fp32, per
-    parameter (tnq_kernels.feedback; warns for a clipping codebook). ``hvd``: the Horovod module (default:
-    ``import horovod.torch``); tests inject a stand-in.
+    parameter (tnq_kernels.feedback; warns for a clipping codebook). ``rounding``: "stochastic" or "nearest" for
+    the default compressor; with ``compression=`` given, None (its own) or the same value. ``hvd``: the Horovod
+    module (default: ``import horovod.torch``); tests inject a stand-in.
     """
     hvd = hvd if hvd is not None else _import_horovod()
     if compression is None:
-        compression = TNQCompressor(rank=hvd.rank())
+        compression = TNQCompressor(rank=hvd.rank(), rounding=api.DEFAULT_ROUNDING if rounding is None else rounding)
     if not isinstance(compression, TNQCompressor):
         raise ValueError(f"compression must be a tnq_kernels.horovod.TNQCompressor, got {compression!r} "
                          "(for other compressors use hvd.DistributedOptimizer itself)")
+    if rounding is not None and rounding != compression.rounding:
+        raise ValueError(f"rounding={rounding!r} contradicts compression.rounding={compression.rounding!r}; pass "
+                         "one of them (TNQCompressor(..., rounding=...) or rounding= with the default compressor)")
     if isinstance(backward_passes_per_step, bool) or not isinstance(backward_passes_per_step, int) \
             or backward_passes_per_step < 1:
         raise ValueError(f"backward_passes_per_step must be an int >= 1, got {backward_passes_per_step!r}")

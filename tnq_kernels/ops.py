@@ -22,7 +22,7 @@ BUILD_HINT = ("build it with `pip install --no-build-isolation -e .` (or `make b
               "or pass backend='reference' / set TNQ_BACKEND=reference to use the pure-PyTorch oracle")
 
 SCHEMAS = {
-    "compress": "compress(Tensor x, int bits, int block_size, int codebook, int seed) -> Tensor",
+    "compress": "compress(Tensor x, int bits, int block_size, int codebook, int seed, int rounding=0) -> Tensor",
     "decompress": "decompress(Tensor payload, SymInt[] shape, ScalarType dtype) -> Tensor",
     "decompress_sum": ("decompress_sum(Tensor[] payloads, float[]? weights, SymInt[] shape, ScalarType dtype)"
                        " -> Tensor"),
@@ -31,7 +31,7 @@ SCHEMAS = {
     "decompress_into": "decompress_into(Tensor payload, Tensor(a!) out) -> ()",
     "decompress_sum_into": "decompress_sum_into(Tensor[] payloads, float[]? weights, Tensor(a!) out) -> ()",
     "scale_truncate": "scale_truncate(Tensor x, int bits, int block_size, int codebook) -> (Tensor, Tensor)",
-    "quantize": "quantize(Tensor z, int bits, int codebook, int seed) -> Tensor",
+    "quantize": "quantize(Tensor z, int bits, int codebook, int seed, int rounding=0) -> Tensor",
     "pack": "pack(Tensor codes, int bits) -> Tensor",
     "unpack": "unpack(Tensor words, int bits, SymInt n) -> Tensor",
 }
@@ -49,7 +49,7 @@ for _schema in SCHEMAS.values():
 # ---- fake (meta) kernels: shapes only, no data; payload size is a pure function of (n, b, B) ----
 
 @torch.library.register_fake("tnq::compress")
-def _compress_fake(x, bits, block_size, codebook, seed):
+def _compress_fake(x, bits, block_size, codebook, seed, rounding=0):
     return x.new_empty(fmt.payload_bytes(x.numel(), bits, block_size), dtype=torch.uint8)
 
 
@@ -93,7 +93,7 @@ def _scale_truncate_fake(x, bits, block_size, codebook):
 
 
 @torch.library.register_fake("tnq::quantize")
-def _quantize_fake(z, bits, codebook, seed):
+def _quantize_fake(z, bits, codebook, seed, rounding=0):
     return z.new_empty(z.numel(), dtype=torch.uint8)
 
 

@@ -5,7 +5,8 @@ Plain, vectorised torch on whatever device the input lives on. Read top to botto
     scale_truncate   per block: scale = mean|g| (fp64 sum, rounded once to fp32), max|g|, ‖g‖₂ = fp32(sqrt(fp64
                      Σg²)) or Σg²/(2Σ|g|) (fp64 sums, one fp64 division, rounded once); r = fp32(1/scale);
                      z = clamp(g·r)
-    quantize         k = the level cell holding z; p = (z − c_k)·(1/(c_{k+1} − c_k)); code = k + [U < p]
+    quantize         k = the level cell holding z; p = (z − c_k)·(1/(c_{k+1} − c_k)); code = k + [U < p], U the
+                     uniform of (seed, index) ("stochastic") or the constant 0.5 ("nearest": ties round down)
     pack / unpack    codes ↔ b-bit bit-plane uint32 words (bit j of word p = bit p of element 32g + j)
     compress         the three jobs above, written into one payload (format.py)
     decompress(_sum) unpack, decode ĝ = scale·c_code in fp32, (weighted) sum over payloads
@@ -99,15 +100,20 @@ def scale_truncate(x: torch.Tensor, bits: int, block_size: int, codebook: int) -
     return scales, z
 
 
-def quantize(z: torch.Tensor, bits: int, codebook: int, seed: int) -> torch.Tensor:
-    """Job 2. z: fp32 [n] in [c_0, c_s] → uint8 codes [n] by codebook lookup and unbiased stochastic rounding."""
+def quantize(z: torch.Tensor, bits: int, codebook: int, seed: int, rounding: int = rng.STOCHASTIC) -> torch.Tensor:
+    """Job 2. z: fp32 [n] in [c_0, c_s] → uint8 codes [n] by codebook lookup and rounding: unbiased stochastic
+    rounding keyed by (seed, index), or to the nearest level (rounding = rng.NEAREST; no random numbers)."""
     checks.check_z(z)
     checks.check_bits(bits)
+    checks.check_rounding(rounding)
     c, r = _tables(cb.codebook_id(codebook), bits, z.device)
     z = z.reshape(-1)
     k = torch.searchsorted(c[1:-1].contiguous(), z, right=True)  # number of interior levels <= z, in [0, s-1]
     p = (z - c[k]) * r[k]
-    u = rng.uniform_tensor(seed, torch.arange(z.numel(), dtype=torch.int64, device=z.device))
+    if rounding == rng.NEAREST:
+        u = torch.full_like(p, rng.NEAREST_U)
+    else:
+        u = rng.uniform_tensor(seed, torch.arange(z.numel(), dtype=torch.int64, device=z.device))
     return (k + (u < p).to(k.dtype)).to(torch.uint8)
 
 
@@ -135,10 +141,12 @@ def unpack(words: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     return codes.reshape(-1)[:n].to(torch.uint8)
 
 
-def compress(x: torch.Tensor, bits: int, block_size: int, codebook: int, seed: int) -> torch.Tensor:
+def compress(x: torch.Tensor, bits: int, block_size: int, codebook: int, seed: int,
+             rounding: int = rng.STOCHASTIC) -> torch.Tensor:
     """x: any shape, fp32/fp16/bf16 → uint8 payload [payload_bytes(n, bits, block_size)]."""
+    checks.check_rounding(rounding)
     scales, z = scale_truncate(x, bits, block_size, codebook)
-    words = pack(quantize(z, bits, codebook, seed), bits)
+    words = pack(quantize(z, bits, codebook, seed, rounding), bits)
     n = z.numel()
     flags = 0 if bool(torch.isfinite(scales).all()) else fmt.FLAG_NONFINITE
     header = fmt.Header(bits, cb.codebook_id(codebook), fmt.DTYPE_IDS[str(x.dtype).split(".")[1]],

@@ -31,6 +31,16 @@ SEED_SALT_LO = 0x9E3779B9
 SEED_SALT_HI = 0x7F4A7C15
 UNIFORM_BITS = 16
 
+#: encode rounding modes, the ``rounding`` argument of compress / quantize (ids shared with csrc/tnq_constants.h
+#: RoundingId and the Triton kernels; tests/test_constants.py cross-checks them). Both give code = k + [U < p];
+#: "stochastic" takes U from this generator (unbiased), "nearest" takes the constant U = NEAREST_U for every element
+#: (the nearest level, ties down): it draws no random numbers, so its codes do not depend on the seed.
+ROUNDING_IDS = {"stochastic": 0, "nearest": 1}
+ROUNDING_NAMES = {v: k for k, v in ROUNDING_IDS.items()}
+STOCHASTIC = ROUNDING_IDS["stochastic"]
+NEAREST = ROUNDING_IDS["nearest"]
+NEAREST_U = 0.5
+
 
 def fmix32_int(x: int) -> int:
     """MurmurHash3's 32-bit finaliser on a Python int."""

@@ -36,7 +36,7 @@ TNQ_AVX2 inline __m256i search_levels(__m256 z, const Tables& t, __m256i m, __m2
 // lane-wise (a zero scale multiplies by 0, as in encode_full_groups_avx512). x and words point at group g0's first
 // element and first word; g0 is the global group index (for the hash). The group's 32 codes are narrowed to bytes
 // so each bit plane is one shift and one byte movemask (pack_group's method).
-template <int DT, int BITS>
+template <int DT, int BITS, bool NEAREST>
 TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
                                       BlockMode mode, const Tables& t, uint32_t pair_key, uint32_t* words) {
   constexpr int S = (1 << BITS) - 1;
@@ -65,7 +65,9 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
       const __m256i k = search_levels<0, BITS>(z, t, _mm256_setzero_si256(), ck);
       const __m256 p = _mm256_mul_ps(_mm256_sub_ps(z, ck), lookup<S>(t.inv_gap, k));
       const __m128i m16 = v & 1 ? _mm256_extracti128_si256(h[v >> 1], 1) : _mm256_castsi256_si128(h[v >> 1]);
-      const __m256 u = _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(m16)), half), u_scale);
+      const __m256 u = NEAREST ? _mm256_set1_ps(kNearestU)
+                               : _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(m16)), half),
+                                               u_scale);
       const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(u, p, _CMP_LT_OQ));
       code[v] = _mm256_sub_epi32(k, up);  // up is -1 where the value rounds up
     }
@@ -110,7 +112,7 @@ struct Table16 {
 //   get here), so g·0 = ±0, and −0 and +0 clamp, bin, compare and subtract alike;
 // - U < p is tested as m + 0.5 < p' with p' = (z − c_k)·(ρ_k·2^16): ρ_k·2^16 is exact and finite (make_bins), so
 //   p' = p·2^16 exactly unless (z − c_k)·ρ_k < 2^-126, where both p and p'·2^-16 are far below U ≥ 2^-17.
-template <int DT, int BITS, int BINS>
+template <int DT, int BITS, int BINS, bool NEAREST>
 TNQ_AVX512 void encode_full_groups_avx512(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
                                           BlockMode mode, const Tables& t, uint32_t pair_key, uint32_t* words) {
   constexpr int S = (1 << BITS) - 1;
@@ -155,7 +157,8 @@ TNQ_AVX512 void encode_full_groups_avx512(const typename Src<DT>::T* x, int64_t 
       k = _mm512_mask_add_epi32(k, ge2, k, one);
       const __m512 p16 = _mm512_mul_ps(_mm512_sub_ps(z, levels.ps(k)), inv_gap16.ps(k));
       const __m256i m16 = v ? _mm512_extracti64x4_epi64(h, 1) : _mm512_castsi512_si256(h);
-      const __m512 u16 = _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(m16)), half);  // U·2^16, exact
+      const __m512 u16 = NEAREST ? _mm512_set1_ps(kNearestU * 65536.0f)  // U·2^16, exact
+                                 : _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(m16)), half);
       code[v] = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(u16, p16, _CMP_LT_OQ), k, one);
     }
     const __m512i c16 = _mm512_permutexvar_epi64(unpack_order, _mm512_packus_epi32(code[0], code[1]));
@@ -166,8 +169,9 @@ TNQ_AVX512 void encode_full_groups_avx512(const typename Src<DT>::T* x, int64_t 
 }
 #endif  // TNQ_HAVE_AVX512_PATH
 
-// encode_groups for a run of groups that shares one pair key (mode: usable or zero scale).
-template <int DT, int BITS>
+// encode_groups for a run of groups that shares one pair key (mode: usable or zero scale). NEAREST: U = kNearestU
+// (rounding to the nearest level; the hashes are dead code then).
+template <int DT, int BITS, bool NEAREST>
 TNQ_CLONES void encode_key_run(const typename Src<DT>::T* x, int64_t n, int64_t g0, int64_t g1, float scale,
                                BlockMode mode, const Tables& t, uint32_t pair_key, uint32_t* words) {
 #if TNQ_HAVE_AVX2_PATH
@@ -177,14 +181,14 @@ TNQ_CLONES void encode_key_run(const typename Src<DT>::T* x, int64_t n, int64_t 
 #if TNQ_HAVE_AVX512_PATH
       if constexpr (BITS <= 5) {
         if (t.bins > 0 && t.bins <= 32 && cpu_has_avx512())
-          encode_full_groups_avx512<DT, BITS, 32>(x, g0, full_end, scale, mode, t, pair_key, words);
+          encode_full_groups_avx512<DT, BITS, 32, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, words);
         else if (t.bins > 0 && cpu_has_avx512())
-          encode_full_groups_avx512<DT, BITS, 64>(x, g0, full_end, scale, mode, t, pair_key, words);
+          encode_full_groups_avx512<DT, BITS, 64, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, words);
         else
-          encode_full_groups_avx2<DT, BITS>(x, g0, full_end, scale, mode, t, pair_key, words);
+          encode_full_groups_avx2<DT, BITS, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, words);
       } else
 #endif
-      encode_full_groups_avx2<DT, BITS>(x, g0, full_end, scale, mode, t, pair_key, words);
+      encode_full_groups_avx2<DT, BITS, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, words);
       x += (full_end - g0) * kGroup;
       words += (full_end - g0) * BITS;
       g0 = full_end;
@@ -205,8 +209,8 @@ TNQ_CLONES void encode_key_run(const typename Src<DT>::T* x, int64_t n, int64_t 
     const uint32_t j0 = uint32_t(uint64_t(i0) >> 1);
     for (int j = 0; j < kGroup / 2; ++j) {
       const uint32_t h = pair_hash(pair_key, j0 + uint32_t(j));
-      code[2 * j] = uint8_t(round_code<BITS>(z[2 * j], t, h & 0xFFFFu));
-      code[2 * j + 1] = uint8_t(round_code<BITS>(z[2 * j + 1], t, h >> 16));
+      code[2 * j] = uint8_t(round_code<BITS, NEAREST>(z[2 * j], t, h & 0xFFFFu));
+      code[2 * j + 1] = uint8_t(round_code<BITS, NEAREST>(z[2 * j + 1], t, h >> 16));
     }
     for (int64_t j = cnt; j < kGroup; ++j) code[j] = 0;  // tail codes are zero on the wire
     pack_group<BITS>(code, words + (g - g0) * BITS);
@@ -218,7 +222,7 @@ TNQ_CLONES void encode_key_run(const typename Src<DT>::T* x, int64_t n, int64_t 
 // at global index >= n get code 0.
 template <int DT, int BITS>
 void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g0, int64_t g1, float scale, const Tables& t,
-                   SeedKeys keys, uint32_t* words) {
+                   SeedKeys keys, bool nearest, uint32_t* words) {
   const BlockMode mode = block_mode(scale);
   if (mode == kNonFinite) {  // z = c_0 gives k = 0, p = 0: every code is 0
     std::fill(words, words + (g1 - g0) * BITS, 0u);
@@ -227,15 +231,18 @@ void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g0, int64_t 
   // one pair key per run of groups; a run ends where j_hi changes (a block straddles that only past 2^33 elements)
   for (int64_t gs = g0; gs < g1;) {
     const int64_t ge = std::min(g1, (gs / kGroupsPerKey + 1) * kGroupsPerKey);
-    encode_key_run<DT, BITS>(x + (gs - g0) * kGroup, n, gs, ge, scale, mode, t,
-                             tnq::pair_key(keys, uint32_t(uint64_t(gs) / kGroupsPerKey)), words + (gs - g0) * BITS);
+    const uint32_t key = tnq::pair_key(keys, uint32_t(uint64_t(gs) / kGroupsPerKey));
+    if (nearest)
+      encode_key_run<DT, BITS, true>(x + (gs - g0) * kGroup, n, gs, ge, scale, mode, t, key, words + (gs - g0) * BITS);
+    else
+      encode_key_run<DT, BITS, false>(x + (gs - g0) * kGroup, n, gs, ge, scale, mode, t, key, words + (gs - g0) * BITS);
     gs = ge;
   }
 }
 
 template <int DT, int BITS>
 bool compress_impl(const typename Src<DT>::T* x, int64_t n, int64_t block_size, int codebook, uint64_t seed,
-                   float* scales, uint32_t* words) {
+                   bool nearest, float* scales, uint32_t* words) {
   const Tables& t = tables(codebook, BITS);
   const SeedKeys keys = seed_keys(seed);
   const int rule = scale_rule(codebook);
@@ -244,7 +251,7 @@ bool compress_impl(const typename Src<DT>::T* x, int64_t n, int64_t block_size, 
     const float scale = whole_tensor_scale<DT>(x, n, rule);
     scales[0] = scale;
     at::parallel_for(0, ngroups, 2048, [&](int64_t g0, int64_t g1) {
-      encode_groups<DT, BITS>(x + g0 * kGroup, n, g0, g1, scale, t, keys, words + g0 * BITS);
+      encode_groups<DT, BITS>(x + g0 * kGroup, n, g0, g1, scale, t, keys, nearest, words + g0 * BITS);
     });
     return !std::isfinite(scale);
   }
@@ -260,7 +267,7 @@ bool compress_impl(const typename Src<DT>::T* x, int64_t n, int64_t block_size, 
       const float scale = block_scale<DT>(x + i0, cnt, rule);
       scales[b] = scale;
       bad |= !std::isfinite(scale);
-      encode_groups<DT, BITS>(x + i0, n, b * gpb, std::min(ngroups, (b + 1) * gpb), scale, t, keys,
+      encode_groups<DT, BITS>(x + i0, n, b * gpb, std::min(ngroups, (b + 1) * gpb), scale, t, keys, nearest,
                               words + b * gpb * BITS);
     }
     if (bad) nonfinite.store(true, std::memory_order_relaxed);
@@ -275,11 +282,11 @@ void encode_at(const float* x, int64_t ngroups, int64_t first_group, float scale
   const SeedKeys keys = seed_keys(seed);
   const int64_t n = (first_group + ngroups) * kGroup;
   TNQ_DISPATCH_BITS(bits, encode_groups<kFloat32, BITS>(x, n, first_group, first_group + ngroups, scale,
-                                                          tables(codebook, BITS), keys, words));
+                                                          tables(codebook, BITS), keys, false, words));
 }
 
 bool compress(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, int codebook, uint64_t seed,
-              float* scales, uint32_t* words) {
+              int rounding, float* scales, uint32_t* words) {
   if (n == 0) {
     if (block_size == 0) scales[0] = 0.0f;  // B = 0 keeps its one (zero) scale; B > 0 has no blocks at all
     return false;
@@ -287,7 +294,7 @@ bool compress(const void* x, int dtype_id, int64_t n, int bits, int64_t block_si
   bool bad = false;
   TNQ_DISPATCH_DTYPE(dtype_id, TNQ_DISPATCH_BITS(bits, {
     bad = compress_impl<DT, BITS>(static_cast<const typename Src<DT>::T*>(x), n, block_size, codebook, seed,
-                                  scales, words);
+                                  rounding == kNearest, scales, words);
   }));
   return bad;
 }

@@ -443,14 +443,14 @@ inline float truncate(float g, float r, BlockMode mode, float lo, float hi) {
 
 // ---- job 2: codebook lookup + stochastic rounding ----
 // k = number of interior levels <= z by a branchless binary search over the padded table; p from the real gaps;
-// m: the element's 16 random bits (SPEC v1.2), U = (m + 0.5) · 2^-16.
-template <int BITS>
+// m: the element's 16 random bits (SPEC v1.2), U = (m + 0.5) · 2^-16; NEAREST: U = kNearestU, m unused.
+template <int BITS, bool NEAREST = false>
 inline uint32_t round_code(float z, const Tables& t, uint32_t m) {
   int k = 0;
 #pragma GCC unroll 8
   for (int step = 1 << (BITS - 1); step > 0; step >>= 1) k += (z >= t.search[k + step]) ? step : 0;
   const float p = (z - t.c[k]) * t.inv_gap[k];
-  return uint32_t(k) + (uniform16(m) < p ? 1u : 0u);
+  return uint32_t(k) + ((NEAREST ? kNearestU : uniform16(m)) < p ? 1u : 0u);
 }
 
 // The pair key is constant over 2^28 groups (2^33 elements, one j_hi): the encode loops take one key for a run of

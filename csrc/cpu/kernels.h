@@ -47,9 +47,9 @@ inline Layout layout(int64_t n, int bits, int64_t block_size) {
 }
 
 // x: n elements of dtype `dtype_id` (DtypeId). Writes scales[num_blocks] and words[bits * ceil(n/32)].
-// Returns true when some block is non-finite (the header's flag bit 0).
+// Returns true when some block is non-finite (the header's flag bit 0). rounding: a RoundingId.
 bool compress(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, int codebook, uint64_t seed,
-              float* scales, uint32_t* words);
+              int rounding, float* scales, uint32_t* words);
 
 // Test hook for 64-bit indexing: quantize + pack `ngroups` full groups of fp32 x with one scale as if they were
 // groups first_group, first_group + 1, ... of a larger tensor (so element indices >= 2^32 can be checked
@@ -61,7 +61,7 @@ void encode_at(const float* x, int64_t ngroups, int64_t first_group, float scale
 void scale_truncate(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, int codebook,
                     float* scales, float* z);
 // Stage 2 alone: codes[n] from z[n].
-void quantize(const float* z, int64_t n, int bits, int codebook, uint64_t seed, uint8_t* codes);
+void quantize(const float* z, int64_t n, int bits, int codebook, uint64_t seed, int rounding, uint8_t* codes);
 // Stage 3 alone and its inverse.
 void pack(const uint8_t* codes, int64_t n, int bits, uint32_t* words);
 void unpack(const uint32_t* words, int64_t n, int bits, uint8_t* codes);

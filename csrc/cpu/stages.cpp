@@ -37,7 +37,7 @@ void scale_truncate_impl(const typename Src<DT>::T* x, int64_t n, int bits, int6
   });
 }
 
-template <int BITS>
+template <int BITS, bool NEAREST>
 void quantize_impl(const float* z, int64_t n, int codebook, uint64_t seed, uint8_t* codes) {
   const Tables& t = tables(codebook, BITS);
   const SeedKeys keys = seed_keys(seed);
@@ -45,7 +45,8 @@ void quantize_impl(const float* z, int64_t n, int codebook, uint64_t seed, uint8
     for (int64_t i = i0; i < i1; ++i) {
       const float v = z[i];
       // the reference's searchsorted puts NaN after every level (k = s-1), and p = NaN never rounds up
-      codes[i] = v != v ? uint8_t(t.s - 1) : uint8_t(round_code<BITS>(v, t, bits16(keys, uint64_t(i))));
+      const uint32_t m = NEAREST ? 0u : bits16(keys, uint64_t(i));
+      codes[i] = v != v ? uint8_t(t.s - 1) : uint8_t(round_code<BITS, NEAREST>(v, t, m));
     }
   });
 }
@@ -88,8 +89,12 @@ void scale_truncate(const void* x, int dtype_id, int64_t n, int bits, int64_t bl
                                                        block_size, codebook, scales, z));
 }
 
-void quantize(const float* z, int64_t n, int bits, int codebook, uint64_t seed, uint8_t* codes) {
-  TNQ_DISPATCH_BITS(bits, quantize_impl<BITS>(z, n, codebook, seed, codes));
+void quantize(const float* z, int64_t n, int bits, int codebook, uint64_t seed, int rounding, uint8_t* codes) {
+  if (rounding == kNearest) {
+    TNQ_DISPATCH_BITS(bits, quantize_impl<BITS, true>(z, n, codebook, seed, codes));
+  } else {
+    TNQ_DISPATCH_BITS(bits, quantize_impl<BITS, false>(z, n, codebook, seed, codes));
+  }
 }
 
 void pack(const uint8_t* codes, int64_t n, int bits, uint32_t* words) {

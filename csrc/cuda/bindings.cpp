@@ -68,8 +68,10 @@ HeaderWords header_words(const Header& h) {
 
 // ---- the ops ----
 
-at::Tensor compress_cuda(const at::Tensor& x_in, int64_t bits, int64_t block_size, int64_t codebook, int64_t seed) {
+at::Tensor compress_cuda(const at::Tensor& x_in, int64_t bits, int64_t block_size, int64_t codebook, int64_t seed,
+                         int64_t rounding) {
   const int dt = check_compress_args(x_in, bits, block_size, codebook);
+  check_rounding(rounding);
   check_cuda(x_in, "x");
   const c10::DeviceGuard guard(x_in.device());
   const at::Tensor x = aligned(x_in, 16);
@@ -79,7 +81,7 @@ at::Tensor compress_cuda(const at::Tensor& x_in, int64_t bits, int64_t block_siz
   at::Tensor ws = at::empty({ws_bytes}, x.options().dtype(at::kByte));
   const HeaderWords hw = header_words(Header{int(bits), int(codebook), dt, block_size, 0u, n});
   check_launch(compress(x.const_data_ptr(), dt, n, int(bits), block_size, scale_rule(int(codebook)),
-                        seed_keys(uint64_t(seed)), level_table(int(codebook), int(bits)), hw,
+                        seed_keys(uint64_t(seed)), int(rounding), level_table(int(codebook), int(bits)), hw,
                         out.mutable_data_ptr<uint8_t>(), ws_bytes ? ws.mutable_data_ptr() : nullptr,
                         current_stream(x.device())),
                "compress");
@@ -299,16 +301,17 @@ std::tuple<at::Tensor, at::Tensor> scale_truncate_cuda(const at::Tensor& x_in, i
   return {scales, z};
 }
 
-at::Tensor quantize_cuda(const at::Tensor& z_in, int64_t bits, int64_t codebook, int64_t seed) {
+at::Tensor quantize_cuda(const at::Tensor& z_in, int64_t bits, int64_t codebook, int64_t seed, int64_t rounding) {
   TORCH_CHECK_VALUE(z_in.scalar_type() == at::kFloat, "z must be float32 (the output of scale_truncate), got ",
                     z_in.scalar_type());
   check_bits(bits);
   check_codebook(codebook);
+  check_rounding(rounding);
   check_cuda(z_in, "z");
   const c10::DeviceGuard guard(z_in.device());
   const at::Tensor z = z_in.contiguous();
   at::Tensor codes = at::empty({z.numel()}, z.options().dtype(at::kByte));
-  check_launch(quantize(z.const_data_ptr<float>(), z.numel(), int(bits), seed_keys(uint64_t(seed)),
+  check_launch(quantize(z.const_data_ptr<float>(), z.numel(), int(bits), seed_keys(uint64_t(seed)), int(rounding),
                         level_table(int(codebook), int(bits)), codes.mutable_data_ptr<uint8_t>(),
                         current_stream(z.device())),
                "quantize");

@@ -18,7 +18,7 @@ namespace {
 template <int DT, int BITS, bool ZOUT>
 __global__ void __launch_bounds__(kThreads)
     fused_blocks_kernel(const typename Elem<DT>::T* __restrict__ x, int64_t n, int64_t block_len, int bits,
-                        int rule, SeedKeys keys, const __grid_constant__ LevelTable tab,
+                        int rule, SeedKeys keys, int rounding, const __grid_constant__ LevelTable tab,
                         float* __restrict__ scales, uint32_t* __restrict__ flags, uint32_t* __restrict__ words,
                         float* __restrict__ z) {
   __shared__ SharedTable st;
@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(kThreads)
   if constexpr (ZOUT) {
     truncate_range<DT>(x, start, end, scale, tab.c[0], tab.c[(1 << bits) - 1], z);
   } else {
-    encode_range<DT, BITS>(x, start, end, scale, keys, st, bits, words);
+    encode_range<DT, BITS>(x, start, end, scale, keys, rounding == kNearest, st, bits, words);
   }
 }
 
@@ -96,7 +96,8 @@ __global__ void __launch_bounds__(kThreads)
 template <int DT, int BITS, bool ZOUT>
 __global__ void __launch_bounds__(kThreads)
     tiles_kernel(const typename Elem<DT>::T* __restrict__ x, int64_t n, int64_t block_len, int64_t tiles_per_block,
-                 int bits, SeedKeys keys, const __grid_constant__ LevelTable tab, const float* __restrict__ scales,
+                 int bits, SeedKeys keys, int rounding, const __grid_constant__ LevelTable tab,
+                 const float* __restrict__ scales,
                  uint32_t* __restrict__ words, float* __restrict__ z) {
   __shared__ SharedTable st;
   if constexpr (!ZOUT) load_table(st, tab, bits);
@@ -106,18 +107,19 @@ __global__ void __launch_bounds__(kThreads)
   if constexpr (ZOUT) {
     truncate_range<DT>(x, r.start, r.end, scale, tab.c[0], tab.c[(1 << bits) - 1], z);
   } else {
-    encode_range<DT, BITS>(x, r.start, r.end, scale, keys, st, bits, words);
+    encode_range<DT, BITS>(x, r.start, r.end, scale, keys, rounding == kNearest, st, bits, words);
   }
 }
 
 }  // namespace
 }  // namespace dev
 
-// Host: runs job 1 (and, with ZOUT = false, jobs 2-3) over all blocks. scales/flags/words/z as in the kernels.
+// Host: runs job 1 (and, with ZOUT = false, jobs 2-3) over all blocks. scales/flags/words/z as in the kernels;
+// rounding: a RoundingId (ignored with ZOUT).
 template <bool ZOUT>
 const char* run_blocks(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, int rule,
-                       SeedKeys keys, const LevelTable& tab, float* scales, uint32_t* flags, uint32_t* words,
-                       float* z, void* workspace, cudaStream_t s) {
+                       SeedKeys keys, int rounding, const LevelTable& tab, float* scales, uint32_t* flags,
+                       uint32_t* words, float* z, void* workspace, cudaStream_t s) {
   if (n == 0) return launch_status();
   const int64_t block_len = effective_block_len(n, block_size);
   const int64_t nblocks = num_blocks(n, block_size);
@@ -135,7 +137,7 @@ const char* run_blocks(const void* x, int dtype_id, int64_t n, int bits, int64_t
       int64_t threads = (block_len / V + 31) / 32 * 32;
       threads = threads < 32 ? 32 : (threads > dev::kThreads ? dev::kThreads : threads);
       dev::fused_blocks_kernel<DT, BITS, ZOUT><<<unsigned(nblocks), unsigned(threads), 0, s>>>(
-          static_cast<const typename dev::Elem<DT>::T*>(x), n, block_len, bits, rule, keys, tab, scales,
+          static_cast<const typename dev::Elem<DT>::T*>(x), n, block_len, bits, rule, keys, rounding, tab, scales,
           flags, words, z);
       return launch_status();
     });
@@ -152,7 +154,7 @@ const char* run_blocks(const void* x, int dtype_id, int64_t n, int bits, int64_t
     dev::block_scale_kernel<<<unsigned(nblocks), dev::kThreads, 0, s>>>(partials, n, block_len, tpb, rule,
                                                                          scales, flags);
     dev::tiles_kernel<DT, BITS, ZOUT><<<unsigned(ntiles), dev::kThreads, 0, s>>>(
-        static_cast<const T*>(x), n, block_len, tpb, bits, keys, tab, scales, words, z);
+        static_cast<const T*>(x), n, block_len, tpb, bits, keys, rounding, tab, scales, words, z);
     return launch_status();
   });
 }

@@ -123,9 +123,11 @@ __device__ __forceinline__ float truncate(float g, float r, float scale, float c
 // ---- job 2: codebook lookup + stochastic rounding ----
 
 // code = k + [U < p] with k = #interior levels <= z (branchless binary search over the shared table),
-// p = (z - c_k) * inv_gap_k in fp32, U = (m + 0.5) · 2^-16 from the element's 16 random bits m (SPEC v1.2).
+// p = (z - c_k) * inv_gap_k in fp32, U = (m + 0.5) · 2^-16 from the element's 16 random bits m (SPEC v1.2), or
+// U = kNearestU when `nearest` (rounding to the nearest level; m is ignored).
 template <int BITS>
-__device__ __forceinline__ uint32_t round_code(float z, uint32_t m, const SharedTable& st, int bits_rt) {
+__device__ __forceinline__ uint32_t round_code(float z, uint32_t m, const SharedTable& st, int bits_rt,
+                                               bool nearest) {
   const int nb = BITS ? BITS : bits_rt;
   int k = 0;
 #pragma unroll
@@ -135,7 +137,7 @@ __device__ __forceinline__ uint32_t round_code(float z, uint32_t m, const Shared
     k += (st.search[k + step] <= z) ? step : 0;
   }
   const float p = __fmul_rn(__fsub_rn(z, st.c[k]), st.r[k]);
-  return uint32_t(k) + (uniform16(m) < p ? 1u : 0u);
+  return uint32_t(k) + ((nearest ? kNearestU : uniform16(m)) < p ? 1u : 0u);
 }
 
 // ---- job 3: pack, one warp at a time ----
@@ -322,8 +324,8 @@ __device__ __forceinline__ float finish_scale(ScaleSums r, int64_t count, int ru
 // belong to the next block or tile (which writes them) and are left alone; tail codes (past n) are 0.
 template <int DT, int BITS>
 __device__ __forceinline__ void encode_range(const typename Elem<DT>::T* __restrict__ x, int64_t start,
-                                             int64_t end, float scale, SeedKeys keys, const SharedTable& st,
-                                             int bits_rt, uint32_t* __restrict__ words) {
+                                             int64_t end, float scale, SeedKeys keys, bool nearest,
+                                             const SharedTable& st, int bits_rt, uint32_t* __restrict__ words) {
   constexpr int V = Elem<DT>::V;
   constexpr int CH = 32 * V;
   using CW = ChunkWords<V, BITS>;
@@ -346,8 +348,8 @@ __device__ __forceinline__ void encode_range(const typename Elem<DT>::T* __restr
     for (int t = 0; t < V; t += 2) {
       const uint32_t h = pair_hash(key, uint32_t(uint64_t(i + t) >> 1));
       const float z0 = truncate(f[t], r, scale, c0, cs), z1 = truncate(f[t + 1], r, scale, c0, cs);
-      code[t] = (i + t < end) ? round_code<BITS>(z0, h & 0xFFFFu, st, nb) : 0u;
-      code[t + 1] = (i + t + 1 < end) ? round_code<BITS>(z1, h >> 16, st, nb) : 0u;
+      code[t] = (i + t < end) ? round_code<BITS>(z0, h & 0xFFFFu, st, nb, nearest) : 0u;
+      code[t + 1] = (i + t + 1 < end) ? round_code<BITS>(z1, h >> 16, st, nb, nearest) : 0u;
     }
     CW cw;
     pack_chunk<V, BITS>(code, nb, cw);

@@ -24,7 +24,7 @@ int64_t compress_workspace_bytes(int64_t n, int64_t block_size) {
 }
 
 const char* compress(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, int rule,
-                     SeedKeys keys, const LevelTable& table, const HeaderWords& header, uint8_t* payload,
+                     SeedKeys keys, int rounding, const LevelTable& table, const HeaderWords& header, uint8_t* payload,
                      void* workspace, void* stream) {
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int64_t nblocks = num_blocks(n, block_size);
@@ -33,7 +33,7 @@ const char* compress(const void* x, int dtype_id, int64_t n, int bits, int64_t b
   // with n = 0 and B = 0 the one scale (of an empty tensor) is 0, written here with the padding
   dev::header_kernel<<<1, 32, 0, s>>>(words32, header, kHeaderBytes / 4 + (n > 0 ? nblocks : 0), off / 4);
   if (const char* err = launch_status()) return err;
-  return run_blocks<false>(x, dtype_id, n, bits, block_size, rule, keys, table,
+  return run_blocks<false>(x, dtype_id, n, bits, block_size, rule, keys, rounding, table,
                            reinterpret_cast<float*>(payload + kHeaderBytes), words32 + kOffFlags / 4,
                            reinterpret_cast<uint32_t*>(payload + off), nullptr, workspace, s);
 }

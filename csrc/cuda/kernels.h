@@ -43,9 +43,9 @@ int64_t compress_workspace_bytes(int64_t n, int64_t block_size);
 
 // Fused compress: x[n] (dtype_id, 16-byte aligned) -> the whole payload (header, scales, padding, codes).
 // payload: 16-byte aligned, payload_bytes(n, bits, block_size) bytes.
-// rule: the codebook's ScaleRule (tnq_constants.h scale_rule).
+// rule: the codebook's ScaleRule (tnq_constants.h scale_rule); rounding: a RoundingId.
 const char* compress(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, int rule,
-                     SeedKeys keys, const LevelTable& table, const HeaderWords& header, uint8_t* payload,
+                     SeedKeys keys, int rounding, const LevelTable& table, const HeaderWords& header, uint8_t* payload,
                      void* workspace, void* stream);
 
 // Job 1 alone: scales[num_blocks(n, block_size)] and z[n] (fp32). x 16-byte aligned.
@@ -53,8 +53,8 @@ const char* scale_truncate(const void* x, int dtype_id, int64_t n, int bits, int
                            const LevelTable& table, float* scales, float* z, void* workspace, void* stream);
 
 // Job 2 alone: codes[n] (uint8) from z[n] (fp32).
-const char* quantize(const float* z, int64_t n, int bits, SeedKeys keys, const LevelTable& table, uint8_t* codes,
-                     void* stream);
+const char* quantize(const float* z, int64_t n, int bits, SeedKeys keys, int rounding, const LevelTable& table,
+                     uint8_t* codes, void* stream);
 
 // Job 3 alone and its inverse: codes[n] <-> words[bits * ceil(n/32)] (4-byte aligned).
 const char* pack(const uint8_t* codes, int64_t n, int bits, uint32_t* words, void* stream);

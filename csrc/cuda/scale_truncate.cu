@@ -12,7 +12,7 @@ const char* scale_truncate(const void* x, int dtype_id, int64_t n, int bits, int
     if (block_size == 0) cudaMemsetAsync(scales, 0, sizeof(float), s);
     return launch_status();
   }
-  return run_blocks<true>(x, dtype_id, n, bits, block_size, rule, SeedKeys{0, 0}, table, scales, nullptr,
+  return run_blocks<true>(x, dtype_id, n, bits, block_size, rule, SeedKeys{0, 0}, kStochastic, table, scales, nullptr,
                           nullptr, z, workspace, s);
 }
 

@@ -32,6 +32,8 @@ NO_FMA = {} if INTERPRET else {"enable_fp_fusion": False}
 MAGIC_WORD = int.from_bytes(fmt.MAGIC, "little")
 #: int32 word offsets in a payload, as constexprs the kernels can read: the first scale and the flags word.
 SCALE_WORD0 = tl.constexpr(fmt.HEADER_BYTES // 4)
+#: U of every element under rounding="nearest" (rng.NEAREST_U): code = k + [0.5 < p]
+NEAREST_U = tl.constexpr(rng.NEAREST_U)
 FLAGS_WORD = tl.constexpr(fmt.FLAGS_OFFSET // 4)
 
 # Elements one program keeps in registers: a whole default-size block (2048) is read once and reused for the

@@ -24,6 +24,7 @@ from torch.library import wrap_triton
 from .. import checks
 from .. import codebooks as cb
 from .. import format as fmt
+from .. import rng
 from . import _common as C
 from .pack import pack_planes, store_groups, store_words
 from .quantize import round_codes
@@ -48,10 +49,10 @@ def header_kernel(out_ptr, w0, w1, w2, w4, w5, zero_lo, zero_hi):
 
 @triton.jit
 def emit_chunk(g, m, e0, ngroups_valid, r, scale, c0, cs, table_ptr, codes_ptr, key0, key1,
-               BITS: tl.constexpr, BITS_P2: tl.constexpr, CHUNK: tl.constexpr):
+               BITS: tl.constexpr, BITS_P2: tl.constexpr, CHUNK: tl.constexpr, NEAREST: tl.constexpr):
     """Jobs 1 (truncate) → 2 (round) → 3 (pack + store) for one register tile starting at element e0 (int64)."""
     z = truncate(g, r, scale, c0, cs)
-    code = round_codes(z, e0 + tl.arange(0, CHUNK), e0, table_ptr, key0, key1, BITS, False)
+    code = round_codes(z, e0 + tl.arange(0, CHUNK), e0, table_ptr, key0, key1, BITS, False, NEAREST)
     code = tl.where(m, code, 0)  # tail codes are zero (docs/format.md)
     store_words(codes_ptr, pack_planes(code, CHUNK, BITS, BITS_P2), e0 // 32, ngroups_valid, CHUNK, BITS, BITS_P2)
 
@@ -59,7 +60,7 @@ def emit_chunk(g, m, e0, ngroups_valid, r, scale, c0, cs, table_ptr, codes_ptr, 
 @triton.jit(do_not_specialize=["key0", "key1"])
 def compress_blocks_kernel(x_ptr, out_ptr, table_ptr, n, block_size, nblocks, codes_w0, key0, key1,
                            BITS: tl.constexpr, BITS_P2: tl.constexpr, RULE: tl.constexpr, ROWS: tl.constexpr,
-                           CHUNK: tl.constexpr):
+                           CHUNK: tl.constexpr, NEAREST: tl.constexpr):
     """B ≤ 4096: ROWS blocks per program as a [ROWS, CHUNK] register tile (CHUNK = next_pow2(B)), read once.
     x: flat input [n]; out: int32 view of the payload."""
     blk = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)  # [ROWS]
@@ -80,7 +81,7 @@ def compress_blocks_kernel(x_ptr, out_ptr, table_ptr, n, block_size, nblocks, co
     cs = tl.load(table_ptr + (1 << BITS) - 1)
     z = truncate(g, inverse_scale(scale)[:, None], scale[:, None], c0, cs)
     code = round_codes(z, start[:, None] + col, tl.program_id(0).to(tl.int64) * ROWS * block_size, table_ptr,
-                       key0.to(tl.uint32, bitcast=True), key1.to(tl.uint32, bitcast=True), BITS, False)
+                       key0.to(tl.uint32, bitcast=True), key1.to(tl.uint32, bitcast=True), BITS, False, NEAREST)
     code = tl.where(m, code, 0)  # tail codes are zero (docs/format.md)
     # ---- job 3: pack each row's CHUNK // 32 groups, store the groups that hold elements ----
     G: tl.constexpr = CHUNK // 32
@@ -95,7 +96,7 @@ def compress_blocks_kernel(x_ptr, out_ptr, table_ptr, n, block_size, nblocks, co
 @triton.jit(do_not_specialize=["key0", "key1"])
 def compress_kernel(x_ptr, out_ptr, part_ptr, table_ptr, n, seg, nparts, block_size, tpb, codes_w0, key0, key1,
                     BITS: tl.constexpr, BITS_P2: tl.constexpr, RULE: tl.constexpr, CHUNK: tl.constexpr,
-                    TILES: tl.constexpr, NPART: tl.constexpr):
+                    TILES: tl.constexpr, NPART: tl.constexpr, NEAREST: tl.constexpr):
     """B = 0 (not TILES): every program takes the tensor's scale from the partials and handles a SEGMENT_B0
     slice. B > 4096 (TILES): program pid encodes tile pid of its block (scale_truncate.tile_range, seg = the tile
     length) with the scale block_scale_kernel stored in the payload. One pass over CHUNK-element register tiles."""
@@ -122,7 +123,7 @@ def compress_kernel(x_ptr, out_ptr, part_ptr, table_ptr, n, seg, nparts, block_s
         mc = offs < seg_len
         gc = tl.load(x_ptr + start + offs, mask=mc, other=0.0).to(tl.float32)
         emit_chunk(gc, mc, start + c, tl.cdiv(seg_len - c, 32), r, scale, c0, cs, table_ptr, codes_ptr, k0, k1,
-                   BITS, BITS_P2, CHUNK)
+                   BITS, BITS_P2, CHUNK, NEAREST)
 
 
 def header_words(n: int, bits: int, block_size: int, codebook: int, dtype: torch.dtype) -> list[int]:
@@ -134,16 +135,17 @@ def header_words(n: int, bits: int, block_size: int, codebook: int, dtype: torch
 
 
 def launch_encode(g: torch.Tensor, out: torch.Tensor, table: torch.Tensor, n: int, bits: int, block_size: int,
-                  codebook: int, seed: int, nb: int, codes_w0: int) -> None:
+                  codebook: int, seed: int, nb: int, codes_w0: int, rounding: int = 0) -> None:
     """Scales, flags and codes of the payload `out` (int32 words; header already launched) for flat input g."""
     rule = cb.scale_rule(codebook)
     mode, seg, nseg, chunk, tpb = segmentation(n, block_size)
     key0, key1 = C.seed_args(seed)
+    nearest = rounding == rng.NEAREST
     if mode == MODE_BLOCK:
         rows = max(1, C.ROWS_TARGET // chunk)
         wrap_triton(compress_blocks_kernel)[(triton.cdiv(nseg, rows),)](
             g, out, table, n, block_size, nb, codes_w0, key0, key1, BITS=bits, BITS_P2=C.next_pow2(bits),
-            RULE=rule, ROWS=rows, CHUNK=chunk, num_warps=C.warps_for(rows * chunk))
+            RULE=rule, ROWS=rows, CHUNK=chunk, NEAREST=nearest, num_warps=C.warps_for(rows * chunk))
         return
     part, nparts = table, 1  # unused unless B = 0
     if mode == MODE_WHOLE:
@@ -154,11 +156,11 @@ def launch_encode(g: torch.Tensor, out: torch.Tensor, table: torch.Tensor, n: in
     wrap_triton(compress_kernel)[(nseg,)](
         g, out, part, table, n, seg, nparts, block_size, tpb, codes_w0, key0, key1, BITS=bits,
         BITS_P2=C.next_pow2(bits), RULE=rule, CHUNK=chunk, TILES=mode == MODE_TILES,
-        NPART=C.next_pow2(nparts), num_warps=C.warps_for(chunk))
+        NPART=C.next_pow2(nparts), NEAREST=nearest, num_warps=C.warps_for(chunk))
 
 
 def triton_compress(x: torch.Tensor, table: torch.Tensor, bits: int, block_size: int, codebook: int,
-                    seed: int) -> torch.Tensor:
+                    seed: int, rounding: int = 0) -> torch.Tensor:
     """x: any shape fp32/fp16/bf16, table: _common.table(codebook, bits) → uint8 payload [payload_bytes]."""
     g = C.flat(x)
     n = g.numel()
@@ -173,11 +175,14 @@ def triton_compress(x: torch.Tensor, table: torch.Tensor, bits: int, block_size:
         wrap_triton(header_kernel)[(1,)](out, *header_words(n, bits, block_size, codebook, x.dtype), zero_lo,
                                          codes_w0, num_warps=1)
         if n > 0:
-            launch_encode(g, out, table, n, bits, block_size, codebook, seed, nb, codes_w0)
+            launch_encode(g, out, table, n, bits, block_size, codebook, seed, nb, codes_w0, rounding)
     return out.view(torch.uint8)
 
 
-def compress(x: torch.Tensor, bits: int, block_size: int, codebook: int, seed: int) -> torch.Tensor:
+def compress(x: torch.Tensor, bits: int, block_size: int, codebook: int, seed: int,
+             rounding: int = rng.STOCHASTIC) -> torch.Tensor:
     """x: any shape, fp32/fp16/bf16 → uint8 payload [payload_bytes(n, bits, block_size)] (reference signature)."""
     codebook = checks.check_compress(x, bits, block_size, codebook)
-    return torch.ops.tnq.triton_compress(x, C.table(codebook, bits, x.device), bits, block_size, codebook, seed)
+    checks.check_rounding(rounding)
+    return torch.ops.tnq.triton_compress(x, C.table(codebook, bits, x.device), bits, block_size, codebook, seed,
+                                         rounding)
