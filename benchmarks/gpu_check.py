@@ -39,8 +39,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
-TESTS = ["tests/test_cuda_backend.py", "tests/test_cuda_build.py", "tests/test_triton.py", "tests/test_gpu_review.py",
-         "tests/test_api.py", "tests/test_cpu_backend.py", "tests/test_constants.py"]
+TESTS = ["tests/test_cuda_backend.py", "tests/test_cuda_build.py", "tests/test_cuda_host.py", "tests/test_triton.py",
+         "tests/test_gpu_review.py", "tests/test_api.py", "tests/test_cpu_backend.py", "tests/test_constants.py"]
 GRAPH_TEST = "tests/test_gpu_review.py::test_cuda_graph_capture_compress_decompress_sum"
 NO_CUDA_EXIT = 3
 

@@ -14,7 +14,8 @@ compress_blocks_kernel, decompress_kernel), b = 2..5, fp32 and bf16 input/output
    loops that do not touch the element data run once; the element loops - those with a 128-bit global access -
    run elements-per-thread / elements-per-iteration times), divided by the elements one thread handles.
    Per-CTA work (table load, block reduction) is included, spread over the CTA's elements. It is an estimate:
-   code that only warp 0 runs is counted for every warp, and a data-dependent branch is taken one way.
+   code that only warp 0 runs is counted for every warp, and a data-dependent branch is taken one way. BRA.DIV
+   (the branch to the slow path of __syncwarp / vote / shuffle, taken only by a diverged warp) falls through.
 3. Classes and Hopper (sm_90) per-SM issue rates, thread-operations per clock (CUDA C Programming Guide,
    arithmetic instruction throughput table for compute capability 9.0): fp32 add/mul/fma 128; fp64 64 (H100/H200
    SXM); integer add/logic/shift, compares, min/max, select, moves (the ALU pipe) 64; IMAD/IMUL 64 on the FMA
@@ -52,6 +53,7 @@ ISSUE = 128  # thread-instructions per clock per SM (4 schedulers x 32 lanes)
 RATES = {"fp32": 128, "imad": 64, "fp64": 64, "int": 64, "conv": 16, "sfu": 16, "mem": 32, "warp": 32,
          "uniform": None, "control": None}
 BLOCK = 2048
+RULE_M2M1 = 3  # tnq_constants.h kScaleM2M1: the default codebook's scale rule
 
 _FP32 = ("FADD", "FMUL", "FFMA", "FMUL2", "FADD2", "FFMA2", "HADD2", "HMUL2", "HFMA2")
 _FP64 = ("DADD", "DMUL", "DFMA", "DSETP", "DMNMX")
@@ -155,6 +157,9 @@ def walk(code, trips_of) -> dict[str, float]:
                     continue
                 j = at[t]
                 if t <= pc:  # a back-edge: the loop's trips were counted at its head; fall out
+                    i += 1
+                    continue
+                if op.startswith("BRA.DIV"):  # taken only by a diverged warp (the __syncwarp slow path)
                     i += 1
                     continue
                 if not pred:
@@ -262,9 +267,10 @@ def rows():
     out = []
     for dtype, dt_id, esize, v in (("float32", 0, 4, 4), ("bfloat16", 2, 2, 8)):
         for bits in (2, 3, 4, 5):
-            # CUDA compress, B = 2048: one CTA of 256 threads per block, 8 elements per thread
-            code = cuda_function(funcs, rf"compress_cu.*fused_blocks_kernelILi{dt_id}ELi{bits}ELb0E")
-            per_thread = BLOCK / 256
+            # CUDA compress, B = 2048, the default codebook (rtnq: scale rule Σg²/(2Σ|g|), RULE = 3): one CTA per
+            # block with one warp per 1024 elements (blocks.cuh run_blocks), 64 threads, 32 elements per thread
+            code = cuda_function(funcs, rf"compress_cu.*fused_blocks_kernelILi{dt_id}ELi{bits}ELi{RULE_M2M1}ELb0E")
+            per_thread = BLOCK / (32 * -(-BLOCK // 1024))
             out.append(("cuda", "compress", dtype, bits, walk(code, element_trips(per_thread, v)), per_thread,
                         esize + bits / 8 + 4 / BLOCK))
             # CUDA decompress: one V-element unit per thread at n = 2^24 (grid = n / (256 V) CTAs)

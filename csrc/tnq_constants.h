@@ -90,8 +90,10 @@ TNQ_HD uint32_t hash_pair(SeedKeys k, uint64_t j) { return pair_hash(pair_key(k,
 // The 16 random bits m of element i (the full definition, for stage ops and tails; hot loops hash pairs).
 TNQ_HD uint32_t bits16(SeedKeys k, uint64_t i) { return (hash_pair(k, i >> 1) >> (16 * (i & 1))) & 0xFFFFu; }
 
+// U · 2^16 = m + 0.5 (exact), for loops that compare it with p · 2^16 (a table of inverse gaps times 2^16).
+TNQ_HD float uniform16_x65536(uint32_t m) { return float(m) + 0.5f; }
 // U = (m + 0.5) · 2^-16 in (0, 1): 17 significant bits, exact in fp32 (both operations are exact).
-TNQ_HD float uniform16(uint32_t m) { return (float(m) + 0.5f) * (1.0f / 65536.0f); }
+TNQ_HD float uniform16(uint32_t m) { return uniform16_x65536(m) * (1.0f / 65536.0f); }
 
 TNQ_HD int64_t num_blocks(int64_t n, int64_t block_size) {
   return block_size == 0 ? 1 : (n + block_size - 1) / block_size;

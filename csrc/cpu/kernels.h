@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "../bin_index.h"
 #include "../tnq_constants.h"
 
 namespace tnq {
@@ -30,6 +31,8 @@ struct Tables {
   int bins = 0;
   float bin_scale = 0.0f;
   int32_t bin_lo[kMaxBins];
+  // the CUDA kernels' O(1) cell index (csrc/bin_index.h; nb = 0 where it does not exist)
+  GpuBins gpu;
 };
 
 // Levels in fp64 exactly as tnq_kernels/codebooks.py computes them (before the single rounding to fp32).

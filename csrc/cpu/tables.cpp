@@ -74,19 +74,6 @@ std::vector<double> levels_f64(int codebook, int bits) {
   return out;
 }
 
-// Floats <-> integers in the same order, so "the smallest float with property P" is a binary search over ints.
-static int64_t ordered_key(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return (u & 0x80000000u) ? -int64_t(u & 0x7fffffffu) : int64_t(u);
-}
-static float from_key(int64_t key) {
-  const uint32_t u = key < 0 ? uint32_t(-key) | 0x80000000u : uint32_t(key);
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
 // The bin of z exactly as the AVX-512 kernel computes it (fp32 subtract and multiply, no FMA, truncation).
 static int bin_of(float z, float c0, float scale, int bins) {
   const float v = (z - c0) * scale;
@@ -118,12 +105,7 @@ static void make_bins(Tables& t) {
     for (int j = 0; j < bins && ok; ++j) {
       // first float of bin j and first of bin j + 1 (or one past c_s)
       auto first_at_least = [&](int b) {
-        int64_t a = k0, z = k1 + 1;
-        while (a < z) {
-          const int64_t m = a + (z - a) / 2;
-          if (bin_of(from_key(m), c0, scale, bins) >= b) z = m; else a = m + 1;
-        }
-        return a;
+        return first_key_at_least(k0, k1 + 1, b, [&](float z) { return bin_of(z, c0, scale, bins); });
       };
       const int64_t first = first_at_least(j), next = j + 1 < bins ? first_at_least(j + 1) : k1 + 1;
       if (first >= next) {  // an empty bin: any base works, it is never used
@@ -159,6 +141,7 @@ static Tables make_tables(int codebook, int bits) {
       t.level[d][m] = (d < bits && m < (1 << d)) ? t.search[(2 * m + 1) * step] : nan;
     }
   make_bins(t);
+  t.gpu = make_gpu_bins(t.c, t.inv_gap, t.s);
   return t;
 }
 

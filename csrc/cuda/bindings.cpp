@@ -55,6 +55,7 @@ LevelTable level_table(int codebook, int bits) {
   LevelTable out;
   std::memcpy(out.c, t.c, sizeof(out.c));
   std::memcpy(out.inv_gap, t.inv_gap, sizeof(out.inv_gap));
+  fill_bins(out, t.gpu, bits);
   return out;
 }
 

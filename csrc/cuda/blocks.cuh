@@ -15,19 +15,42 @@ namespace dev {
 // and host stubs (a non-template __global__ with external linkage would be defined twice at link time).
 namespace {
 
-template <int DT, int BITS, bool ZOUT>
+// The level table a kernel keeps in shared memory: the O(1) index for the fast widths, the search table otherwise,
+// none for the z output of scale_truncate.
+struct NoTable {};
+template <int BITS, bool ZOUT>
+using TableFor = std::conditional_t<ZOUT, NoTable, std::conditional_t<(BITS != 0), FastTable, SharedTable>>;
+
+template <int BITS, bool ZOUT>
+__device__ __forceinline__ void load_tables(TableFor<BITS, ZOUT>& st, const LevelTable& tab, int bits) {
+  if constexpr (!ZOUT) {
+    if constexpr (BITS != 0) load_fast_table(st, tab);
+    else load_table(st, tab, bits);
+  }
+}
+
+// Dynamic shared memory of the encode kernels: kStageBytes per warp (none for the z output).
+template <bool ZOUT>
+inline size_t stage_bytes(int64_t threads) {
+  return ZOUT ? 0 : size_t(threads / 32) * size_t(kStageBytes);
+}
+
+// One CTA per block: its reduction for the scale rule RULE (a template parameter, so the loop holds only its own
+// sums), the scale, then the encode (or z) of the block.
+template <int DT, int BITS, int RULE, bool ZOUT>
 __global__ void __launch_bounds__(kThreads)
     fused_blocks_kernel(const typename Elem<DT>::T* __restrict__ x, int64_t n, int64_t block_len, int bits,
-                        int rule, SeedKeys keys, int rounding, const __grid_constant__ LevelTable tab,
+                        SeedKeys keys, int rounding, const __grid_constant__ LevelTable tab,
                         float* __restrict__ scales, uint32_t* __restrict__ flags, uint32_t* __restrict__ words,
                         float* __restrict__ z) {
-  __shared__ SharedTable st;
+  __shared__ TableFor<BITS, ZOUT> st;
   __shared__ double red[kReduceSmem];
-  if constexpr (!ZOUT) load_table(st, tab, bits);
+  extern __shared__ __align__(16) uint8_t stage[];
+  load_tables<BITS, ZOUT>(st, tab, bits);
   const int64_t blk = blockIdx.x;
   const int64_t start = blk * block_len;
   const int64_t end = start + block_len < n ? start + block_len : n;
-  const float scale = finish_scale(reduce_scale<DT>(x, start, end, rule, red), end - start, rule);
+  const float scale = finish_scale(reduce_rule<DT, RULE>(x, start, end, red), end - start, RULE);
   if (threadIdx.x == 0) {
     scales[blk] = scale;
     if (flags != nullptr && !isfinite(scale)) *flags = kFlagNonFinite;
@@ -35,7 +58,8 @@ __global__ void __launch_bounds__(kThreads)
   if constexpr (ZOUT) {
     truncate_range<DT>(x, start, end, scale, tab.c[0], tab.c[(1 << bits) - 1], z);
   } else {
-    encode_range<DT, BITS>(x, start, end, scale, keys, rounding == kNearest, st, bits, words);
+    encode_range<DT, BITS>(x, start, end, scale, keys, rounding == kNearest, st, tab, bits, words,
+                           stage + (threadIdx.x >> 5) * kStageBytes);
   }
 }
 
@@ -99,15 +123,17 @@ __global__ void __launch_bounds__(kThreads)
                  int bits, SeedKeys keys, int rounding, const __grid_constant__ LevelTable tab,
                  const float* __restrict__ scales,
                  uint32_t* __restrict__ words, float* __restrict__ z) {
-  __shared__ SharedTable st;
-  if constexpr (!ZOUT) load_table(st, tab, bits);
+  __shared__ TableFor<BITS, ZOUT> st;
+  extern __shared__ __align__(16) uint8_t stage[];
+  load_tables<BITS, ZOUT>(st, tab, bits);
   const TileRange r = tile_range(blockIdx.x, tiles_per_block, block_len, n);
   if (r.start >= r.end) return;  // after the table's __syncthreads: the whole CTA leaves together
   const float scale = scales[r.blk];
   if constexpr (ZOUT) {
     truncate_range<DT>(x, r.start, r.end, scale, tab.c[0], tab.c[(1 << bits) - 1], z);
   } else {
-    encode_range<DT, BITS>(x, r.start, r.end, scale, keys, rounding == kNearest, st, bits, words);
+    encode_range<DT, BITS>(x, r.start, r.end, scale, keys, rounding == kNearest, st, tab, bits, words,
+                           stage + (threadIdx.x >> 5) * kStageBytes);
   }
 }
 
@@ -124,22 +150,27 @@ const char* run_blocks(const void* x, int dtype_id, int64_t n, int bits, int64_t
   const int64_t block_len = effective_block_len(n, block_size);
   const int64_t nblocks = num_blocks(n, block_size);
   if (nblocks > 0x7fffffff) return kGridTooLarge;
-  // z output needs no specialisation on the bit width
+  // z output needs no specialisation on the bit width; a code output takes the O(1) index (BITS = 2..5) only where
+  // the table has one (tab.bins > 0), else the runtime-width kernels (BITS = 0) with the binary search
+  const int fast_bits = tab.bins > 0 ? bits : 0;
   auto dispatch = [&](auto&& fn) {
     if constexpr (ZOUT) return dispatch_dtype(dtype_id, fn);
-    else return dispatch_dtype_bits(dtype_id, bits, fn);
+    else return dispatch_dtype_bits(dtype_id, fast_bits, fn);
   };
   if (block_len <= kFusedMaxBlock) {
     return dispatch([&](auto dt, auto b) {
       constexpr int DT = decltype(dt)::value, BITS = decltype(b)::value;
-      constexpr int V = dev::Elem<DT>::V;
-      // small blocks get a smaller CTA: one 16-byte vector per thread at least
-      int64_t threads = (block_len / V + 31) / 32 * 32;
-      threads = threads < 32 ? 32 : (threads > dev::kThreads ? dev::kThreads : threads);
-      dev::fused_blocks_kernel<DT, BITS, ZOUT><<<unsigned(nblocks), unsigned(threads), 0, s>>>(
-          static_cast<const typename dev::Elem<DT>::T*>(x), n, block_len, bits, rule, keys, rounding, tab, scales,
-          flags, words, z);
-      return launch_status();
+      // one warp per kChunk elements of the block, at most kThreads
+      int64_t threads = (block_len + dev::kChunk - 1) / dev::kChunk * 32;
+      threads = threads > dev::kThreads ? dev::kThreads : threads;
+      const size_t smem = dev::stage_bytes<ZOUT>(threads);
+      return dispatch_rule(rule, [&](auto rl) {
+        constexpr int RULE = decltype(rl)::value;
+        dev::fused_blocks_kernel<DT, BITS, RULE, ZOUT><<<unsigned(nblocks), unsigned(threads), smem, s>>>(
+            static_cast<const typename dev::Elem<DT>::T*>(x), n, block_len, bits, keys, rounding, tab, scales, flags,
+            words, z);
+        return launch_status();
+      });
     });
   }
   const int64_t tpb = (block_len + kTile - 1) / kTile;
@@ -153,7 +184,7 @@ const char* run_blocks(const void* x, int dtype_id, int64_t n, int bits, int64_t
                                                                          tpb, rule, partials);
     dev::block_scale_kernel<<<unsigned(nblocks), dev::kThreads, 0, s>>>(partials, n, block_len, tpb, rule,
                                                                          scales, flags);
-    dev::tiles_kernel<DT, BITS, ZOUT><<<unsigned(ntiles), dev::kThreads, 0, s>>>(
+    dev::tiles_kernel<DT, BITS, ZOUT><<<unsigned(ntiles), dev::kThreads, dev::stage_bytes<ZOUT>(dev::kThreads), s>>>(
         static_cast<const T*>(x), n, block_len, tpb, bits, keys, rounding, tab, scales, words, z);
     return launch_status();
   });

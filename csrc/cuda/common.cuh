@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "../bin_index.h"
 #include "../tnq_constants.h"
 #include "kernels.h"
 
@@ -54,12 +55,12 @@ __device__ __forceinline__ float to_f32(typename Elem<DT>::T v) {
   }
 }
 
-// Elements [i, i + V) of x as fp32, elements at or past `end` read as 0 (and are not loaded). One 16-byte load
+// Elements [i, i + V) of x as fp32, elements at or past `end` read as `fill` (and are not loaded). One 16-byte load
 // when the whole vector is in range; x + i must then be 16-byte aligned (the launchers guarantee it: x is
 // 16-byte aligned and i is a multiple of V).
 template <int DT>
 __device__ __forceinline__ void load_vec(const typename Elem<DT>::T* __restrict__ x, int64_t i, int64_t end,
-                                         float (&f)[Elem<DT>::V]) {
+                                         float (&f)[Elem<DT>::V], float fill = 0.0f) {
   constexpr int V = Elem<DT>::V;
   if (i + V <= end) {
     const uint4 u = __ldg(reinterpret_cast<const uint4*>(x + i));
@@ -76,7 +77,7 @@ __device__ __forceinline__ void load_vec(const typename Elem<DT>::T* __restrict_
     }
   } else {
 #pragma unroll
-    for (int t = 0; t < V; ++t) f[t] = (i + t < end) ? to_f32<DT>(x[i + t]) : 0.0f;
+    for (int t = 0; t < V; ++t) f[t] = (i + t < end) ? to_f32<DT>(x[i + t]) : fill;
   }
 }
 
@@ -140,61 +141,65 @@ __device__ __forceinline__ uint32_t round_code(float z, uint32_t m, const Shared
   return uint32_t(k) + ((nearest ? kNearestU : uniform16(m)) < p ? 1u : 0u);
 }
 
-// ---- job 3: pack, one warp at a time ----
+// ---- job 2 with the O(1) cell index (LevelTable::bins > 0) ----
 
-// Spreads the low L = 32/V bits of x to stride V (bit k -> bit V*k).
-template <int V>
-__device__ __forceinline__ uint32_t spread(uint32_t x) {
-  if constexpr (V == 4) {  // 8 bits -> stride 4
-    x = (x | (x << 12)) & 0x000F000Fu;
-    x = (x | (x << 6)) & 0x03030303u;
-    x = (x | (x << 3)) & 0x11111111u;
-    return x;
-  } else {  // V == 8: 4 bits -> stride 8; the four shifted copies do not overlap, so the product is their OR
-    static_assert(V == 8, "16-byte vectors hold 4 or 8 elements");
-    return (x * 0x00204081u) & 0x01010101u;
-  }
+// The rounding arithmetic of the reference, on host and device (the host test runs these functions).
+TNQ_HD float sub_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+TNQ_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
 }
 
-// The warp holds a chunk of 32·V consecutive elements, lane l owning elements V·l … V·l + V-1 (its 16-byte
-// vector) with codes code[0..V). The chunk is V groups of 32; its words are words[q·bits + p] for group q, plane
-// p, so the V·bits words of a chunk are contiguous and lane l builds word(s) l, l+32, ... of them.
-// One __ballot_sync per (plane p, vector slot t) gives, at bit l, bit p of the code of element V·l + t; group q's
-// word takes bits L·q … L·q + L-1 of the V ballots of its plane, interleaved (element 32q + j is lane
-// L·q + j/V, slot j%V).  Returns the number of words this lane holds in `out` (its word indices: lane + 32r).
-template <int V, int BITS>
-struct ChunkWords {
-  static constexpr int kMaxWords = V * (BITS ? BITS : kMaxBits);
-  static constexpr int R = (kMaxWords + 31) / 32;
-  uint32_t w[R];
+// The table of the O(1) index in shared memory (2.5 KiB), in 16-byte entries so that each lookup is one load and
+// each choice between two candidates one select: a bin holds the byte offsets of its two candidate cells in
+// `level` and the level between them; a level entry holds c_k, ρ_k·2^16 and the two codes k, k + 1.
+struct alignas(16) BinEntry16 {
+  uint32_t off_lo;  // 16 · lo
+  float t1;         // c_{lo+1}, or NaN when lo + 1 is not an interior level
+  uint32_t off_hi;  // 16 · (lo + 1)
+  uint32_t pad;
 };
+struct alignas(16) LevelEntry {
+  float c, inv_gap16;
+  uint32_t k, k1;
+};
+struct FastTable {
+  BinEntry16 bin[kCudaMaxBins + 1];
+  LevelEntry level[32];
+};
+TNQ_HD BinEntry16 bin_entry16(const BinEntry& e) { return BinEntry16{16 * e.lo, e.t1, 16 * (e.lo + 1), 0u}; }
+TNQ_HD LevelEntry level_entry(const Level16& l, uint32_t k) { return LevelEntry{l.c, l.inv_gap16, k, k + 1}; }
 
-template <int V, int BITS>
-__device__ __forceinline__ void pack_chunk(const uint32_t (&code)[V], int bits_rt, ChunkWords<V, BITS>& out) {
-  constexpr int L = 32 / V;
-  constexpr int R = ChunkWords<V, BITS>::R;
-  const int nb = BITS ? BITS : bits_rt;
-  const int lane = threadIdx.x & 31;
-  int q[R], pw[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    const int w = lane + 32 * r;
-    q[r] = w / nb;  // a constant divisor when BITS > 0
-    pw[r] = w - q[r] * nb;
-    out.w[r] = 0;
-  }
-#pragma unroll
-  for (int p = 0; p < (BITS ? BITS : kMaxBits); ++p) {
-    if (BITS == 0 && p >= nb) break;
-#pragma unroll
-    for (int t = 0; t < V; ++t) {
-      const uint32_t b = __ballot_sync(kFullMask, (code[t] >> p) & 1u);
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        if (pw[r] == p && q[r] < V) out.w[r] |= spread<V>((b >> (L * q[r])) & ((1u << L) - 1u)) << t;
-      }
-    }
-  }
+// Whole CTA; ends with __syncthreads().
+__device__ __forceinline__ void load_fast_table(FastTable& ft, const LevelTable& tab) {
+  for (int j = threadIdx.x; j <= tab.bins; j += blockDim.x) ft.bin[j] = bin_entry16(tab.bin[j]);
+  for (int k = threadIdx.x; k < 32; k += blockDim.x) ft.level[k] = level_entry(tab.level16[k], uint32_t(k));
+  __syncthreads();
+}
+
+// code = k + [U < p] as the reference for z = g·r *not clamped* (z = NaN: code 0), m the element's 16 random bits.
+// Same code as clamping first: the bin table puts z < c_0 in cell 0 and z > c_s in cell s-1 (csrc/bin_index.h),
+// where p = (z - c_k)·ρ_k is then < 0 (never rounds up, as p = 0 at z = c_0) or >= its value at z = c_s, which is
+// 1 within a few ulps and always above U <= 1 - 2^-17 (always rounds up, as at z = c_s).
+// U < p is tested as U·2^16 < (z - c_k)·(ρ_k·2^16): ρ_k·2^16 is exact and finite (make_gpu_bins checks it), so
+// the product is p·2^16 exactly unless p < 2^-126, where both sides say no (U >= 2^-17). `nearest`: U = kNearestU
+// (m is ignored), the same comparison scaled by the same exact 2^16.
+TNQ_HD uint32_t fast_code(float z, uint32_t m, const FastTable& ft, float mul, float add, float bias,
+                          bool nearest) {
+  const BinEntry16 e = ft.bin[gpu_bin(z, mul, add, bias)];
+  const uint32_t off = z >= e.t1 ? e.off_hi : e.off_lo;  // t1 = NaN: never
+  const LevelEntry l = *reinterpret_cast<const LevelEntry*>(reinterpret_cast<const char*>(ft.level) + off);
+  const float p16 = mul_rn(sub_rn(z, l.c), l.inv_gap16);
+  return (nearest ? kNearestU * 65536.0f : uniform16_x65536(m)) < p16 ? l.k1 : l.k;
 }
 
 // ---- reductions ----
@@ -318,47 +323,123 @@ __device__ __forceinline__ float finish_scale(ScaleSums r, int64_t count, int ru
 
 // ---- the encode pass over one range of one block ----
 
+// r for the encode: inverse_scale for a finite scale (0 for a zero scale: z = ±0, all finite g), NaN for a non-finite
+// one, so every z of the block is NaN and gets code 0 (the reference clamps such a block to c_0: code 0).
+__device__ __forceinline__ float encode_inverse(float scale) {
+  return isfinite(scale) ? inverse_scale(scale) : __int_as_float(0x7fc00000);
+}
+
+// A warp encodes chunks of kChunk = 1024 elements (32 groups): every lane loads 16-byte vectors of the chunk
+// (coalesced), writes each code as one byte into the warp's 1 KiB staging area, transposed, and then packs one
+// group (lane l: group l of the chunk) from two 16-byte shared loads. Staging layout: the 8 words D_0..D_7 of a
+// group gl, D_i byte q = code of element 8q + i of the group, so bit plane p of the group is
+// W_p = OR_i ((D_i >> p) & 0x01010101) << i. Group gl's word i sits at 8·gl + (i ^ 4·((gl >> 2) & 1)): the
+// swizzle keeps both the byte stores and the 16-byte loads free of bank conflicts.
+constexpr int kChunk = 1024;
+constexpr int kStageBytes = kChunk;  // per warp
+
+template <int V>
+TNQ_HD int stage_byte(int lane, int m, int t) {
+  constexpr int L = 32 / V;           // lanes per group
+  const int gl = m * V + lane / L;    // element m·32V + lane·V + t of the chunk is in group gl ...
+  const int j = (lane % L) * V + t;   // ... at position j
+  return 4 * (8 * gl + ((j & 7) ^ (((gl >> 2) & 1) << 2))) + (j >> 3);
+}
+// The same as a per-lane part and a constant: stage_byte(lane, m, t) = stage_lane<V>(lane, m & 1, t >> 2)
+// + 32·V·m + 4·t (m and t are unrolled constants in encode_range, so each store is [register + immediate]).
+template <int V>
+TNQ_HD int stage_lane(int lane, int m_odd, int t_high) {
+  return stage_byte<V>(lane, m_odd, 4 * t_high) - 32 * V * m_odd - 16 * t_high;
+}
+
+// Where lane l finds D_0..D_3 (half 0) and D_4..D_7 (half 1) of its group: 16-byte unit index in the staging area.
+TNQ_HD int stage_half(int lane, int half) { return 2 * lane + (half ^ ((lane >> 2) & 1)); }
+
+// Bit plane p of a group from its staging words.
+TNQ_HD uint32_t stage_plane(const uint32_t (&d)[8], int p) {
+  uint32_t w = 0;
+#pragma unroll
+  for (int q = 0; q < 8; ++q) w |= ((d[q] >> p) & 0x01010101u) << q;
+  return w;
+}
+
+// The pair keys of a range of elements (a block or a tile, at most 2^30 elements): it crosses at most one change of
+// j_hi (every 2^33 elements), and a 16-byte vector none; range_key gives the key of element i of the range.
+struct RangeKeys {
+  uint32_t hi_start, key_start, key_next;
+};
+TNQ_HD RangeKeys range_keys(SeedKeys keys, int64_t start) {
+  const uint32_t hi = uint32_t(uint64_t(start) >> 33);
+  return RangeKeys{hi, pair_key(keys, hi), pair_key(keys, hi + 1)};
+}
+TNQ_HD uint32_t range_key(const RangeKeys& rk, int64_t i) {
+  return uint32_t(uint64_t(i) >> 33) == rk.hi_start ? rk.key_start : rk.key_next;
+}
+
 // Jobs 1-3 for elements [start, end) of one block with scale `scale`, by all warps of the CTA: z, codes, words.
-// start is a multiple of 32 (block and tile starts are), so every chunk of 32·V elements starts on a group and
-// every 16-byte load is aligned; end = min(block or tile end, n). Groups of a chunk past the range's last group
-// belong to the next block or tile (which writes them) and are left alone; tail codes (past n) are 0.
-template <int DT, int BITS>
+// start is a multiple of 32 (block and tile starts are), so every 16-byte load is aligned; end = min(block or tile
+// end, n). Groups of a chunk past the range's last group belong to the next block or tile (which writes them) and
+// are left alone; elements past `end` read as NaN, whose code is 0 (tail codes past n are 0).
+// BITS > 0: the O(1) index (FastTable); BITS = 0: any width and any table, binary search (SharedTable).
+template <int DT, int BITS, typename Table>
 __device__ __forceinline__ void encode_range(const typename Elem<DT>::T* __restrict__ x, int64_t start,
-                                             int64_t end, float scale, SeedKeys keys, bool nearest,
-                                             const SharedTable& st, int bits_rt, uint32_t* __restrict__ words) {
+                                             int64_t end, float scale, SeedKeys keys, bool nearest, const Table& st,
+                                             const LevelTable& tab, int bits_rt, uint32_t* __restrict__ words,
+                                             uint8_t* stage /* this warp's kStageBytes, 16-byte aligned */) {
   constexpr int V = Elem<DT>::V;
-  constexpr int CH = 32 * V;
-  using CW = ChunkWords<V, BITS>;
+  constexpr int M = kChunk / (32 * V);  // 16-byte vectors per lane and chunk
   const int nb = BITS ? BITS : bits_rt;
-  const float c0 = st.c[0], cs = st.c[(1 << nb) - 1];
-  const float r = inverse_scale(scale);
+  const float r = encode_inverse(scale);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
   const int64_t group_end = (end + 31) >> 5;
-  // the pair key of the range's first element; recomputed only for a chunk past a change of j_hi (2^33 elements)
-  const uint32_t hi_start = uint32_t(uint64_t(start) >> 33), key_start = pair_key(keys, hi_start);
-  for (int64_t base = start + int64_t(warp) * CH; base < end; base += int64_t(nwarps) * CH) {
-    const int64_t i = base + int64_t(lane) * V;
-    float f[V];
-    load_vec<DT>(x, i, end, f);
-    uint32_t code[V];
-    // i is even and the lane's V elements share j_hi: one hash per pair, element i + t takes half t & 1
-    const uint32_t hi = uint32_t(uint64_t(i) >> 33);
-    const uint32_t key = hi == hi_start ? key_start : pair_key(keys, hi);
+  float mul = 0.0f, add = 0.0f, bias = 0.0f;
+  if constexpr (BITS != 0) {
+    mul = tab.bin_mul;
+    add = tab.bin_add;
+    bias = tab.bin_bias;
+  }
+  const RangeKeys rk = range_keys(keys, start);
+  int lane_byte[2][V / 4];  // stage_lane of this lane
 #pragma unroll
-    for (int t = 0; t < V; t += 2) {
-      const uint32_t h = pair_hash(key, uint32_t(uint64_t(i + t) >> 1));
-      const float z0 = truncate(f[t], r, scale, c0, cs), z1 = truncate(f[t + 1], r, scale, c0, cs);
-      code[t] = (i + t < end) ? round_code<BITS>(z0, h & 0xFFFFu, st, nb, nearest) : 0u;
-      code[t + 1] = (i + t + 1 < end) ? round_code<BITS>(z1, h >> 16, st, nb, nearest) : 0u;
-    }
-    CW cw;
-    pack_chunk<V, BITS>(code, nb, cw);
-    const int64_t g0 = base >> 5;
+  for (int mo = 0; mo < 2; ++mo)
 #pragma unroll
-    for (int r = 0; r < CW::R; ++r) {
-      const int w = lane + 32 * r;
-      if (w < V * nb && g0 + w / nb < group_end) words[g0 * nb + w] = cw.w[r];
+    for (int th = 0; th < V / 4; ++th) lane_byte[mo][th] = stage_lane<V>(lane, mo, th);
+  for (int64_t base = start + int64_t(warp) * kChunk; base < end; base += int64_t(nwarps) * kChunk) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const int64_t i = base + int64_t(m * 32 * V + lane * V);
+      float f[V];
+      load_vec<DT>(x, i, end, f, __int_as_float(0x7fc00000));
+      const uint32_t key = range_key(rk, i);
+      const uint32_t j0 = uint32_t(uint64_t(i) >> 1);  // a multiple of V/2: j0 + t/2 = j0 | t/2
+#pragma unroll
+      for (int t = 0; t < V; t += 2) {  // one hash per pair, element i + t takes half t & 1
+        const uint32_t h = pair_hash(key, j0 | uint32_t(t >> 1));
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const float z = __fmul_rn(f[t + u], r);
+          const uint32_t mm = u ? h >> 16 : h & 0xFFFFu;
+          uint32_t code;
+          if constexpr (BITS != 0) code = fast_code(z, mm, st, mul, add, bias, nearest);
+          else code = round_code<0>(z, mm, st, nb, nearest);
+          stage[lane_byte[m & 1][(t + u) >> 2] + 32 * V * m + 4 * (t + u)] = uint8_t(code);
+        }
+      }
     }
+    __syncwarp();
+    const int64_t g = (base >> 5) + lane;
+    if (g < group_end) {
+      const uint4* s4 = reinterpret_cast<const uint4*>(stage);
+      const uint4 a = s4[stage_half(lane, 0)], b = s4[stage_half(lane, 1)];
+      const uint32_t d[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+      uint32_t* out = words + g * nb;
+#pragma unroll
+      for (int p = 0; p < (BITS ? BITS : kMaxBits); ++p) {
+        if (BITS == 0 && p >= nb) break;
+        out[p] = stage_plane(d, p);
+      }
+    }
+    __syncwarp();  // the staging area is rewritten by the next chunk
   }
 }
 
@@ -419,6 +500,17 @@ const char* dispatch_dtype_bits(int dtype_id, int bits, Fn&& fn) {
     case kFloat16: return dispatch_bits<kFloat16>(bits, fn);
     case kBFloat16: return dispatch_bits<kBFloat16>(bits, fn);
     default: return "tnq CUDA: unsupported dtype id";
+  }
+}
+
+// Calls fn(integral_constant<int, RULE>) with the scale rule (tnq_constants.h ScaleRule) as a constant.
+template <typename Fn>
+const char* dispatch_rule(int rule, Fn&& fn) {
+  switch (rule) {
+    case kScaleMaxAbs: return fn(std::integral_constant<int, kScaleMaxAbs>{});
+    case kScaleL2: return fn(std::integral_constant<int, kScaleL2>{});
+    case kScaleM2M1: return fn(std::integral_constant<int, kScaleM2M1>{});
+    default: return fn(std::integral_constant<int, kScaleMeanAbs>{});
   }
 }
 

@@ -6,18 +6,53 @@
 // the CUDA error string of a failed launch.
 #pragma once
 #include <cstdint>
+#include <limits>
 
+#include "../bin_index.h"
 #include "../tnq_constants.h"
 
 namespace tnq {
 namespace cuda {
 
-// fp32 level table of one (codebook, bits), passed to kernels by value (2 KiB of kernel parameters); entries
+// O(1) cell index of the fused encode (csrc/bin_index.h): bin j = gpu_bin(z, bin_mul, bin_add, bin_bias) holds cells lo
+// and lo + 1 only, so cell = lo + [z >= t1] with t1 = c_{lo+1}, or NaN when lo + 1 is not an interior level.
+constexpr int kCudaMaxBins = 128;  // the tables must fit the 4 KiB of kernel parameters
+struct alignas(8) BinEntry {
+  uint32_t lo;
+  float t1;
+};
+struct alignas(8) Level16 {
+  float c, inv_gap16;  // c_k and fp32(1 / (c_{k+1} - c_k)) · 2^16 (exact: a power of two)
+};
+
+// fp32 level table of one (codebook, bits), passed to kernels by value (3.3 KiB of kernel parameters); entries
 // past 2^bits are ignored. c: levels c_0 < ... < c_s; inv_gap[k] = fp32(1 / (c_{k+1} - c_k)), k < s.
+// bins > 0 (2 <= bits <= 5 and a bin table of at most kCudaMaxBins bins exists): bin[0..bins] and level16[0..s]
+// hold the O(1) index; bins = 0: the kernels search c with the runtime bit width instead.
 struct LevelTable {
   float c[256];
   float inv_gap[256];
+  int bins;
+  float bin_mul, bin_add, bin_bias;
+  BinEntry bin[kCudaMaxBins + 1];
+  Level16 level16[32];
 };
+
+// The O(1) index part of a LevelTable whose c and inv_gap are set, from the bins of csrc/bin_index.h: bins = 0 when
+// there are none, more than kCudaMaxBins of them, or bits is not a fast width (2..5).
+inline void fill_bins(LevelTable& t, const GpuBins& g, int bits) {
+  const int s = (1 << bits) - 1;
+  const bool ok = bits >= 2 && bits <= 5 && g.nb > 0 && g.nb <= kCudaMaxBins;
+  t.bins = ok ? g.nb : 0;
+  t.bin_mul = g.mul;
+  t.bin_add = g.add;
+  t.bin_bias = ok ? gpu_bin_bias(g.nb) : 0.0f;
+  for (int j = 0; j <= kCudaMaxBins; ++j) {
+    const uint32_t lo = ok && j <= g.nb ? uint32_t(g.lo[j]) : 0u;
+    t.bin[j] = BinEntry{lo, int(lo) + 1 < s ? t.c[lo + 1] : std::numeric_limits<float>::quiet_NaN()};
+  }
+  for (int k = 0; k < 32; ++k) t.level16[k] = Level16{t.c[k], t.inv_gap[k] * 65536.0f};
+}
 
 // Header words 0-7 of the payload (flags = 0), built on the host from ints only.
 struct HeaderWords {
