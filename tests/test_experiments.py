@@ -10,6 +10,7 @@ import torch
 import tnq_kernels as tnq
 from experiments import data as mdata
 from experiments import grad_stats, mnist, report, summary, text
+from studies import write_study
 
 try:
     MNIST_DATA = mdata.load_mnist()
@@ -319,18 +320,8 @@ def test_table_counts_the_seeds_of_each_cell():
 
 def test_summary_rewrites_tables_with_notes_and_checks_the_default_codebook(tmp_path):
     d = tmp_path / "study"
-    d.mkdir()
-    recs, runs = [], []
-    for seed in range(3):
-        for comp, bits, acc in [("none", 32, 0.95), ("rtnq", 3, 0.95), ("qsgd", 3, 0.96 + 0.001 * seed)]:
-            recs.append({k: 0 for k in mnist.CSV_FIELDS} | {"compressor": comp, "bits": bits, "seed": seed,
-                                                            "step": 100, "test_accuracy": acc, "test_loss": 0.1})
-            runs.append({k: "" for k in report.RUN_FIELDS} | {
-                "compressor": comp, "bits": bits, "seed": seed, "mode": "sim", "backend": "auto", "steps": 100,
-                "seconds": 1.0, "ms_per_step": 10.0, "task": "mnist_mlp", "optimizer": "sgdm", "lr": 0.1,
-                "block_size": 2048, "per_tensor": 0, "partition": "iid"})
-    mnist.write_csv(str(d / "results.csv"), recs)
-    report.write_runs(str(d / "runs.csv"), runs)
+    write_study(d, [(comp, bits, seed, 100, acc, 0.1) for seed in range(3) for comp, bits, acc in
+                    [("none", 32, 0.95), ("rtnq", 3, 0.95), ("qsgd", 3, 0.96 + 0.001 * seed)]], 100, "mnist_mlp")
     (d / "notes.md").write_text("## Reading the table\n\nhand-written\n")
     assert summary.main(["--root", str(tmp_path), "--rewrite"]) == 0
     table = (d / "table.md").read_text()

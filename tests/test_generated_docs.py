@@ -6,6 +6,7 @@ import os
 import pytest
 
 from experiments import docs_blocks, mnist, report, summary
+from studies import write_study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "experiments", "results")
@@ -43,23 +44,15 @@ def test_render_rewrites_only_the_block_body_and_rejects_unknown_names(tmp_path)
 
 
 def _study(root, name, steps, task="text", seeds=3, rtnq_nan=False, widths=(3,)):
-    d = root / name
-    d.mkdir()
-    recs, runs = [], []
+    points = []
     for seed in range(seeds):
         for comp, bits, loss in [("none", 32, 2.5)] + [(c, b, v) for b in widths for c, v in
                                                        [("rtnq", 2.6), ("tnq", 2.4 + 0.001 * seed)]]:
             acc = 0.5
             if rtnq_nan and comp == "rtnq":
                 loss = acc = float("nan")
-            recs.append({k: 0 for k in mnist.CSV_FIELDS} | {"compressor": comp, "bits": bits, "seed": seed,
-                                                            "step": steps, "test_accuracy": acc, "test_loss": loss})
-            runs.append({k: "" for k in report.RUN_FIELDS} | {
-                "compressor": comp, "bits": bits, "seed": seed, "mode": "sim", "backend": "auto", "steps": steps,
-                "seconds": 1.0, "ms_per_step": 10.0, "task": task, "optimizer": "sgdm", "lr": 0.1,
-                "block_size": 2048, "per_tensor": 0, "partition": "iid"})
-    mnist.write_csv(str(d / "results.csv"), recs)
-    report.write_runs(str(d / "runs.csv"), runs)
+            points.append((comp, bits, seed, steps, acc, loss))
+    write_study(root / name, points, steps, task)
 
 
 def test_a_longer_study_of_the_same_setting_replaces_the_shorter_one(tmp_path):
@@ -125,24 +118,12 @@ def test_the_cpu_table_comes_from_one_run(tmp_path):
 
 
 def test_horizon_reads_the_same_runs_at_each_step_and_ranks_them(tmp_path):
-    d = tmp_path / "text2000_sgdm"
-    d.mkdir()
-    recs, runs = [], []
     # tnq ahead of fp32 at step 600, behind it at 2000; rtnq level with fp32 throughout
     curve = {"none": {600: 2.7, 2000: 2.2}, "tnq": {600: 2.6, 2000: 2.3}, "rtnq": {600: 2.7, 2000: 2.2}}
-    for seed in range(3):
-        for comp, by_step in curve.items():
-            bits = 32 if comp == "none" else 3
-            for step, loss in by_step.items():
-                recs.append({k: 0 for k in mnist.CSV_FIELDS} | {"compressor": comp, "bits": bits, "seed": seed,
-                                                                "step": step, "test_accuracy": 0.5,
-                                                                "test_loss": loss + 0.01 * seed * (comp == "tnq")})
-            runs.append({k: "" for k in report.RUN_FIELDS} | {
-                "compressor": comp, "bits": bits, "seed": seed, "mode": "sim", "backend": "auto", "steps": 2000,
-                "seconds": 1.0, "ms_per_step": 10.0, "task": "text", "optimizer": "sgdm", "lr": 0.1,
-                "block_size": 2048, "per_tensor": 0, "partition": "iid"})
-    mnist.write_csv(str(d / "results.csv"), recs)
-    report.write_runs(str(d / "runs.csv"), runs)
+    write_study(tmp_path / "text2000_sgdm", [(comp, 32 if comp == "none" else 3, seed, step, 0.5,
+                                             loss + 0.01 * seed * (comp == "tnq"))
+                                            for seed in range(3) for comp, by_step in curve.items()
+                                            for step, loss in by_step.items()], 2000)
     table = summary.horizon(str(tmp_path), "text2000_sgdm", (600, 2000))
     assert "| fp32 | 2.7000 ± 0.0000 (3) | 2.2000 ± 0.0000 (3) |" in table
     assert "| `tnq` − fp32 | +0.0900 ± 0.0100 (3) (t +15.6) | -0.1100 ± 0.0100 (3) (t -19.1) |" in table
