@@ -236,13 +236,13 @@ def horizon(root: str, name: str, steps: Sequence[int], bits: int = 3) -> str:
     metric, higher = report.task_metric(setting(runs[0])["task"])
     recs = read_csv(os.path.join(d, "results.csv"))
     at = {s: [r for r in recs if int(r["step"]) <= s] for s in steps}
+    fin = {s: report.final_by_seed(at[s], metric) for s in steps}
     comps = [c for c in report.ORDER if c != "none" and any(r["compressor"] == c and int(r["bits"]) == bits
                                                             for r in recs)]
-    scale, digits, unit = report.units(metric)
+    unit = report.units(metric)[2]
     lines = [f"| {study_label(runs)}, {bits} bits | " + " | ".join(f"step {s}" for s in steps) + " |",
              "|---|" + "---|" * len(steps)]
-    lines.append("| fp32 | " + " | ".join(report.fmt_mean(list(report.final_by_seed(at[s], metric)
-                                                                  .get(("none", 32), {}).values()), True)
+    lines.append("| fp32 | " + " | ".join(report.fmt_mean(list(fin[s].get(("none", 32), {}).values()), True)
                                         for s in steps) + " |")
     for c in comps:
         cells = []
@@ -252,9 +252,8 @@ def horizon(root: str, name: str, steps: Sequence[int], bits: int = 3) -> str:
         lines.append(f"| `{c}` − fp32 | " + " | ".join(cells) + " |")
     order = []
     for s in steps:
-        fin = report.final_by_seed(at[s], metric)
         means = {("fp32" if c == "none" else f"`{c}`"): report.mean_sd(list(v.values()))[0]
-                 for (c, b), v in fin.items() if b in (bits, 32) and (c == "none" or c in comps)}
+                 for (c, b), v in fin[s].items() if b in (bits, 32) and (c == "none" or c in comps)}
         order.append(" > ".join(sorted(means, key=lambda k: -means[k] if higher else means[k])))
     lines.append("| ranking (best first) | " + " | ".join(order) + " |")
     lines += ["", f"{unit}; the same runs read at each step (a run's state at step s is that of a run stopped "
