@@ -252,6 +252,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     ids["qsgd_l2"] = int(tnq::kQsgdL2);
     ids["nuqsgd_l2"] = int(tnq::kNuqsgdL2);
     for (int j = 0; j < tnq::kNumRtnq; ++j) ids[("rtnq" + std::to_string(tnq::rtnq_clients(tnq::kRtnq1 + j))).c_str()] = tnq::kRtnq1 + j;
+    ids["tnq_max"] = int(tnq::kTnqMax);
     d["codebook_ids"] = ids;
     py::dict rules;
     for (int c = 0; c < tnq::kNumCodebooks; ++c) rules[py::int_(c)] = tnq::scale_rule(c);
@@ -262,6 +263,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     dts["bfloat16"] = int(tnq::kBFloat16);
     d["dtype_ids"] = dts;
     d["tnq_a"] = tnq::kTnqA;
+    d["tnq_max_alpha"] = tnq::kTnqMaxAlpha;
     d["fmix_c1"] = tnq::kFmixC1;
     d["fmix_c2"] = tnq::kFmixC2;
     d["seed_salt_lo"] = tnq::kSeedSaltLo;

@@ -20,26 +20,30 @@ constexpr int kOffVersion = 4, kOffBits = 5, kOffCodebook = 6, kOffDtype = 7, kO
               kOffNumel = 16, kOffReserved = 24;
 
 // ---- codebook ids (byte 6) and source dtype ids (byte 7) ----
-// 6 + j: rtnq{2^j}, the bias-aware TNQ for N = 2^j clients (tnq_kernels/codebooks.py RTNQ_CLIENTS), j < kNumRtnq
+// 6 + j: rtnq{2^j}, the bias-aware TNQ for N = 2^j clients (tnq_kernels/codebooks.py RTNQ_CLIENTS), j < kNumRtnq;
+// then tnq_max (TNQ's level density over [-max|g|, max|g|], for error feedback)
 enum CodebookId : int { kTnq = 0, kTqsgd = 1, kNqsgd = 2, kQsgd = 3, kQsgdL2 = 4, kNuqsgdL2 = 5, kRtnq1 = 6 };
 constexpr int kNumRtnq = 9;
-constexpr int kNumCodebooks = kRtnq1 + kNumRtnq;
+constexpr int kTnqMax = kRtnq1 + kNumRtnq;
+constexpr int kNumCodebooks = kTnqMax + 1;
+constexpr bool is_rtnq(int codebook) { return codebook >= kRtnq1 && codebook < kRtnq1 + kNumRtnq; }
 enum DtypeId : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 // the client count N of an rtnq id (its levels are tnq's with a → a/√N)
 constexpr int rtnq_clients(int codebook) { return 1 << (codebook - kRtnq1); }
-// scale rules (codebooks.py SCALE_*): mean|g| (tnq, tqsgd), max|g| (nqsgd, qsgd), ‖g‖₂ = sqrt(fp64 Σg²)
+// scale rules (codebooks.py SCALE_*): mean|g| (tnq, tqsgd), max|g| (nqsgd, qsgd, tnq_max), ‖g‖₂ = sqrt(fp64 Σg²)
 // (qsgd_l2, nuqsgd_l2), Σg² / (2·Σ|g|) in fp64, 0 when Σ|g| = 0 (rtnq*); each rounded once to fp32
 enum ScaleRule : int { kScaleMeanAbs = 0, kScaleMaxAbs = 1, kScaleL2 = 2, kScaleM2M1 = 3 };
 constexpr int scale_rule(int codebook) {
-  return codebook == kNqsgd || codebook == kQsgd           ? kScaleMaxAbs
-         : codebook == kQsgdL2 || codebook == kNuqsgdL2 ? kScaleL2
-         : codebook >= kRtnq1                             ? kScaleM2M1
+  return codebook == kNqsgd || codebook == kQsgd || codebook == kTnqMax ? kScaleMaxAbs
+         : codebook == kQsgdL2 || codebook == kNuqsgdL2                  ? kScaleL2
+         : is_rtnq(codebook)                                              ? kScaleM2M1
                                                           : kScaleMeanAbs;
 }
 constexpr bool scale_is_max(int codebook) { return scale_rule(codebook) == kScaleMaxAbs; }
 
 // ---- codebook math ----
 constexpr double kTnqA = 3.674234614174767;  // 3·√6/2
+constexpr double kTnqMaxAlpha = 8.202078771817717;  // tnq_max's range: H_2048 (codebooks.py TNQ_MAX_ALPHA)
 
 // ---- counter-based RNG, SPEC v1.2 (docs/RNG.md, tnq_kernels/rng.py) ----
 constexpr uint32_t kFmixC1 = 0x85EBCA6Bu;

@@ -39,8 +39,8 @@ inline void check_block_size(int64_t block_size) {
 
 inline void check_codebook(int64_t codebook) {
   TORCH_CHECK_VALUE(codebook >= 0 && codebook < kNumCodebooks,
-                    "codebook must be an id 0-14 (0 tnq, 1 tqsgd, 2 nqsgd, 3 qsgd, 4 qsgd_l2, 5 nuqsgd_l2, "
-                    "6-14 rtnq1-rtnq256), got ", codebook);
+                    "codebook must be an id 0-15 (0 tnq, 1 tqsgd, 2 nqsgd, 3 qsgd, 4 qsgd_l2, 5 nuqsgd_l2, "
+                    "6-14 rtnq1-rtnq256, 15 tnq_max), got ", codebook);
 }
 
 inline void check_rounding(int64_t rounding) {
@@ -124,7 +124,7 @@ inline Header parse_header(const uint8_t* head, int64_t len, const std::string& 
   const uint64_t numel = read_le<uint64_t>(head + kOffNumel);
   const uint64_t reserved = read_le<uint64_t>(head + kOffReserved);
   TORCH_CHECK_VALUE(h.bits >= kMinBits && h.bits <= kMaxBits, name, " bits: must be in [1, 8], got ", h.bits);
-  TORCH_CHECK_VALUE(h.codebook < kNumCodebooks, name, " codebook: id must be 0-14 (0 tnq, 1 tqsgd, 2 nqsgd, 3 qsgd, 4 qsgd_l2, 5 nuqsgd_l2, 6-14 rtnq1-rtnq256), got ",
+  TORCH_CHECK_VALUE(h.codebook < kNumCodebooks, name, " codebook: id must be 0-15 (0 tnq, 1 tqsgd, 2 nqsgd, 3 qsgd, 4 qsgd_l2, 5 nuqsgd_l2, 6-14 rtnq1-rtnq256, 15 tnq_max), got ",
                     h.codebook);
   TORCH_CHECK_VALUE(h.dtype <= kBFloat16, name, " dtype: id must be 0-2 (float32, float16, bfloat16), got ",
                     h.dtype);

@@ -62,7 +62,7 @@ def test_bad_bits(bad):
         cb.check_bits(bad)
 
 
-@pytest.mark.parametrize("bad", ["tnqq", 15, -1, None, True, "rtnq3"])
+@pytest.mark.parametrize("bad", ["tnqq", 16, -1, None, True, "rtnq3"])
 def test_bad_codebook(bad):
     with pytest.raises(ValueError, match="codebook"):
         cb.codebook_id(bad)

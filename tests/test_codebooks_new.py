@@ -1,5 +1,5 @@
-"""The codebooks of issue 10: the papers' L2-scaled QSGD / NUQSGD (ids 4, 5) and the bias-aware robust TNQ family
-rtnq{N} (ids 6-14). Tables and their derivation (docs/codebooks.md), scale rules, unbiasedness and the error of the
+"""The codebooks added after the first four: the papers' L2-scaled QSGD / NUQSGD (ids 4, 5), the bias-aware robust
+TNQ family rtnq{N} (ids 6-14) and tnq_max (15, for error feedback). Tables and their derivation (docs/codebooks.md), scale rules, unbiasedness and the error of the
 N-client average on Laplace data against the numbers the derivation predicts, on the reference (the oracle)."""
 import math
 
@@ -12,7 +12,7 @@ import tnq_kernels as tnq
 
 from conftest import laplace
 
-NEW = ["qsgd_l2", "nuqsgd_l2"] + [f"rtnq{n}" for n in cb.RTNQ_CLIENTS]
+NEW = ["qsgd_l2", "nuqsgd_l2"] + [f"rtnq{n}" for n in cb.RTNQ_CLIENTS] + ["tnq_max"]
 FAST_BITS = [2, 3, 4, 5]
 
 
@@ -21,7 +21,7 @@ FAST_BITS = [2, 3, 4, 5]
 def test_ids_are_new_and_contiguous():
     assert [cb.CODEBOOK_IDS[k] for k in ("tnq", "tqsgd", "nqsgd", "qsgd")] == [0, 1, 2, 3]
     assert sorted(cb.CODEBOOK_IDS.values()) == list(range(cb.NUM_CODEBOOKS))
-    assert [cb.CODEBOOK_IDS[k] for k in NEW] == list(range(4, 15))
+    assert [cb.CODEBOOK_IDS[k] for k in NEW] == list(range(4, 16))
     from tnq_kernels import format as fmt
     assert fmt.NUM_CODEBOOKS == cb.NUM_CODEBOOKS
 
@@ -42,6 +42,21 @@ def test_rtnq_levels_have_cube_root_laplace_density_on_their_range(clients):
     for k, c in enumerate(cb.levels(f"rtnq{clients}", 4)):
         u = s / 2 + math.copysign(1, c) * (s + a) / 2 * (-math.expm1(-abs(c) / 3))
         assert u == pytest.approx(k, abs=1e-5)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_tnq_max_is_tnq_density_over_the_expected_block_max(bits):
+    # H_n = E[max of n Exp(1)] (Rényi): the range α, in units of the Laplace scale, of a block of TNQ_MAX_BLOCK draws
+    assert cb.TNQ_MAX_ALPHA == math.fsum(1 / i for i in range(1, cb.TNQ_MAX_BLOCK + 1))
+    c = cb.levels("tnq_max", bits)
+    assert c[0] == -1.0 and c[-1] == 1.0 and c == tuple(-v for v in reversed(c))
+    # equally spaced in the CDF of ∝ exp(-|g|/3) on [-α, α] once the levels are scaled back by α
+    s, alpha = (1 << bits) - 1, cb.TNQ_MAX_ALPHA
+    a = s / math.expm1(alpha / 3)
+    for k, v in enumerate(c):
+        u = s / 2 + math.copysign(1, v) * (s + a) / 2 * (-math.expm1(-abs(v) * alpha / 3))
+        assert u == pytest.approx(k, abs=1e-5)
+    assert cb.scale_rule("tnq_max") == cb.SCALE_MAX_ABS
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
@@ -196,7 +211,7 @@ def test_unbiased_wrt_its_truncated_value(codebook):
     # per-element z-scores of an unbiased estimator: the mean over 4096 of them is ~N(0, 1/64)
     assert abs(float(err[var > 0].mean())) < 5 / math.sqrt(int((var > 0).sum()))
     assert float((err[var > 0] ** 2).mean()) == pytest.approx(1.0, abs=0.15)
-    if codebook.endswith("_l2"):  # nothing is clipped: E[ĝ] = g up to the fp32 rounding of z = g·r
+    if codebook.endswith("_l2") or codebook == "tnq_max":  # nothing is clipped: E[ĝ] = g up to the fp32 rounding of z = g·r
         assert torch.allclose(mean, x.double(), rtol=1e-6, atol=1e-9)
 
 

@@ -77,6 +77,7 @@ def test_header_constants(C):
     assert (k["seed_salt_lo"], k["seed_salt_hi"]) == (rng.SEED_SALT_LO, rng.SEED_SALT_HI)
     assert k["uniform_bits"] == rng.UNIFORM_BITS
     assert k["tnq_a"] == cb.TNQ_A
+    assert k["tnq_max_alpha"] == cb.TNQ_MAX_ALPHA
     assert k["rounding_ids"] == rng.ROUNDING_IDS and k["num_roundings"] == len(rng.ROUNDING_IDS)
     assert k["nearest_u"] == rng.NEAREST_U
 
@@ -105,6 +106,7 @@ def test_header_file_is_what_was_compiled(C):
     assert int(const("kSeedSaltHi").rstrip("uU"), 16) == k["seed_salt_hi"]
     assert int(const("kUniformBits")) == k["uniform_bits"]
     assert float(const("kTnqA")) == cb.TNQ_A
+    assert float(const("kTnqMaxAlpha")) == cb.TNQ_MAX_ALPHA
     assert float(const("kNearestU").rstrip("fF")) == rng.NEAREST_U
     assert int(const("kNumRoundings")) == len(rng.ROUNDING_IDS)
     ids = re.search(r"enum RoundingId : int \{([^}]*)\}", text).group(1)

@@ -38,7 +38,7 @@ def _corrupt(offset, fmt_char, value):
 
 @pytest.mark.parametrize("offset,fc,value,field", [
     (0, "4s", b"TNQX", "magic"), (4, "B", 2, "version"), (5, "B", 0, "bits"), (5, "B", 9, "bits"),
-    (6, "B", 15, "codebook"), (7, "B", 3, "dtype"), (8, "I", 33, "block_size"), (12, "I", 2, "flags"),
+    (6, "B", 16, "codebook"), (7, "B", 3, "dtype"), (8, "I", 33, "block_size"), (12, "I", 2, "flags"),
     (24, "Q", 1, "reserved"), (16, "Q", 2**63, "numel"),
 ])
 def test_bad_field_named(offset, fc, value, field):

@@ -27,6 +27,10 @@ Codebooks (the derivations and measurements are in docs/codebooks.md):
   power of two (RTNQ_CLIENTS), so the decoder still needs only (id, bits). Scale Σg²/(2Σ|g|): the Laplace scale
   from the first two moments, exactly γ on Laplace data, unchanged by exact zeros, and larger than mean|g| on the
   heavier-than-Laplace tails of real gradients (by mean g²/(2·mean|g|²)). Unbiased w.r.t. its truncated value.
+- ``tnq_max`` (15): for error feedback. TNQ's level density (∝ p^(1/3) of Laplace) over the whole block,
+  [−max|g|, max|g|], so nothing is clipped and no residual can wind up (docs/codebooks.md §5): the table is TNQ's
+  formula with its range α set to H_n = E[max of n Laplace magnitudes]/γ for n = 2048 (TNQ_MAX_ALPHA), divided by
+  its top level. Scale max|g|.
 """
 from __future__ import annotations
 
@@ -42,15 +46,21 @@ TNQ_A = 3.0 * math.sqrt(6.0) / 2.0
 #: average is within 2.3% of the exact-N optimum (N off by at most √2).
 RTNQ_CLIENTS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
+#: tnq_max's range in units of the Laplace scale: H_2048 = Σ_{i≤2048} 1/i, the expected largest magnitude of a
+#: block of 2048 (the default block size) Laplace draws (math.fsum, correctly rounded). Shared with csrc/tnq_constants.h, checked by a test.
+TNQ_MAX_BLOCK = 2048
+TNQ_MAX_ALPHA = 8.202078771817717
+
 #: wire-format codebook ids (docs/format.md byte 6). Shared with csrc/tnq_constants.h, cross-checked by a test.
-#: 4, 5: the papers' L2-norm-scaled QSGD / NUQSGD; 6 … 14: "rtnq{N}" for N in RTNQ_CLIENTS.
+#: 4, 5: the papers' L2-norm-scaled QSGD / NUQSGD; 6 … 14: "rtnq{N}" for N in RTNQ_CLIENTS; 15: tnq_max.
 CODEBOOK_IDS = {"tnq": 0, "tqsgd": 1, "nqsgd": 2, "qsgd": 3, "qsgd_l2": 4, "nuqsgd_l2": 5,
-                **{f"rtnq{n}": 6 + j for j, n in enumerate(RTNQ_CLIENTS)}}
+                **{f"rtnq{n}": 6 + j for j, n in enumerate(RTNQ_CLIENTS)}, "tnq_max": 15}
 CODEBOOK_NAMES = {v: k for k, v in CODEBOOK_IDS.items()}
 NUM_CODEBOOKS = len(CODEBOOK_IDS)
 #: the family name the public API takes together with ``clients=`` (resolved by codebook_id).
 RTNQ = "rtnq"
 FIRST_RTNQ_ID = CODEBOOK_IDS["rtnq1"]
+LAST_RTNQ_ID = CODEBOOK_IDS[f"rtnq{RTNQ_CLIENTS[-1]}"]
 
 #: scale rules (per block, all reductions of one read of the block):
 #: 0 = mean|g| (Laplace ML scale), 1 = max|g| (nothing clipped), 2 = ‖g‖₂ (QSGD/NUQSGD's norm),
@@ -60,7 +70,8 @@ SCALE_MAX_ABS = 1
 SCALE_L2 = 2
 SCALE_M2_M1 = 3
 SCALE_RULE = {"tnq": SCALE_MEAN_ABS, "tqsgd": SCALE_MEAN_ABS, "nqsgd": SCALE_MAX_ABS, "qsgd": SCALE_MAX_ABS,
-              "qsgd_l2": SCALE_L2, "nuqsgd_l2": SCALE_L2, **{f"rtnq{n}": SCALE_M2_M1 for n in RTNQ_CLIENTS}}
+              "qsgd_l2": SCALE_L2, "nuqsgd_l2": SCALE_L2, **{f"rtnq{n}": SCALE_M2_M1 for n in RTNQ_CLIENTS},
+              "tnq_max": SCALE_MAX_ABS}
 
 MIN_BITS = 1
 MAX_BITS = 8
@@ -113,7 +124,7 @@ def codebook_name(codebook: str | int, clients: int | None = None) -> str:
 def rtnq_clients(codebook: str | int) -> int | None:
     """The client class N of an rtnq member (its id or name), None for any other codebook."""
     cid = codebook_id(codebook)
-    return RTNQ_CLIENTS[cid - FIRST_RTNQ_ID] if cid >= FIRST_RTNQ_ID else None
+    return RTNQ_CLIENTS[cid - FIRST_RTNQ_ID] if FIRST_RTNQ_ID <= cid <= LAST_RTNQ_ID else None
 
 
 def check_bits(bits: int) -> int:
@@ -195,6 +206,10 @@ def _levels_f64(codebook_name: str, bits: int) -> list[float]:
         return _tnq_levels(s, TNQ_A)
     if codebook_name.startswith("rtnq"):
         return _tnq_levels(s, rtnq_a(int(codebook_name[4:])))
+    if codebook_name == "tnq_max":
+        # the a whose range 3·ln(1 + s/a) is TNQ_MAX_ALPHA, then every level over the top one (exactly ±1)
+        c = _tnq_levels(s, s / math.expm1(TNQ_MAX_ALPHA / 3.0))
+        return [v / c[-1] for v in c]
     if codebook_name in ("qsgd_l2", "nuqsgd_l2"):
         if bits == 1:
             return [-1.0, 1.0]  # no room for a zero: the only unbiased 2-level set on [-1, 1]
@@ -219,7 +234,7 @@ def levels(codebook: str | int, bits: int) -> tuple[float, ...]:
     """The 2^bits normalised levels c_0 < … < c_s of a codebook, each exactly an fp32 value.
 
     Decoding is ĝ = scale · c_code with the block's scale from scale_rule(codebook): mean|g| (tnq, tqsgd),
-    max|g| (nqsgd, qsgd), ‖g‖₂ (qsgd_l2, nuqsgd_l2) or Σg²/(2Σ|g|) (rtnq*).
+    max|g| (nqsgd, qsgd, tnq_max), ‖g‖₂ (qsgd_l2, nuqsgd_l2) or Σg²/(2Σ|g|) (rtnq*).
     """
     name = CODEBOOK_NAMES[codebook_id(codebook)]
     out = tuple(_f32(v) for v in _levels_f64(name, check_bits(bits)))

@@ -3,7 +3,7 @@
     bytes 0-3   magic b"TNQK"            bytes 12-15 flags (bit 0: some block is non-finite)
     byte  4     version = 1              bytes 16-23 numel n
     byte  5     bits b (1-8)             bytes 24-31 reserved, zero
-    byte  6     codebook id (0-14)       bytes 32 …  nblocks fp32 scales
+    byte  6     codebook id (0-15)       bytes 32 …  nblocks fp32 scales
     byte  7     source dtype (0-2)       next 16-byte boundary …  ceil(n/32) groups of b uint32 bit-plane words
     bytes 8-11  block size B (0 = one block for the whole tensor, else a positive multiple of 32)
 
@@ -28,7 +28,7 @@ DTYPE_IDS = {"float32": 0, "float16": 1, "bfloat16": 2}
 DTYPE_NAMES = {v: k for k, v in DTYPE_IDS.items()}
 MAX_BLOCK_SIZE = 1 << 30
 #: codebook ids a decoder accepts, 0 … NUM_CODEBOOKS − 1 (their tables: codebooks.py, which has the same count)
-NUM_CODEBOOKS = 15
+NUM_CODEBOOKS = 16
 _HEADER = struct.Struct("<4sBBBBIIQQ")
 assert _HEADER.size == HEADER_BYTES
 
@@ -106,7 +106,7 @@ def parse_header(buf: bytes, total_len: int | None = None, name: str = "payload"
         raise ValueError(f"{name} bits: must be in [1, 8], got {bits}")
     if cb >= NUM_CODEBOOKS:
         raise ValueError(f"{name} codebook: id must be 0-{NUM_CODEBOOKS - 1} (0 tnq, 1 tqsgd, 2 nqsgd, 3 qsgd, "
-                         f"4 qsgd_l2, 5 nuqsgd_l2, 6-14 rtnq1-rtnq256), got {cb}")
+                         f"4 qsgd_l2, 5 nuqsgd_l2, 6-14 rtnq1-rtnq256, 15 tnq_max), got {cb}")
     if dt not in DTYPE_NAMES:
         raise ValueError(f"{name} dtype: id must be 0-2 (float32, float16, bfloat16), got {dt}")
     if bs % 32 or bs > MAX_BLOCK_SIZE:

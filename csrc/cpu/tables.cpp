@@ -29,13 +29,20 @@ std::vector<double> levels_f64(int codebook, int bits) {
   std::vector<double> out;
   out.reserve(s + 1);
   const double tnq_a = 3.0 * std::sqrt(6.0) / 2.0;
-  if (codebook == kTnq || codebook >= kRtnq1) {
-    // rtnq{N}: a → a/√N (N = 1 divides by exactly 1.0, so rtnq1's table is tnq's)
-    const double a = codebook == kTnq ? tnq_a : tnq_a / std::sqrt(double(rtnq_clients(codebook)));
+  if (codebook == kTnq || is_rtnq(codebook) || codebook == kTnqMax) {
+    // rtnq{N}: a → a/√N (N = 1 divides by exactly 1.0, so rtnq1's table is tnq's); tnq_max: the a whose range
+    // 3·ln(1 + s/a) is kTnqMaxAlpha, then every level over the top one
+    const double a = codebook == kTnq      ? tnq_a
+                     : codebook == kTnqMax ? double(s) / std::expm1(kTnqMaxAlpha / 3.0)
+                                           : tnq_a / std::sqrt(double(rtnq_clients(codebook)));
     for (int k = 0; k <= s; ++k) {
       const int d = 2 * k - s;
       const double mag = 3.0 * (-std::log1p(-double(std::abs(d)) / (double(s) + a)));
       out.push_back(std::copysign(mag, double(d)));
+    }
+    if (codebook == kTnqMax) {
+      const double top = out.back();
+      for (double& v : out) v = v / top;
     }
     return out;
   }
