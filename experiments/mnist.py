@@ -55,6 +55,8 @@ COMPRESSORS = ("none",) + tuple(cb.CODEBOOK_IDS) + ((RTNQ,) if RTNQ else ()) + C
 DEFAULT_COMPRESSORS = tuple(c for c in ("none", "tnq", "rtnq", "tqsgd", "qsgd_l2", "nuqsgd_l2", "nqsgd", "qsgd")
                             if c in COMPRESSORS)
 OPTIMIZERS = ("sgdm", "adamw")
+#: --residual-dtype: what each client's error-feedback residual is stored in between steps (added back in fp32)
+RESIDUAL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: what the simulation can train: "mnist" (the paper's CNN), "mnist_mlp" (a 2-hidden-layer MLP, another model
 #: family on the same data) and "text" (a byte-level transformer on real English text, experiments/text.py).
 TASKS = ("mnist", "mnist_mlp", "text")
@@ -107,10 +109,14 @@ class RunConfig:
     fsdp: bool = False
     #: the encode's rounding (tnq.compress(rounding=)): "stochastic" or "nearest" (biased; for error feedback)
     rounding: str = tnq.api.DEFAULT_ROUNDING
+    #: the dtype each client keeps its error-feedback residual in (fp32 like the integrations, or a cheaper one)
+    residual_dtype: str = "float32"
 
     def __post_init__(self):
         if self.rounding not in tnq.api.ROUNDINGS:
             raise ValueError(f"rounding must be one of {tnq.api.ROUNDINGS}, got {self.rounding!r}")
+        if self.residual_dtype not in RESIDUAL_DTYPES:
+            raise ValueError(f"residual_dtype must be one of {tuple(RESIDUAL_DTYPES)}, got {self.residual_dtype!r}")
         if self.compressor not in COMPRESSORS:
             raise ValueError(f"compressor must be one of {COMPRESSORS}, got {self.compressor!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -124,6 +130,9 @@ class RunConfig:
         if self.compressor == "none":
             self.bits = 32
             self.error_feedback = False  # nothing is lost, so there is no residual
+            self.residual_dtype = "float32"
+        elif self.residual_dtype != "float32" and (not self.error_feedback or self.fsdp):
+            raise ValueError(f"residual_dtype={self.residual_dtype!r} needs error_feedback=True and fsdp=False")
         elif self.compressor in CLIPPED and self.error_feedback:
             raise ValueError(f"compressor {self.compressor!r} (truncation only) has no error-feedback residual")
         elif not 2 <= self.bits <= 5:
@@ -475,8 +484,9 @@ def simulate(cfg: RunConfig, data: Any = None, buckets: Layout | None = None, ma
                     if residual is not None:
                         r = tnq_ddp.feedback_residual(g, tnq.decompress(payload, (g.numel(),), torch.float32,
                                                                         backend=backend))
+                        keep = RESIDUAL_DTYPES[cfg.residual_dtype]
                         for i, piece in zip(idx, tnq_ddp.split_residual(r, [numels[i] for i in idx])):
-                            residual[c][i] = piece
+                            residual[c][i] = piece.to(keep)
         loss_n += 1
         if cfg.fsdp:
             _fsdp_reduce(cfg, params, units, fsdp_grads, step, backend, fsdp_residual)
@@ -709,10 +719,12 @@ def sweep(runs: list[RunConfig], out_dir: str, mode: str = "sim", resume: bool =
     records = read_csv(csv_path) if resume and os.path.exists(csv_path) else []
     timings = report.read_runs(runs_path) if resume and os.path.exists(runs_path) else []
     # runs are keyed by (compressor, bits, seed): one folder holds one rounding
-    other = {r["rounding"] for r in timings} - {cfg.rounding for cfg in runs}
-    if other and runs:
-        raise ValueError(f"{runs_path} holds runs with rounding {sorted(other)}, these runs use "
-                         f"{sorted({cfg.rounding for cfg in runs})}: write them to another --out")
+    # runs are keyed by (compressor, bits, seed): one folder holds one rounding and one residual setting
+    for name, of_cfg in (("rounding", lambda c: c.rounding), ("residual", residual_label)):
+        other = {r[name] for r in timings if r[name]} - {of_cfg(cfg) for cfg in runs if cfg.compressor != "none"}
+        if other and any(cfg.compressor != "none" for cfg in runs):
+            raise ValueError(f"{runs_path} holds runs with {name} {sorted(other)}, these runs use "
+                             f"{sorted({of_cfg(cfg) for cfg in runs})}: write them to another --out")
     done = {(r["compressor"], int(r["bits"]), int(r["seed"])) for r in timings}
     if mode == "sim" and data is None and runs and runs[0].task != "text":
         data = load_mnist()
@@ -731,11 +743,16 @@ def sweep(runs: list[RunConfig], out_dir: str, mode: str = "sim", resume: bool =
                         "final_test_loss": res.records[-1]["test_loss"], "task": cfg.task,
                         "optimizer": cfg.optimizer, "lr": cfg.lr, "block_size": cfg.block_size,
                         "per_tensor": int(cfg.per_tensor), "partition": partition(cfg), "rng": tnq_rng.VERSION,
-                        "rounding": cfg.rounding})
+                        "rounding": cfg.rounding, "residual": residual_label(cfg)})
         write_csv(csv_path, records)
         report.write_runs(runs_path, timings)
         report.write_all(records, out_dir, config=runs[0], timings=timings)
     return records
+
+
+def residual_label(cfg: RunConfig) -> str:
+    """runs.csv's ``residual``: "none" without error feedback (fp32 runs included), else the residual's dtype."""
+    return cfg.residual_dtype if cfg.error_feedback else "none"
 
 
 def partition(cfg: RunConfig) -> str:
@@ -806,6 +823,8 @@ def build_parser(prog: str = "python -m experiments.mnist", task: str = "mnist")
     p.add_argument("--rounding", choices=tnq.api.ROUNDINGS, default=tnq.api.DEFAULT_ROUNDING,
                    help="the encode's rounding: stochastic (unbiased, default) or nearest (no random numbers; "
                         "docs/codebooks.md §5); recorded in runs.csv")
+    p.add_argument("--residual-dtype", choices=tuple(RESIDUAL_DTYPES), default="float32",
+                   help="with --error-feedback: the dtype each client stores its residual in (recorded in runs.csv)")
     p.add_argument("--eval-every", type=int, default=None, help="steps between test evaluations")
     p.add_argument("--backend", default=None,
                    help="tnq backend, or a default plus per-codebook overrides, e.g. 'auto,rtnq=reference' "
@@ -848,6 +867,7 @@ def config_from_args(a: argparse.Namespace) -> tuple[RunConfig, list[str], list[
                      momentum=a.momentum, block_size=pick("block_size", tnq.DEFAULT_BLOCK_SIZE), iid=not a.non_iid,
                      eval_every=eval_every, backend=a.backend or (DEMO["backend"] if a.demo else None),
                      error_feedback=a.error_feedback, fsdp=a.fsdp, rounding=a.rounding,
+                     residual_dtype=a.residual_dtype,
                      train_subset=a.train_subset, test_subset=a.test_subset, optimizer=optimizer,
                      weight_decay=a.weight_decay, per_tensor=bool(pick("per_tensor", False)), dirichlet=a.dirichlet,
                      task=task)

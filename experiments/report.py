@@ -11,7 +11,7 @@ from collections import defaultdict
 
 RUN_FIELDS = ("compressor", "bits", "seed", "mode", "backend", "steps", "seconds", "ms_per_step", "final_accuracy",
               "final_test_loss", "task", "optimizer", "lr", "block_size", "per_tensor", "partition", "rng",
-              "rounding")
+              "rounding", "residual")
 _KNOWN = ("none", "clip_tnq", "clip_rtnq", "tnq", "rtnq", "tqsgd", "qsgd_l2", "nuqsgd_l2", "nqsgd", "qsgd")
 LABEL = {"none": "none (fp32)", "tnq": "TNQ (ours)", "rtnq": "RTNQ (robust TNQ)", "tqsgd": "TQSGD",
          "nqsgd": "NQSGD", "qsgd": "QSGD", "qsgd_l2": "QSGD-L2 (Alistarh)",
@@ -49,8 +49,9 @@ def tnq_family(comp: str) -> bool:
 def read_runs(path: str) -> list[dict]:
     from tnq_kernels.api import DEFAULT_ROUNDING
     from tnq_kernels.rng import VERSION_BEFORE_RECORDING
-    # what runs written before a column was recorded used: the v1.1 generator, stochastic rounding (the only one)
-    before_recording = {"rng": VERSION_BEFORE_RECORDING, "rounding": DEFAULT_ROUNDING}
+    # what runs written before a column was recorded used: the v1.1 generator, stochastic rounding (the only one);
+    # residual ("none" = no error feedback, else the residual's dtype): "" where it was not recorded
+    before_recording = {"rng": VERSION_BEFORE_RECORDING, "rounding": DEFAULT_ROUNDING, "residual": ""}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for r in rows:

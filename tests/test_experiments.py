@@ -188,6 +188,27 @@ def test_text_simulation_two_steps_with_tnq():
     assert r["bits_per_client_step"] == 8 * tnq.payload_bytes(n, 3, cfg.block_size)
 
 
+def test_low_precision_residual():
+    """--residual-dtype: the residual kept between steps is rounded to that dtype (so step 2 encodes another g + e),
+    which needs error feedback; runs.csv records it."""
+    base = dict(task="text", compressor="qsgd", bits=2, clients=2, batch_size=2, train_subset=20_000, test_subset=4,
+                eval_every=1, backend="reference", error_feedback=True)
+    fp32 = mnist.simulate(mnist.RunConfig(**base), max_steps=2, progress=False)
+    bf16 = mnist.simulate(mnist.RunConfig(**base, residual_dtype="bfloat16"), max_steps=2, progress=False)
+    assert fp32.records[0]["test_loss"] == bf16.records[0]["test_loss"]  # step 1 has no residual yet
+    diff = [float((fp32.state[k] - bf16.state[k]).abs().max()) for k in fp32.state]
+    assert 0 < max(diff) < 0.05
+    assert mnist.residual_label(mnist.RunConfig(**base, residual_dtype="bfloat16")) == "bfloat16"
+    assert mnist.residual_label(mnist.RunConfig(compressor="qsgd")) == "none"
+    assert mnist.RunConfig(compressor="none", residual_dtype="bfloat16").residual_dtype == "float32"
+    with pytest.raises(ValueError, match="residual_dtype='bfloat16' needs error_feedback=True"):
+        mnist.RunConfig(compressor="qsgd", residual_dtype="bfloat16")
+    with pytest.raises(ValueError, match="residual_dtype must be one of"):
+        mnist.RunConfig(compressor="qsgd", error_feedback=True, residual_dtype="int8")
+    a = mnist.build_parser().parse_args(["--error-feedback", "--residual-dtype", "bfloat16"])
+    assert mnist.config_from_args(a)[0].residual_dtype == "bfloat16"
+
+
 def test_fsdp_units_cover_every_parameter_once():
     model = text.build_model(0)
     units = mnist.fsdp_units(model)
