@@ -1,7 +1,8 @@
-"""Error feedback against no feedback, seed-paired: the table behind experiments/results/ef_probe/.
+"""Error feedback against no feedback, seed-paired: the tables behind experiments/results/ef_probe/ and ef_grid/.
 
-    python -m experiments.feedback_probe --ef experiments/results/ef_probe/mlp_sgdm_ef \\
+    python -m experiments.feedback_probe --ef experiments/results/ef_grid/mlp_sgdm/ef_stochastic \\
         --base experiments/results/mlp_sgdm --task mnist_mlp
+    python -m experiments.feedback_probe --grid experiments/results/ef_grid --bits 2
 
 Both folders hold runs of the same configuration except ``--error-feedback`` (checked: task, optimizer, lr, steps,
 block size and partition of every run). For each codebook and width it prints the final metric with and without
@@ -71,8 +72,8 @@ def compare(ef_dir: str, base_dir: str, task: str) -> str:
 
 
 #: (title, folder with feedback, folder without, task) of the committed probe, relative to experiments/results
-PROBE = (("MLP, momentum SGD, test accuracy", "ef_probe/mlp_sgdm_ef", "mlp_sgdm", "mnist_mlp"),
-         ("transformer, momentum SGD, held-out bits per byte", "ef_probe/text600_sgdm_ef", "text600_sgdm", "text"))
+PROBE = (("MLP, momentum SGD, test accuracy", "ef_grid/mlp_sgdm/ef_stochastic", "mlp_sgdm", "mnist_mlp"),
+         ("transformer, momentum SGD, held-out bits per byte", "ef_grid/text600_sgdm/ef_stochastic", "text600_sgdm", "text"))
 
 
 def block(root: str) -> str:
@@ -81,13 +82,140 @@ def block(root: str) -> str:
                        for title, ef, base, task in PROBE)
 
 
+# ---- the grid of issue 20: error feedback on/off x codebook x rounding, on every study ----
+
+#: the grid's studies: (folder name, the committed no-feedback study it extends, task, title)
+GRID_STUDIES = (("mlp_sgdm", "mlp_sgdm", "mnist_mlp", "MLP, momentum SGD"),
+                ("mlp_adamw", "mlp_adamw", "mnist_mlp", "MLP, AdamW"),
+                ("mnist_paper_sgdm", "mnist_paper_sgdm", "mnist", "paper's CNN, momentum SGD"),
+                ("mnist_paper_adamw", "mnist_paper_adamw", "mnist", "paper's CNN, AdamW"),
+                ("text600_sgdm", "text600_sgdm", "text", "transformer, momentum SGD"),
+                ("text600_adamw", "text600_adamw", "text", "transformer, AdamW"))
+#: the grid's settings: (subfolder, error feedback, rounding). "noef_stochastic" adds to the committed study.
+GRID_SETTINGS = (("noef_stochastic", False, "stochastic"), ("noef_nearest", False, "nearest"),
+                 ("ef_stochastic", True, "stochastic"), ("ef_nearest", True, "nearest"))
+GRID_CODEBOOKS = ("rtnq", "tnq", "tnq_max", "qsgd", "nqsgd")
+
+
+def _finals(folder: str, metric: str, error_feedback: bool, rounding: str) -> dict:
+    """(compressor, bits) -> {seed: final metric} of a folder, after checking that its runs have the setting."""
+    if not os.path.exists(os.path.join(folder, "runs.csv")):
+        return {}
+    for r in read_runs(os.path.join(folder, "runs.csv")):
+        if r["compressor"] == "none":
+            continue
+        res = r["residual"]
+        if r["rounding"] != rounding or (res and (res != "none") != error_feedback):
+            raise ValueError(f"{folder}: run {r['compressor']} {r['bits']} bits seed {r['seed']} has rounding "
+                             f"{r['rounding']!r}, residual {res!r}; the folder is for rounding {rounding!r}, "
+                             f"error feedback {error_feedback}")
+    return final_by_seed(read_csv(os.path.join(folder, "results.csv")), metric)
+
+
+def grid_cells(root: str, base_root: str, bits: int) -> dict:
+    """{(study, codebook, setting): verdict-like dict} with the seed-paired difference to the study's fp32 runs.
+
+    A cell has n (seeds), mean and sd of the difference (positive = better), se = sd/√n, ``diverged`` (seeds whose
+    final metric is NaN) and ``noise``: True when no run diverged and the mean is not below zero by more than two
+    standard errors (n >= 3), report.verdict's "beyond noise" rule."""
+    cells = {}
+    for study, base, task, _ in GRID_STUDIES:
+        metric, higher = task_metric(task)
+        sign = 1.0 if higher else -1.0
+        base_dir = os.path.join(base_root, base)
+        if not os.path.exists(os.path.join(base_dir, "runs.csv")):
+            continue
+        _check_same([r for s, *_ in GRID_SETTINGS for r in _runs_of(os.path.join(root, study, s))],
+                    read_runs(os.path.join(base_dir, "runs.csv")))
+        fp32 = final_by_seed(read_csv(os.path.join(base_dir, "results.csv")), metric).get(("none", 32), {})
+        for setting, ef, rounding in GRID_SETTINGS:
+            fin = _finals(os.path.join(root, study, setting), metric, ef, rounding)
+            if setting == "noef_stochastic":
+                fin = {**_finals(base_dir, metric, False, "stochastic"), **fin}
+            for comp in GRID_CODEBOOKS:
+                runs = fin.get((comp, bits), {})
+                seeds = sorted(s for s in runs if s in fp32)
+                if not seeds:
+                    continue
+                d = [sign * (runs[s] - fp32[s]) for s in seeds]
+                diverged = [s for s, x in zip(seeds, d) if math.isnan(x)]
+                mean, sd = mean_sd(d) if not diverged else (math.nan, math.nan)
+                sd = sd if len(d) > 1 else math.nan
+                se = sd / math.sqrt(len(d)) if len(d) > 1 else math.nan
+                noise = not diverged and len(d) >= 3 and mean + 2 * se >= 0
+                cells[(study, comp, setting)] = {"n": len(d), "mean": mean, "sd": sd, "se": se,
+                                                 "diverged": diverged, "noise": noise, "metric": metric}
+    return cells
+
+
+def _runs_of(folder: str) -> list[dict]:
+    path = os.path.join(folder, "runs.csv")
+    return read_runs(path) if os.path.exists(path) else []
+
+
+def _cell_text(c: dict | None) -> str:
+    if c is None:
+        return "–"
+    if c["diverged"]:
+        return f"diverged (seed {', '.join(map(str, c['diverged']))})"
+    scale, digits = (100.0, 2) if c["metric"] == "test_accuracy" else (1.0, 3)
+    text = f"{c['mean'] * scale:+.{digits}f} ± {c['sd'] * scale:.{digits}f}" if c["n"] > 1 else \
+        f"{c['mean'] * scale:+.{digits}f}"
+    return (f"**{text}**" if c["noise"] else text) + (f" ({c['n']})" if c["n"] < 3 else "")
+
+
+def grid(root: str, base_root: str, bits: int) -> str:
+    """Markdown: one table per study (codebook x setting, difference to fp32) and the summary of which settings are
+    within seed noise of fp32 on every study."""
+    cells = grid_cells(root, base_root, bits)
+    out = []
+    for study, _, task, title in GRID_STUDIES:
+        if not any(k[0] == study for k in cells):
+            continue
+        metric, _ = task_metric(task)
+        unit = "points of accuracy" if metric == "test_accuracy" else "bits per byte, sign flipped"
+        out += [f"*{title}, {bits} bits* (difference to fp32 in {unit}; positive = better)", "",
+                "| codebook | no EF, stochastic | no EF, nearest | EF, stochastic | EF, nearest |",
+                "|---|---|---|---|---|"]
+        for comp in GRID_CODEBOOKS:
+            row = [_cell_text(cells.get((study, comp, s))) for s, *_ in GRID_SETTINGS]
+            if any(t != "–" for t in row):
+                out.append(f"| {label(comp)} | " + " | ".join(row) + " |")
+        out.append("")
+    studies = [s for s, *_ in GRID_STUDIES if any(k[0] == s for k in cells)]
+    out += ["*Within seed noise of fp32* (no run diverged and the mean difference is not below zero by more than "
+            "two standard errors, 3 seeds; bold above): ✓, else the mean difference in standard errors, or ✗ diverged.",
+            "", "| codebook | setting | " + " | ".join(studies) + " | every study |",
+            "|---|---|" + "---|" * len(studies) + "---|"]
+    for comp in GRID_CODEBOOKS:
+        for setting, *_ in GRID_SETTINGS:
+            got = [cells.get((s, comp, setting)) for s in studies]
+            if all(c is None for c in got):
+                continue
+            marks = ["–" if c is None else "✗" if c["diverged"] else "✓" if c["noise"] else
+                     f"{c['mean'] / c['se']:+.1f} se" if c["se"] > 0 else "below" for c in got]
+            every = "yes" if all(c is not None and c["noise"] for c in got) else "no"
+            out.append(f"| {label(comp)} | {setting.replace('_', ', ').replace('noef', 'no EF').replace('ef,', 'EF,')}"
+                       f" | " + " | ".join(marks) + f" | {every} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.feedback_probe", description=__doc__.split("\n")[0])
-    p.add_argument("--ef", required=True, help="folder of the runs with --error-feedback")
-    p.add_argument("--base", required=True, help="folder of the same runs without it (holds the fp32 runs)")
+    p.add_argument("--ef", help="folder of the runs with --error-feedback")
+    p.add_argument("--base", help="folder of the same runs without it (holds the fp32 runs)")
     p.add_argument("--task", default="mnist_mlp", help="sets the metric: text → test_loss, else test_accuracy")
+    p.add_argument("--grid", metavar="ROOT", help="the grid of issue 20: ROOT/<study>/<setting>/ (GRID_STUDIES, "
+                                                   "GRID_SETTINGS) against the committed studies in --base-root")
+    p.add_argument("--base-root", default="experiments/results")
+    p.add_argument("--bits", type=int, default=2)
     a = p.parse_args(argv)
-    print(compare(a.ef, a.base, a.task))
+    if a.grid:
+        print(grid(a.grid, a.base_root, a.bits))
+    elif a.ef and a.base:
+        print(compare(a.ef, a.base, a.task))
+    else:
+        p.error("give --ef and --base, or --grid")
     return 0
 
 

@@ -12,8 +12,9 @@ from collections import defaultdict
 RUN_FIELDS = ("compressor", "bits", "seed", "mode", "backend", "steps", "seconds", "ms_per_step", "final_accuracy",
               "final_test_loss", "task", "optimizer", "lr", "block_size", "per_tensor", "partition", "rng",
               "rounding", "residual")
-_KNOWN = ("none", "clip_tnq", "clip_rtnq", "tnq", "rtnq", "tqsgd", "qsgd_l2", "nuqsgd_l2", "nqsgd", "qsgd")
-LABEL = {"none": "none (fp32)", "tnq": "TNQ (ours)", "rtnq": "RTNQ (robust TNQ)", "tqsgd": "TQSGD",
+_KNOWN = ("none", "clip_tnq", "clip_rtnq", "tnq", "rtnq", "tnq_max", "tqsgd", "qsgd_l2", "nuqsgd_l2", "nqsgd", "qsgd")
+LABEL = {"none": "none (fp32)", "tnq": "TNQ (ours)", "rtnq": "RTNQ (robust TNQ)", "tnq_max": "TNQ-max (max-scaled)",
+         "tqsgd": "TQSGD",
          "nqsgd": "NQSGD", "qsgd": "QSGD", "qsgd_l2": "QSGD-L2 (Alistarh)",
          "nuqsgd_l2": "NUQSGD-L2 (Ramezani-Kebrya)", "clip_tnq": "fp32, TNQ's truncation only",
          "clip_rtnq": "fp32, RTNQ's truncation only"}

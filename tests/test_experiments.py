@@ -435,8 +435,9 @@ def test_new_codebooks_train_bit_identically_on_cpp_and_reference(compressor):
     assert nat.records[-1]["backend"] == "auto" and ref.records[-1]["backend"] == "reference"
 
 
-def _probe_folder(path, acc, lr=0.1):
-    """A study folder with final accuracies acc[(compressor, bits)] = [per seed] (feedback_probe's input)."""
+def _probe_folder(path, acc, lr=0.1, **run_fields):
+    """A study folder with final accuracies acc[(compressor, bits)] = [per seed] (feedback_probe's input);
+    ``run_fields``: more runs.csv columns (rounding, residual)."""
     os.makedirs(path)
     rows, runs = [], []
     for (comp, bits), vals in acc.items():
@@ -446,7 +447,7 @@ def _probe_folder(path, acc, lr=0.1):
             runs.append({"compressor": comp, "bits": bits, "seed": seed, "mode": "sim", "backend": "auto",
                          "steps": 300, "seconds": 1, "ms_per_step": 1, "final_accuracy": v, "final_test_loss": 0.1,
                          "task": "mnist_mlp", "optimizer": "sgdm", "lr": lr, "block_size": 2048, "per_tensor": 0,
-                         "partition": "iid"})
+                         "partition": "iid", **run_fields})
     mnist.write_csv(os.path.join(path, "results.csv"), rows)
     report.write_runs(os.path.join(path, "runs.csv"), runs)
 
@@ -465,6 +466,35 @@ def test_feedback_probe_pairs_seeds_and_refuses_other_setups(tmp_path):
     _probe_folder(tmp_path / "other_lr", {("none", 32): fp32, ("tnq", 2): [0.5, 0.6]}, lr=0.2)
     with pytest.raises(ValueError, match="differ"):
         feedback_probe.compare(str(tmp_path / "other_lr"), str(tmp_path / "base"), "mnist_mlp")
+
+
+def test_feedback_grid_cells_marks_and_setting_checks(tmp_path):
+    from experiments import feedback_probe
+    fp32 = [0.96, 0.97, 0.98]
+    _probe_folder(tmp_path / "base" / "mlp_sgdm", {("none", 32): fp32, ("rtnq", 2): [0.95, 0.96, 0.97]})
+    grid = tmp_path / "grid" / "mlp_sgdm"
+    _probe_folder(grid / "ef_stochastic", {("qsgd", 2): [0.96, 0.975, 0.975], ("tnq", 2): [math.nan, 0.5, 0.5]},
+                  rounding="stochastic", residual="float32")
+    _probe_folder(grid / "noef_stochastic", {("tnq_max", 2): [0.95, 0.97, 0.96]}, rounding="stochastic",
+                  residual="none")
+    cells = feedback_probe.grid_cells(str(tmp_path / "grid"), str(tmp_path / "base"), 2)
+    assert {k[0] for k in cells} == {"mlp_sgdm"}
+    q = cells[("mlp_sgdm", "qsgd", "ef_stochastic")]
+    assert q["n"] == 3 and q["mean"] == pytest.approx(0.0, abs=1e-12) and q["noise"]
+    assert cells[("mlp_sgdm", "tnq", "ef_stochastic")]["diverged"] == [0]
+    r = cells[("mlp_sgdm", "rtnq", "noef_stochastic")]  # from the committed study: -1 point on every seed
+    assert r["mean"] == pytest.approx(-0.01) and not r["noise"]
+    m = cells[("mlp_sgdm", "tnq_max", "noef_stochastic")]  # -1, 0, -2 points: mean -1, se 0.577
+    assert m["mean"] == pytest.approx(-0.01) and m["noise"]
+    text = feedback_probe.grid(str(tmp_path / "grid"), str(tmp_path / "base"), 2)
+    assert "| QSGD | EF, stochastic | ✓ | yes |" in text, text
+    assert "| TNQ (ours) | EF, stochastic | ✗ | no |" in text and "| RTNQ (robust TNQ) | no EF, stochastic | below | no |" \
+        in text, text
+    assert "| TNQ-max (max-scaled) | **-1.00 ± 1.00** | – | – | – |" in text, text
+    # a folder whose runs have another setting than its name says is refused
+    _probe_folder(grid / "ef_nearest", {("qsgd", 2): fp32}, rounding="stochastic", residual="float32")
+    with pytest.raises(ValueError, match="ef_nearest.*rounding 'stochastic'"):
+        feedback_probe.grid_cells(str(tmp_path / "grid"), str(tmp_path / "base"), 2)
 
 
 def test_results_record_the_generator_and_old_files_read_as_v1_1(tmp_path):
