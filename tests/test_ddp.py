@@ -213,6 +213,8 @@ def check_error_feedback_rebuild(scheme):
             off += p.numel()
     assert len(per_param) == len(list(model.parameters()))
     assert all(v.abs().sum() > 0 for v in per_param.values()), "2-bit residuals should not vanish"
+    # the residual's memory: one fp32 copy of the gradients per rank
+    assert state.stats()["residual_bytes"] == 4 * sum(p.numel() for p in model.parameters())
     _train(net, model, 1)
     assert state.last_bucket_layout != layout0, f"DDP did not rebuild its buckets: {layout0}"
     expect = _expected_two_phase if state.scheme_for(W) == "two_phase" else _expected_allgather

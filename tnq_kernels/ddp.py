@@ -175,7 +175,8 @@ class TNQState:
     def stats(self) -> dict:
         return {"step": self.step, "bytes_sent": self.bytes_sent, "bytes_fp32": self.bytes_fp32,
                 "last_bytes_sent": self.last_bytes_sent, "last_bytes_fp32": self.last_bytes_fp32,
-                "compression_ratio": self.compression_ratio, "last_bucket_layout": list(self.last_bucket_layout)}
+                "compression_ratio": self.compression_ratio, "last_bucket_layout": list(self.last_bucket_layout),
+                "residual_bytes": sum(r.value.numel() * r.value.element_size() for r in self._residuals.values())}
 
     def residuals(self) -> dict[int, tuple[tuple, torch.Tensor]]:
         """Error-feedback residuals: bucket index → (parameters in buffer order, fp32 residual [bucket numel])."""
