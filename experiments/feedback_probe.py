@@ -91,24 +91,29 @@ GRID_STUDIES = (("mlp_sgdm", "mlp_sgdm", "mnist_mlp", "MLP, momentum SGD"),
                 ("mnist_paper_adamw", "mnist_paper_adamw", "mnist", "paper's CNN, AdamW"),
                 ("text600_sgdm", "text600_sgdm", "text", "transformer, momentum SGD"),
                 ("text600_adamw", "text600_adamw", "text", "transformer, AdamW"))
-#: the grid's settings: (subfolder, error feedback, rounding). "noef_stochastic" adds to the committed study.
-GRID_SETTINGS = (("noef_stochastic", False, "stochastic"), ("noef_nearest", False, "nearest"),
-                 ("ef_stochastic", True, "stochastic"), ("ef_nearest", True, "nearest"))
+#: the grid's settings: (subfolder, rounding, residual: "none" without error feedback, else the residual's dtype).
+#: "noef_stochastic" adds to the committed study; "ef_stochastic_bf16" keeps the residual in bfloat16.
+GRID_SETTINGS = (("noef_stochastic", "stochastic", "none"), ("noef_nearest", "nearest", "none"),
+                 ("ef_stochastic", "stochastic", "float32"), ("ef_nearest", "nearest", "float32"),
+                 ("ef_stochastic_bf16", "stochastic", "bfloat16"))
+SETTING_TITLES = {"noef_stochastic": "no EF, stochastic", "noef_nearest": "no EF, nearest",
+                  "ef_stochastic": "EF, stochastic", "ef_nearest": "EF, nearest",
+                  "ef_stochastic_bf16": "EF, stochastic, bf16 residual"}
 GRID_CODEBOOKS = ("rtnq", "tnq", "tnq_max", "qsgd", "nqsgd")
 
 
-def _finals(folder: str, metric: str, error_feedback: bool, rounding: str) -> dict:
-    """(compressor, bits) -> {seed: final metric} of a folder, after checking that its runs have the setting."""
+def _finals(folder: str, metric: str, rounding: str, residual: str) -> dict:
+    """(compressor, bits) -> {seed: final metric} of a folder, after checking that its runs have the setting (runs
+    written before the residual was recorded have residual "": their folder name is trusted)."""
     if not os.path.exists(os.path.join(folder, "runs.csv")):
         return {}
     for r in read_runs(os.path.join(folder, "runs.csv")):
         if r["compressor"] == "none":
             continue
-        res = r["residual"]
-        if r["rounding"] != rounding or (res and (res != "none") != error_feedback):
+        if r["rounding"] != rounding or r["residual"] not in ("", residual):
             raise ValueError(f"{folder}: run {r['compressor']} {r['bits']} bits seed {r['seed']} has rounding "
-                             f"{r['rounding']!r}, residual {res!r}; the folder is for rounding {rounding!r}, "
-                             f"error feedback {error_feedback}")
+                             f"{r['rounding']!r}, residual {r['residual']!r}; the folder is for rounding "
+                             f"{rounding!r}, residual {residual!r}")
     return final_by_seed(read_csv(os.path.join(folder, "results.csv")), metric)
 
 
@@ -128,10 +133,10 @@ def grid_cells(root: str, base_root: str, bits: int) -> dict:
         _check_same([r for s, *_ in GRID_SETTINGS for r in _runs_of(os.path.join(root, study, s))],
                     read_runs(os.path.join(base_dir, "runs.csv")))
         fp32 = final_by_seed(read_csv(os.path.join(base_dir, "results.csv")), metric).get(("none", 32), {})
-        for setting, ef, rounding in GRID_SETTINGS:
-            fin = _finals(os.path.join(root, study, setting), metric, ef, rounding)
+        for setting, rounding, residual in GRID_SETTINGS:
+            fin = _finals(os.path.join(root, study, setting), metric, rounding, residual)
             if setting == "noef_stochastic":
-                fin = {**_finals(base_dir, metric, False, "stochastic"), **fin}
+                fin = {**_finals(base_dir, metric, "stochastic", "none"), **fin}
             for comp in GRID_CODEBOOKS:
                 runs = fin.get((comp, bits), {})
                 seeds = sorted(s for s in runs if s in fp32)
@@ -174,11 +179,12 @@ def grid(root: str, base_root: str, bits: int) -> str:
             continue
         metric, _ = task_metric(task)
         unit = "points of accuracy" if metric == "test_accuracy" else "bits per byte, sign flipped"
+        settings = [s for s, *_ in GRID_SETTINGS if any(k[0] == study and k[2] == s for k in cells)]
         out += [f"*{title}, {bits} bits* (difference to fp32 in {unit}; positive = better)", "",
-                "| codebook | no EF, stochastic | no EF, nearest | EF, stochastic | EF, nearest |",
-                "|---|---|---|---|---|"]
+                "| codebook | " + " | ".join(SETTING_TITLES[s] for s in settings) + " |",
+                "|---|" + "---|" * len(settings)]
         for comp in GRID_CODEBOOKS:
-            row = [_cell_text(cells.get((study, comp, s))) for s, *_ in GRID_SETTINGS]
+            row = [_cell_text(cells.get((study, comp, s))) for s in settings]
             if any(t != "–" for t in row):
                 out.append(f"| {label(comp)} | " + " | ".join(row) + " |")
         out.append("")
@@ -195,8 +201,7 @@ def grid(root: str, base_root: str, bits: int) -> str:
             marks = ["–" if c is None else "✗" if c["diverged"] else "✓" if c["noise"] else
                      f"{c['mean'] / c['se']:+.1f} se" if c["se"] > 0 else "below" for c in got]
             every = "yes" if all(c is not None and c["noise"] for c in got) else "no"
-            out.append(f"| {label(comp)} | {setting.replace('_', ', ').replace('noef', 'no EF').replace('ef,', 'EF,')}"
-                       f" | " + " | ".join(marks) + f" | {every} |")
+            out.append(f"| {label(comp)} | {SETTING_TITLES[setting]} | " + " | ".join(marks) + f" | {every} |")
     return "\n".join(out)
 
 

@@ -490,10 +490,12 @@ def test_feedback_grid_cells_marks_and_setting_checks(tmp_path):
     assert "| QSGD | EF, stochastic | ✓ | yes |" in text, text
     assert "| TNQ (ours) | EF, stochastic | ✗ | no |" in text and "| RTNQ (robust TNQ) | no EF, stochastic | below | no |" \
         in text, text
-    assert "| TNQ-max (max-scaled) | **-1.00 ± 1.00** | – | – | – |" in text, text
+    assert "| codebook | no EF, stochastic | EF, stochastic |" in text  # only the settings the study has
+    assert "| TNQ-max (max-scaled) | **-1.00 ± 1.00** | – |" in text, text
     # a folder whose runs have another setting than its name says is refused
     _probe_folder(grid / "ef_nearest", {("qsgd", 2): fp32}, rounding="stochastic", residual="float32")
-    with pytest.raises(ValueError, match="ef_nearest.*rounding 'stochastic'"):
+    with pytest.raises(ValueError, match="ef_nearest.*rounding 'stochastic', residual 'float32'; the folder is for "
+                                         "rounding 'nearest'"):
         feedback_probe.grid_cells(str(tmp_path / "grid"), str(tmp_path / "base"), 2)
 
 
