@@ -116,10 +116,10 @@ def check_refuses_other_configuration():
     sd = state.state_dict(net)  # through the DDP wrapper: names are the inner model's
     assert set(sd["residuals"]) == {n for n, _ in model.named_parameters()}
     cases = [(_state(bits=3, error_feedback=True), sd, "bits"),
-             (_state(codebook="qsgd", error_feedback=True), sd, "codebook"),
+             (_state(codebook="nqsgd", error_feedback=True), sd, "codebook"),
              (_state(block_size=512, error_feedback=True), sd, "block_size"),
              (_state(scheme="two_phase", error_feedback=True), sd, "scheme"),
-             (_state(), sd, "error_feedback"),
+             (_state(codebook="qsgd"), sd, "error_feedback"),
              (_state(error_feedback=True), {**sd, "world_size": 4}, "world_size"),
              (_state(error_feedback=True), {**sd, "rank": 1 - dist.get_rank()}, "rank"),
              (_state(error_feedback=True), {**sd, "version": 99}, "version"),

@@ -4,24 +4,27 @@ The warning's reason is tested as behaviour, not only as a message: under error 
 gradient keeps its sign winds up its residual with a mean-scaled codebook (tnq, tqsgd), and does not with a
 max-scaled one (qsgd, nqsgd).
 """
+import types
 import warnings
 
 import pytest
 import torch
 
+import tnq_kernels as tnq
 from tnq_kernels import codebooks as cb
 from tnq_kernels import ddp as tnq_ddp
 from tnq_kernels import feedback
+from tnq_kernels import horovod as tnq_hvd
 from tnq_kernels import reference as ref
 
 CLIPPING = ("tnq", "tqsgd", "rtnq", "rtnq8", cb.codebook_id("rtnq1"))
-NOT_CLIPPING = ("qsgd", "nqsgd", "qsgd_l2", "nuqsgd_l2", cb.codebook_id("qsgd"))
+NOT_CLIPPING = ("qsgd", "nqsgd", "qsgd_l2", "nuqsgd_l2", "tnq_max", cb.codebook_id("qsgd"))
 
 
 @pytest.mark.parametrize("codebook", CLIPPING)
 @pytest.mark.parametrize("bits", [2, 3, 5])
 def test_clipping_codebook_with_feedback_warns_naming_what_to_use(codebook, bits):
-    with pytest.warns(feedback.FeedbackWarning, match=r"error_feedback=True.*codebook='qsgd' or 'nqsgd'"):
+    with pytest.warns(feedback.FeedbackWarning, match=r"error_feedback=True.*Use codebook='qsgd'"):
         assert feedback.check_error_feedback(codebook, bits) is True
 
 
@@ -49,7 +52,7 @@ def test_bad_arguments_name_themselves():
 
 def test_tnq_state_warns_at_construction_and_points_at_the_caller():
     with pytest.warns(feedback.FeedbackWarning, match="TNQState") as rec:
-        state = tnq_ddp.TNQState(bits=2, error_feedback=True)  # the default codebook, rtnq, clips
+        state = tnq_ddp.TNQState(codebook="rtnq", bits=2, error_feedback=True)  # rtnq clips
     assert state.error_feedback and state.codebook == "rtnq"
     assert rec[0].filename == __file__  # stacklevel: the user's line, not the library's
     with pytest.warns(feedback.FeedbackWarning, match="'tnq'"):
@@ -58,6 +61,23 @@ def test_tnq_state_warns_at_construction_and_points_at_the_caller():
         warnings.simplefilter("error")
         tnq_ddp.TNQState(codebook="qsgd", bits=2, error_feedback=True)
         tnq_ddp.TNQState(bits=2)
+
+
+def test_integrations_pick_the_feedback_codebook_when_none_is_given():
+    """No codebook named: rtnq, or with error feedback the measured FEEDBACK_CODEBOOK (no warning); a named one is
+    kept (and warned about if it clips)."""
+    assert feedback.default_codebook(None, False) == tnq.api.DEFAULT_CODEBOOK == "rtnq"
+    assert feedback.default_codebook(None, True) == feedback.FEEDBACK_CODEBOOK == "qsgd"
+    assert feedback.default_codebook("tnq", True) == "tnq" and feedback.default_codebook(0, False) == 0
+    assert not feedback.clips(feedback.FEEDBACK_CODEBOOK)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tnq_ddp.TNQState(bits=2, error_feedback=True).codebook == "qsgd"
+        assert tnq_ddp.TNQState(bits=2).codebook == "rtnq"
+        fake = types.SimpleNamespace(rank=lambda: 0, size=lambda: 2, Average="Average", Sum="Sum")
+        opt = tnq_hvd.DistributedOptimizer(torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1),
+                                           error_feedback=True, hvd=fake)
+        assert opt._compression.codebook == "qsgd"
 
 
 def test_ddp_keeps_the_residual_helpers():

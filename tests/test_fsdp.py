@@ -200,8 +200,8 @@ def check_flat_force_sum():
 
 
 def check_flat_error_feedback():
-    state, _ = check_sim(error_feedback=True, steps=3)
-    assert state.stats()["residual_bytes"] > 0
+    state, _ = check_sim(error_feedback=True, steps=3)  # no codebook named: the feedback default
+    assert state.config.codebook == "qsgd" and state.stats()["residual_bytes"] > 0
 
 
 def check_flat_nearest_error_feedback():

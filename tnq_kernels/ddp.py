@@ -73,7 +73,7 @@ from . import api
 from . import checks
 from . import codebooks as cb
 from . import format as fmt
-from .feedback import check_error_feedback, feedback_residual, gather_residual, split_residual
+from .feedback import check_error_feedback, default_codebook, feedback_residual, gather_residual, split_residual
 from .rng import derive_seed
 
 SCHEMES = ("auto", "allgather", "two_phase")
@@ -108,8 +108,9 @@ class TNQState:
         process_group: the group to reduce over (None: the default group).
         bits: bits per element, 1-8 (2-5 are the fast paths).
         block_size: elements per fp32 scale (a multiple of 32; 0: one scale per compressed tensor).
-        codebook: "rtnq" (default), "tnq", "tqsgd", "nqsgd", "qsgd", "qsgd_l2" or "nuqsgd_l2" (docs/codebooks.md);
-            "rtnq" is sized for the world size of each call (the number of payloads averaged).
+        codebook: "rtnq", "tnq", "tqsgd", "nqsgd", "qsgd", "qsgd_l2", "nuqsgd_l2" or "tnq_max" (docs/codebooks.md);
+            "rtnq" is sized for the world size of each call (the number of payloads averaged). None (default):
+            "rtnq", or "qsgd" with ``error_feedback`` (tnq_kernels.feedback.default_codebook).
         scheme: "allgather", "two_phase" or "auto" (two_phase when the world size is > 2).
         seed: base seed; per-rank/step/bucket seeds are derived from it (module docstring).
         error_feedback: keep and re-inject each rank's compression residual.
@@ -122,7 +123,7 @@ class TNQState:
     """
 
     def __init__(self, process_group=None, bits: int = api.DEFAULT_BITS, block_size: int = api.DEFAULT_BLOCK_SIZE,
-                 codebook: str | int = api.DEFAULT_CODEBOOK, scheme: str = "auto", seed: int = 0,
+                 codebook: str | int | None = None, scheme: str = "auto", seed: int = 0,
                  error_feedback: bool = False,
                  warmup_steps: int = 0, min_bucket_numel: int = DEFAULT_MIN_BUCKET_NUMEL,
                  backend: str | None = None, rounding: str = api.DEFAULT_ROUNDING):
@@ -135,10 +136,11 @@ class TNQState:
         self.process_group = process_group
         self.bits = cb.check_bits(bits)
         self.block_size = fmt.check_block_size(block_size)
-        self.codebook = cb.codebook_name(codebook)  # "rtnq" stays the family: its member follows the world size
+        self.error_feedback = bool(error_feedback)
+        # "rtnq" stays the family: its member follows the world size
+        self.codebook = cb.codebook_name(default_codebook(codebook, self.error_feedback))
         self.scheme = scheme
         self.seed = seed
-        self.error_feedback = bool(error_feedback)
         check_error_feedback(self.codebook, self.bits, self.error_feedback, where="TNQState")
         checks.rounding_id(rounding)
         self.rounding = rounding
@@ -364,6 +366,8 @@ class TNQState:
         """A state built with the saved configuration, then restored (the seed comes from ``state_dict``)."""
         if not isinstance(state_dict, dict):
             raise ValueError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        if state_dict.get("codebook") is None:
+            raise ValueError("state_dict has no codebook: not a TNQState.state_dict()")
         state = cls(process_group, bits=state_dict.get("bits"), block_size=state_dict.get("block_size"),
                     codebook=state_dict.get("codebook"), scheme=state_dict.get("scheme"),
                     seed=state_dict.get("seed"), error_feedback=state_dict.get("error_feedback"),

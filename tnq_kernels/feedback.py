@@ -30,7 +30,19 @@ from . import codebooks as cb
 #: scale rules whose top level is a fixed multiple of a mean-type statistic: entries above it are clipped
 CLIPPING_SCALE_RULES = (cb.SCALE_MEAN_ABS, cb.SCALE_M2_M1)
 #: the codebooks the warning recommends with error feedback (max-scaled: nothing is clipped)
-FEEDBACK_CODEBOOKS = ("qsgd", "nqsgd")
+FEEDBACK_CODEBOOKS = ("qsgd", "nqsgd", "tnq_max")
+#: the codebook an integration uses with error feedback when the caller names none: the one setting of the issue-20
+#: grid within seed noise of fp32 at 2 bits with momentum SGD on all three models (experiments/results/ef_grid/)
+FEEDBACK_CODEBOOK = "qsgd"
+
+
+def default_codebook(codebook: str | int | None, error_feedback: bool) -> str | int:
+    """``codebook`` as given, or for None the integrations' default: FEEDBACK_CODEBOOK with error feedback, else
+    the library's default (``"rtnq"``)."""
+    if codebook is not None:
+        return codebook
+    from .api import DEFAULT_CODEBOOK
+    return FEEDBACK_CODEBOOK if error_feedback else DEFAULT_CODEBOOK
 
 
 class FeedbackWarning(UserWarning):
@@ -58,8 +70,8 @@ def check_error_feedback(codebook: str | int, bits: int, error_feedback: bool = 
         f"{where}: error_feedback=True with codebook={name!r} at {bits} bits clips entries above a multiple of a "
         f"mean-type scale, so a clipped coordinate's residual can grow step after step; measured to degrade training "
         f"(2 bits, momentum SGD: tnq fell from 0.95 to 0.54 MNIST-MLP accuracy and diverged on a transformer, rtnq "
-        f"diverged or lost 1.5 bpb there). Use codebook='qsgd' or 'nqsgd' "
-        f"(max-scaled, nothing clipped) with error feedback, or error_feedback=False with {name!r} "
+        f"diverged or lost 1.5 bpb there). Use codebook='qsgd' with error feedback (max-scaled, nothing clipped; "
+        f"what the integrations pick when no codebook is given), or error_feedback=False with {name!r} "
         f"(docs/integrations.md, 'Error feedback')", FeedbackWarning, stacklevel=stacklevel)
     return True
 

@@ -57,7 +57,7 @@ from . import checks
 from . import codebooks as cb
 from . import format as fmt
 from .ddp import SAVED_BEFORE, _check_int
-from .feedback import check_error_feedback, feedback_residual
+from .feedback import check_error_feedback, default_codebook, feedback_residual
 from .rng import derive_seed
 
 try:  # torch >= 2.9; import must not fail on an older torch (the call that needs it says so)
@@ -421,7 +421,7 @@ class FSDPState:
 
 
 def compress_reduce_scatter(model: torch.nn.Module, bits: int = api.DEFAULT_BITS,
-                            codebook: str | int = api.DEFAULT_CODEBOOK, seed: int = 0,
+                            codebook: str | int | None = None, seed: int = 0,
                             block_size: int = api.DEFAULT_BLOCK_SIZE, node_size: int | None = None,
                             error_feedback: bool = False, warmup_steps: int = 0,
                             min_numel: int = DEFAULT_MIN_NUMEL, backend: str | None = None,
@@ -430,8 +430,9 @@ def compress_reduce_scatter(model: torch.nn.Module, bits: int = api.DEFAULT_BITS
     every rank, in the same order: the hierarchical mode creates process groups). Returns the :class:`FSDPState`.
 
     Args:
-        bits, block_size, codebook, backend: as for :func:`tnq_kernels.compress`; ``"rtnq"`` (default) is sized
-            for the number of payloads each rank averages (W flat, W/node_size hierarchical).
+        bits, block_size, codebook, backend: as for :func:`tnq_kernels.compress`; ``"rtnq"`` is sized for the
+            number of payloads each rank averages (W flat, W/node_size hierarchical). codebook None (default):
+            "rtnq", or "qsgd" with ``error_feedback`` (tnq_kernels.feedback.default_codebook).
         seed: base seed; per-(rank, call, module, destination) seeds are derived from it.
         node_size: None (flat) or k, the ranks per node (hierarchical; k must divide the world size).
         error_feedback: keep and re-inject each rank's compression residual (memory: module docstring).
@@ -445,7 +446,8 @@ def compress_reduce_scatter(model: torch.nn.Module, bits: int = api.DEFAULT_BITS
         raise ValueError(f"seed must be an int, got {seed!r}")
     if backend is not None and backend not in api.BACKENDS:
         raise ValueError(f"backend must be None or one of {api.BACKENDS}, got {backend!r}")
-    cfg = Config.checked(bits, block_size, codebook, node_size, error_feedback, warmup_steps, min_numel, rounding)
+    cfg = Config.checked(bits, block_size, default_codebook(codebook, bool(error_feedback)), node_size,
+                         error_feedback, warmup_steps, min_numel, rounding)
     check_error_feedback(cfg.codebook, cfg.bits, cfg.error_feedback, where="compress_reduce_scatter")
     if not dist.is_initialized():
         raise RuntimeError("compress_reduce_scatter: torch.distributed is not initialized")

@@ -36,7 +36,7 @@ from . import api
 from . import checks
 from . import codebooks as cb
 from . import format as fmt
-from .feedback import check_error_feedback, feedback_residual
+from .feedback import check_error_feedback, default_codebook, feedback_residual
 from .rng import derive_seed
 
 
@@ -209,7 +209,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
                          process_set=None, *, error_feedback=False, rounding=None, hvd=None):
     """hvd.DistributedOptimizer's signature, moving TNQ payloads with hvd.allgather and averaging after decoding.
 
-    ``compression``: a :class:`TNQCompressor` (default: 3 bits, block 2048, "tnq", seed 0). ``op``: hvd.Average
+    ``compression``: a :class:`TNQCompressor` (default: 3 bits, block 2048, seed 0, codebook "rtnq", or "qsgd"
+    with ``error_feedback``: tnq_kernels.feedback.default_codebook). ``op``: hvd.Average
     (default) or hvd.Sum; Adasum is not supported. ``gradient_predivide_factor``, ``num_groups`` and ``groups`` are
     accepted for compatibility and have no effect: the decode-sum divides each term in fp32 before adding (so fp16
     cannot overflow), and Horovod's tensor fusion already batches the all-gathers. ``error_feedback``: each rank
@@ -220,7 +221,8 @@ def DistributedOptimizer(optimizer, named_parameters=None, compression=None, bac
     """
     hvd = hvd if hvd is not None else _import_horovod()
     if compression is None:
-        compression = TNQCompressor(rank=hvd.rank(), rounding=api.DEFAULT_ROUNDING if rounding is None else rounding)
+        compression = TNQCompressor(rank=hvd.rank(), codebook=default_codebook(None, bool(error_feedback)),
+                                    rounding=api.DEFAULT_ROUNDING if rounding is None else rounding)
     if not isinstance(compression, TNQCompressor):
         raise ValueError(f"compression must be a tnq_kernels.horovod.TNQCompressor, got {compression!r} "
                          "(for other compressors use hvd.DistributedOptimizer itself)")
