@@ -17,7 +17,8 @@ fails when a committed block differs from what the committed CSVs give. Blocks (
 - ``mnist-2ep``, ``paper-2ep``: the 2-epoch CNN sweep of every codebook (mnist2ep_sgdm) and the paper preset at
   2 epochs (mnist2ep_paper_sgdm), the same way;
 - ``text-horizons``: the 2000-step transformer studies read at 600-2000 steps (summary.horizon);
-- ``ef-probe``: error feedback against none, seed-paired (experiments/results/ef_probe, feedback_probe.block);
+- ``ef-grid-2``, ``ef-grid-3``: the error-feedback grid at 2 and 3 bits (experiments/results/ef_grid,
+  feedback_probe.grid);
 - ``cpu-kernels``: the CPU kernel table from one run of benchmarks/results/cpu_throughput.csv (benchmarks/plot.py);
 - ``e2e-ddp``, ``e2e-fsdp``: the latest DDP and FSDP2 runs of benchmarks/results/e2e_ddp.csv (plot.e2e_table);
 - ``tta``: the latest time-to-accuracy run of benchmarks/results/tta_ddp.csv (plot.tta_table).
@@ -89,7 +90,8 @@ BLOCKS: dict[str, Callable[[str, str], str]] = {
     "mnist-2ep": lambda root, bench: _mnist_sweep(root, "mnist2ep_sgdm"),
     "paper-2ep": lambda root, bench: _mnist_sweep(root, "mnist2ep_paper_sgdm"),
     "text-horizons": lambda root, bench: _horizons(root),
-    "ef-probe": lambda root, bench: feedback_probe.block(root),
+    "ef-grid-2": lambda root, bench: feedback_probe.grid(os.path.join(root, "ef_grid"), root, 2),
+    "ef-grid-3": lambda root, bench: feedback_probe.grid(os.path.join(root, "ef_grid"), root, 3),
     "cpu-kernels": lambda root, bench: _cpu_kernels(bench),
     "e2e-ddp": lambda root, bench: _e2e(bench, "e2e_ddp"),
     "e2e-fsdp": lambda root, bench: _e2e(bench, "e2e_fsdp"),

@@ -71,17 +71,6 @@ def compare(ef_dir: str, base_dir: str, task: str) -> str:
     return "\n".join(out)
 
 
-#: (title, folder with feedback, folder without, task) of the committed probe, relative to experiments/results
-PROBE = (("MLP, momentum SGD, test accuracy", "ef_grid/mlp_sgdm/ef_stochastic", "mlp_sgdm", "mnist_mlp"),
-         ("transformer, momentum SGD, held-out bits per byte", "ef_grid/text600_sgdm/ef_stochastic", "text600_sgdm", "text"))
-
-
-def block(root: str) -> str:
-    """The generated docs block ``ef-probe`` (experiments/docs_blocks.py): both probe tables from ``root``."""
-    return "\n\n".join(f"*{title}*\n\n" + compare(os.path.join(root, ef), os.path.join(root, base), task)
-                       for title, ef, base, task in PROBE)
-
-
 # ---- the grid of issue 20: error feedback on/off x codebook x rounding, on every study ----
 
 #: the grid's studies: (folder name, the committed no-feedback study it extends, task, title)
