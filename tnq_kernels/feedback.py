@@ -31,8 +31,9 @@ from . import codebooks as cb
 CLIPPING_SCALE_RULES = (cb.SCALE_MEAN_ABS, cb.SCALE_M2_M1)
 #: the codebooks the warning recommends with error feedback (max-scaled: nothing is clipped)
 FEEDBACK_CODEBOOKS = ("qsgd", "nqsgd", "tnq_max")
-#: the codebook an integration uses with error feedback when the caller names none: the one setting of the issue-20
-#: grid within seed noise of fp32 at 2 bits with momentum SGD on all three models (experiments/results/ef_grid/)
+#: the codebook an integration uses with error feedback when the caller names none: in the issue-20 grid
+#: (experiments/results/ef_grid/), qsgd with feedback and stochastic rounding is within seed noise of fp32 at 2 bits
+#: with momentum SGD on all three models, with no seed near chance accuracy
 FEEDBACK_CODEBOOK = "qsgd"
 
 
