@@ -9,13 +9,13 @@ at a fixed multiple of a mean-type scale of the block (``tnq``, ``tqsgd``: mean|
 error feedback the clipped tail goes into the residual and comes back on the next step; one coordinate barely moves a
 mean over 2048, so a coordinate whose gradient keeps its sign stays above the threshold and its residual grows step
 after step (integrator wind-up), and once the gradient turns, the wound-up residual keeps pushing the old way for many
-steps. The max-scaled ``qsgd`` and ``nqsgd`` clip nothing, so their residual stays within one level gap of the block's
-largest entry (docs/codebooks.md §5). Measured in this project's simulator (experiments/results/ef_probe/, 8 clients,
-momentum SGD at the fp32-chosen learning rates, 3 paired seeds): with feedback at 2 bits, ``tnq`` falls from 0.948 to
+steps. The max-scaled ``qsgd``, ``nqsgd`` and ``tnq_max`` clip nothing, so their residual stays within one level gap
+of the block's largest entry (docs/codebooks.md §5). Measured in this project's simulator (experiments/results/ef_grid/,
+8 clients, the fp32-chosen learning rates, 3 paired seeds): with feedback at 2 bits, ``tnq`` falls from 0.948 to
 0.537 MNIST-MLP accuracy and diverges on the byte-level transformer, ``rtnq`` ends at 4.2 bpb or NaN on the
-transformer (2.68 without), while ``qsgd`` gains 0.21 bpb there and is level with fp32 on both models (``nqsgd`` gains
-0.28 bpb but stays 0.16 behind fp32). So error feedback with a clipping codebook warns (:class:`FeedbackWarning`,
-naming what to use). It is not refused: the harm runs from −0.2 points (``rtnq`` on the MLP) to divergence, the
+transformer (2.68 without), while ``qsgd`` gains 0.21 bpb there and is within noise of fp32 on the MLP, the CNN and
+the transformer with momentum SGD. So error feedback with a clipping codebook warns (:class:`FeedbackWarning`,
+naming ``qsgd``), and :func:`default_codebook` picks ``qsgd`` when feedback is on and no codebook is named. It is not refused: the harm runs from −0.2 points (``rtnq`` on the MLP) to divergence, the
 studies must still run these configurations, and ``warnings.simplefilter("error", FeedbackWarning)`` makes it an error
 for whoever wants one.
 """
@@ -29,8 +29,6 @@ from . import codebooks as cb
 
 #: scale rules whose top level is a fixed multiple of a mean-type statistic: entries above it are clipped
 CLIPPING_SCALE_RULES = (cb.SCALE_MEAN_ABS, cb.SCALE_M2_M1)
-#: the codebooks the warning recommends with error feedback (max-scaled: nothing is clipped)
-FEEDBACK_CODEBOOKS = ("qsgd", "nqsgd", "tnq_max")
 #: the codebook an integration uses with error feedback when the caller names none: in the issue-20 grid
 #: (experiments/results/ef_grid/), qsgd with feedback and stochastic rounding is within seed noise of fp32 at 2 bits
 #: with momentum SGD on all three models, with no seed near chance accuracy
