@@ -191,6 +191,14 @@ def grid(root: str, base_root: str, bits: int) -> str:
                      f"{c['mean'] / c['se']:+.1f} se" if c["se"] > 0 else "below" for c in got]
             every = "yes" if all(c is not None and c["noise"] for c in got) else "no"
             out.append(f"| {label(comp)} | {SETTING_TITLES[setting]} | " + " | ".join(marks) + f" | {every} |")
+    out += ["", "*The best setting of each study* (the highest mean difference to fp32 among runs that did not diverge):",
+            "", "| study | codebook | setting | difference to fp32 | within noise |", "|---|---|---|---|---|"]
+    for study in studies:
+        mine = {k: c for k, c in cells.items() if k[0] == study and not c["diverged"]}
+        if mine:
+            (_, comp, setting), c = max(mine.items(), key=lambda kv: kv[1]["mean"])
+            out.append(f"| {study} | {label(comp)} | {SETTING_TITLES[setting]} | {_cell_text(c).strip('*')} | "
+                       f"{'yes' if c['noise'] else 'no'} |")
     return "\n".join(out)
 
 

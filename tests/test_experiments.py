@@ -492,6 +492,7 @@ def test_feedback_grid_cells_marks_and_setting_checks(tmp_path):
         in text, text
     assert "| codebook | no EF, stochastic | EF, stochastic |" in text  # only the settings the study has
     assert "| TNQ-max (max-scaled) | **-1.00 ± 1.00** | – |" in text, text
+    assert "| mlp_sgdm | QSGD | EF, stochastic | +0.00 ± 0.50 | yes |" in text, text  # the best setting
     # a folder whose runs have another setting than its name says is refused
     _probe_folder(grid / "ef_nearest", {("qsgd", 2): fp32}, rounding="stochastic", residual="float32")
     with pytest.raises(ValueError, match="ef_nearest.*rounding 'stochastic', residual 'float32'; the folder is for "
