@@ -59,7 +59,9 @@ OPTIMIZERS = ("sgdm", "adamw")
 RESIDUAL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: what the simulation can train: "mnist" (the paper's CNN), "mnist_mlp" (a 2-hidden-layer MLP, another model
 #: family on the same data) and "text" (a byte-level transformer on real English text, experiments/text.py).
-TASKS = ("mnist", "mnist_mlp", "text")
+TASKS = ("mnist", "mnist_mlp", "text", "text_gru")
+#: the tasks on the text corpus (experiments/text.py): the transformer, and a GRU for confirmation studies
+TEXT_TASKS = ("text", "text_gru")
 #: Large enough that DDP puts the whole model (1.27 MB) in one bucket, and explicit, so DDP also drops its 1 MiB
 #: first-bucket cap: one payload per client per step.
 BUCKET_CAP_MB = 64
@@ -233,7 +235,7 @@ def sends_fp32(cfg: "RunConfig") -> bool:
 
 def default_batch_size(task: str) -> int:
     """Per-client batch: 8 windows of 64 bytes for the transformer, 32 images for the MNIST models."""
-    return 8 if task == "text" else 32
+    return 8 if task in TEXT_TASKS else 32
 
 
 def clipped_codebook(cfg: "RunConfig") -> str | None:
@@ -333,7 +335,7 @@ class Task:
 
 def make_task(cfg: RunConfig, data: Any = None) -> Task:
     """The Task of ``cfg.task``; ``data`` (MNIST, or the text corpus) is loaded when None."""
-    if cfg.task == "text":
+    if cfg.task in TEXT_TASKS:
         from . import text
         return text.text_task(cfg, data)
     data = data or load_mnist()
@@ -343,9 +345,9 @@ def make_task(cfg: RunConfig, data: Any = None) -> Task:
 
 def make_task_description(cfg: RunConfig) -> str:
     """The task's one-line description (data and model) without loading its data."""
-    if cfg.task == "text":
+    if cfg.task in TEXT_TASKS:
         from . import text
-        return text.DESCRIBE
+        return text.DESCRIBE_GRU if cfg.task == "text_gru" else text.DESCRIBE
     return ("MNIST, AlexNet-style CNN (0.32M parameters)" if cfg.task == "mnist" else
             "MNIST, MLP 784-256-128-10 (0.24M parameters)")
 
@@ -726,7 +728,7 @@ def sweep(runs: list[RunConfig], out_dir: str, mode: str = "sim", resume: bool =
             raise ValueError(f"{runs_path} holds runs with {name} {sorted(other)}, these runs use "
                              f"{sorted({of_cfg(cfg) for cfg in runs})}: write them to another --out")
     done = {(r["compressor"], int(r["bits"]), int(r["seed"])) for r in timings}
-    if mode == "sim" and data is None and runs and runs[0].task != "text":
+    if mode == "sim" and data is None and runs and runs[0].task not in TEXT_TASKS:
         data = load_mnist()
     for cfg in runs:
         key = (cfg.compressor, cfg.bits, cfg.seed)
@@ -888,7 +890,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m experiments.m
         runs = plan(comps, bits, seeds, base)
         for c in dict.fromkeys(r.compressor for r in runs):  # fail before any training, not after an hour
             check_backend(replace(base, compressor=c, bits=bits[0] if c != "none" else base.bits))
-        data = load_mnist() if a.mode == "sim" and base.task != "text" else None
+        data = load_mnist() if a.mode == "sim" and base.task not in TEXT_TASKS else None
     except (ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -390,8 +390,8 @@ def setup_line(config) -> str:
 
 
 def task_metric(task: str) -> tuple[str, bool]:
-    """(headline metric, higher is better) of a task: held-out loss for the transformer, else test accuracy."""
-    return ("test_loss", False) if task == "text" else ("test_accuracy", True)
+    """(headline metric, higher is better) of a task: held-out loss for the text models, else test accuracy."""
+    return ("test_loss", False) if task.startswith("text") else ("test_accuracy", True)
 
 
 def metric_of(config) -> tuple[str, bool]:

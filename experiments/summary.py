@@ -65,7 +65,7 @@ def _describe(runs: list[dict]) -> str:
 
 
 #: a study's model in words
-MODEL = {"mnist": "CNN", "mnist_mlp": "MLP", "text": "text"}
+MODEL = {"mnist": "CNN", "mnist_mlp": "MLP", "text": "text", "text_gru": "text GRU"}
 OPTIMIZER = {"sgdm": "SGDM", "adamw": "AdamW"}
 
 

@@ -33,6 +33,9 @@ TRAIN_FRACTION = 0.9
 EVAL_WINDOWS = 256
 DESCRIBE = ("text: byte-level transformer (2 layers, d 64, 4 heads, context 64, 0.12M parameters) on the CPython "
             "pydoc topics corpus (English prose)")
+#: task "text_gru": another model family on the same data (a recurrent network), for confirmation studies
+DESCRIBE_GRU = ("text_gru: byte-level GRU (embedding 64, one GRU layer of 128, 0.12M parameters) on the CPython "
+                "pydoc topics corpus (English prose)")
 
 
 class TextUnavailable(RuntimeError):
@@ -107,6 +110,20 @@ class ByteTransformer(nn.Module):
         return self.ln(h) @ self.tok.weight.t()
 
 
+class ByteGRU(nn.Module):
+    """x int64 [B, T] bytes → logits float32 [B, T, 256]: embedding, one GRU layer, a linear read-out."""
+
+    def __init__(self, d: int = 64, hidden: int = 128):
+        super().__init__()
+        self.tok = nn.Embedding(VOCAB, d)
+        self.rnn = nn.GRU(d, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, VOCAB)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, _ = self.rnn(self.tok(x))
+        return self.head(h)
+
+
 def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean next-byte cross-entropy in nats."""
     return F.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1))
@@ -161,16 +178,19 @@ def evaluate(model: nn.Module, corpus: Corpus, windows: int = EVAL_WINDOWS) -> t
     return acc, loss / math.log(2)
 
 
-def build_model(seed: int) -> ByteTransformer:
+def build_model(seed: int, task: str = "text") -> nn.Module:
+    """The transformer (task "text") or the GRU ("text_gru"), initialised from ``seed``."""
     torch.manual_seed(seed)
-    return ByteTransformer()
+    return ByteGRU() if task == "text_gru" else ByteTransformer()
 
 
 def text_task(cfg, corpus: Corpus | None = None):
-    """experiments.mnist.Task for the transformer (``cfg.test_subset``: number of held-out windows, 0 = 256)."""
+    """experiments.mnist.Task for the transformer or the GRU (``cfg.test_subset``: number of held-out windows,
+    0 = 256)."""
     from .mnist import Task
     corpus = corpus if isinstance(corpus, Corpus) else load_corpus()
-    return Task("text", DESCRIBE, lambda: build_model(cfg.seed), TextBatches(corpus, cfg), lm_loss,
+    return Task(cfg.task, DESCRIBE_GRU if cfg.task == "text_gru" else DESCRIBE,
+                lambda: build_model(cfg.seed, cfg.task), TextBatches(corpus, cfg), lm_loss,
                 lambda m: evaluate(m, corpus, cfg.test_subset or EVAL_WINDOWS))
 
 
