@@ -188,6 +188,19 @@ def test_text_simulation_two_steps_with_tnq():
     assert r["bits_per_client_step"] == 8 * tnq.payload_bytes(n, 3, cfg.block_size)
 
 
+def test_text_gru_task_trains_two_steps():
+    cfg = mnist.RunConfig(task="text_gru", compressor="qsgd", bits=2, clients=2, batch_size=2, train_subset=20_000,
+                          test_subset=4, eval_every=1, backend="reference", error_feedback=True)
+    res = mnist.simulate(cfg, max_steps=2, progress=False)
+    assert [r["step"] for r in res.records] == [1, 2] and 0.0 < res.records[-1]["test_loss"] < 12.0
+    model = text.build_model(0, "text_gru")
+    assert isinstance(model, text.ByteGRU) and isinstance(text.build_model(0), text.ByteTransformer)
+    n = sum(p.numel() for p in model.parameters())
+    assert 100_000 < n < 150_000 and res.records[-1]["bits_per_client_step"] == 8 * tnq.payload_bytes(n, 2, 2048)
+    assert report.task_metric("text_gru") == ("test_loss", False)
+    assert mnist.make_task_description(cfg).startswith("text_gru: byte-level GRU")
+
+
 def test_low_precision_residual():
     """--residual-dtype: the residual kept between steps is rounded to that dtype (so step 2 encodes another g + e),
     which needs error feedback; runs.csv records it."""
