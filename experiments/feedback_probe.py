@@ -79,7 +79,8 @@ GRID_STUDIES = (("mlp_sgdm", "mlp_sgdm", "mnist_mlp", "MLP, momentum SGD"),
                 ("mnist_paper_sgdm", "mnist_paper_sgdm", "mnist", "paper's CNN, momentum SGD"),
                 ("mnist_paper_adamw", "mnist_paper_adamw", "mnist", "paper's CNN, AdamW"),
                 ("text600_sgdm", "text600_sgdm", "text", "transformer, momentum SGD"),
-                ("text600_adamw", "text600_adamw", "text", "transformer, AdamW"))
+                ("text600_adamw", "text600_adamw", "text", "transformer, AdamW"),
+                ("gru300_sgdm", "gru300_sgdm", "text_gru", "GRU, momentum SGD (the confirmation)"))
 #: the grid's settings: (subfolder, rounding, residual: "none" without error feedback, else the residual's dtype).
 #: "noef_stochastic" adds to the committed study; "ef_stochastic_bf16" keeps the residual in bfloat16.
 GRID_SETTINGS = (("noef_stochastic", "stochastic", "none"), ("noef_nearest", "nearest", "none"),

@@ -771,7 +771,8 @@ def _ints(s: str) -> list[int]:
 #: Learning rates chosen on fp32 alone, before any compressed run (experiments/results/lr_check/), then used for
 #: every codebook: (task, optimizer) -> lr.
 DEFAULT_LR = {("mnist", "sgdm"): 0.1, ("mnist", "adamw"): 3e-3, ("mnist_mlp", "sgdm"): 0.1,
-              ("mnist_mlp", "adamw"): 1e-2, ("text", "sgdm"): 0.1, ("text", "adamw"): 3e-3}
+              ("mnist_mlp", "adamw"): 1e-2, ("text", "sgdm"): 0.1, ("text", "adamw"): 3e-3,
+              ("text_gru", "sgdm"): 1.0}
 #: --preset paper: the paper's MNIST setting (one scale per layer tensor, 8 clients, momentum SGD, the CNN), with
 #: the paper's baselines as their own papers define them (L2-norm scaled) next to the practical max-scaled ones.
 PAPER_COMPRESSORS = ("none", "tnq", "rtnq", "tqsgd", "qsgd_l2", "nuqsgd_l2", "nqsgd", "qsgd")
