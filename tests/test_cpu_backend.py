@@ -35,7 +35,7 @@ def test_encode_at_past_2_33_every_isa(native):
 
 
 def test_nearest_rounding_every_isa_matches_reference(native):
-    # rounding="nearest" replaces U in each loop (AVX-512 with 32 and 64 bins, AVX2, portable): every codebook (their
+    # rounding="nearest" replaces U in each loop (AVX-512 with each bin layout, AVX2, portable): every codebook (their
     # bin tables differ; nqsgd has none and takes the AVX2 loop on AVX-512 machines), widths, dtypes and a short tail
     code = (
         "import torch\n"
@@ -53,3 +53,30 @@ def test_nearest_rounding_every_isa_matches_reference(native):
         env = dict(os.environ, OMP_NUM_THREADS="1", **isa)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0 and out.stdout.strip() == "ok", (isa, out.stderr[-2000:])
+
+
+def test_cells_at_level_edges_every_codebook(native):
+    # the O(1) cell index of the AVX-512 encode (a bin from one rounded-down multiply-add, then one or two compares):
+    # z on every level, a few ulps either side, and a dense sweep past both ends, with scale 1 (z = x exactly),
+    # against the searchsorted cell and the rounding rule of the reference
+    import torch
+    from tnq_kernels import codebooks as cb, ops, reference as ref, rng
+    seed = 0x5EED
+    for name in cb.CODEBOOK_NAMES.values():
+        for bits in (2, 3, 4, 5):
+            c = torch.tensor(cb.levels(name, bits))
+            near = [c]
+            for _ in range(3):
+                near = [torch.nextafter(near[0], torch.tensor(-float("inf")))] + near + \
+                       [torch.nextafter(near[-1], torch.tensor(float("inf")))]
+            span = float(c[-1] - c[0])
+            sweep = torch.linspace(float(c[0]) - 0.1 * span, float(c[-1]) + 0.1 * span, 8192)
+            x = torch.cat(near + [sweep])
+            x = torch.cat([x, torch.zeros((-x.numel()) % 32)])
+            got = ops._C.encode_at(x, 0, 1.0, bits, cb.codebook_id(name), seed)
+            z = torch.clamp(x, c[0], c[-1])
+            k = torch.searchsorted(c[1:-1].contiguous(), z, right=True)
+            u = rng.uniform_tensor(seed, torch.arange(x.numel()))
+            gap = torch.tensor(cb.inv_gaps(name, bits))
+            codes = (k + (u < (z - c[k]) * gap[k]).long()).to(torch.uint8)
+            assert torch.equal(got, ref.pack(codes, bits)), (name, bits)

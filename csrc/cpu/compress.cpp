@@ -83,89 +83,125 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
 #endif  // TNQ_HAVE_AVX2_PATH
 
 #if TNQ_HAVE_AVX512_PATH
-// A 32-entry table held in two registers: lookups are one two-source permute, no memory access.
-struct Table32 {
-  __m512i lo, hi;
-  TNQ_AVX512 explicit Table32(const void* t)
-      : lo(_mm512_loadu_si512(t)), hi(_mm512_loadu_si512(static_cast<const char*>(t) + 64)) {}
-  TNQ_AVX512 Table32(__m512 a, __m512 b) : lo(_mm512_castps_si512(a)), hi(_mm512_castps_si512(b)) {}
-  TNQ_AVX512 __m512i operator()(__m512i idx) const { return _mm512_permutex2var_epi32(lo, idx, hi); }
-  TNQ_AVX512 __m512 ps(__m512i idx) const { return _mm512_castsi512_ps((*this)(idx)); }
-};
-// A 16-entry table in one register (codebooks up to 4 bits): a one-source permute, which (unlike the two-source
-// one) overwrites no operand, so the compiler needs no register copies around it. It reads idx mod 16.
-struct Table16 {
-  __m512i t;
-  TNQ_AVX512 explicit Table16(const void* p) : t(_mm512_loadu_si512(p)) {}
-  TNQ_AVX512 Table16(__m512 a, __m512) : t(_mm512_castps_si512(a)) {}
-  TNQ_AVX512 __m512i operator()(__m512i idx) const { return _mm512_permutexvar_epi32(idx, t); }
-  TNQ_AVX512 __m512 ps(__m512i idx) const { return _mm512_castsi512_ps((*this)(idx)); }
+// A table of N = 16, 32 or 64 4-byte entries held in registers, read by permutes (no memory access): 16 entries in
+// one register (a one-source permute, which overwrites no operand, so it needs no register copies), 32 in two (a
+// two-source permute), 64 in four (two two-source permutes and a blend on bit 5 of the index, `upper`). A permute
+// reads only the low 4 or 5 bits of each index.
+template <int N>
+struct RegTable {
+  static_assert(N == 16 || N == 32 || N == 64, "RegTable holds 16, 32 or 64 entries");
+  __m512i r[N / 16];
+  TNQ_AVX512 explicit RegTable(const void* p) {
+    for (int i = 0; i < N / 16; ++i) r[i] = _mm512_loadu_si512(static_cast<const char*>(p) + 64 * i);
+  }
+  TNQ_AVX512 __m512i operator()(__m512i idx, __mmask16 upper = 0) const {
+    if constexpr (N == 16) {
+      return _mm512_permutexvar_epi32(idx, r[0]);
+    } else if constexpr (N == 32) {
+      return _mm512_permutex2var_epi32(r[0], idx, r[1]);
+    } else {
+      return _mm512_mask_blend_epi32(upper, _mm512_permutex2var_epi32(r[0], idx, r[1]),
+                                     _mm512_permutex2var_epi32(r[2], idx, r[3]));
+    }
+  }
+  TNQ_AVX512 __m512 ps(__m512i idx, __mmask16 upper = 0) const { return _mm512_castsi512_ps((*this)(idx, upper)); }
 };
 
 // Full groups [g0, g1) of one block with a finite scale (t.bins > 0, BITS <= 5) and one pair key: the same z, k,
-// p and U as truncate/round_code, 16 lanes at a time. k comes from the O(1) bin index of t.bin_lo with two
-// compares; every table lookup is a register permute (BINS: the bin table's width, 32 or 64); one 16-lane hash
-// serves the group's 32 elements; the group's codes are narrowed to 16 bits so each bit plane is one mask test.
+// p and U as truncate/round_code, 16 lanes at a time. k comes from the O(1) bin index of Tables (kernels.h): the
+// bin is one fused multiply-add rounded down, read by the permutes from its fp32 bits, and PROBES compares fix it
+// up (WIDTH: the bin tables' register width, t.bin_width); every table lookup is a register permute; one 16-lane
+// hash serves the group's 32 elements; the group's codes are narrowed to 16 bits so each bit plane is one mask
+// test.
 //
 // Two rewrites that keep every code (tests compare the bytes with the reference):
 // - a zero scale multiplies by r = 0 instead of branching per vector: the block is finite (non-finite blocks never
 //   get here), so g·0 = ±0, and −0 and +0 clamp, bin, compare and subtract alike;
 // - U < p is tested as m + 0.5 < p' with p' = (z − c_k)·(ρ_k·2^16): ρ_k·2^16 is exact and finite (make_bins), so
 //   p' = p·2^16 exactly unless (z − c_k)·ρ_k < 2^-126, where both p and p'·2^-16 are far below U ≥ 2^-17.
-template <int DT, int BITS, int BINS, bool NEAREST>
-TNQ_AVX512 void encode_full_groups_avx512(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
-                                          BlockMode mode, const Tables& t, uint32_t pair_key, uint32_t* words) {
+// (no-tree-slp-vectorize: GCC would otherwise gather the BITS mask words through general registers into one vector
+// store, 2-3 instructions per word instead of one kmovd to memory.)
+template <int DT, int BITS, int WIDTH, int PROBES, bool NEAREST>
+TNQ_AVX512 __attribute__((optimize("no-tree-slp-vectorize"))) void encode_full_groups_avx512(
+    const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale, BlockMode mode, const Tables& t,
+    uint32_t pair_key, uint32_t* words) {
   constexpr int S = (1 << BITS) - 1;
   const __m512 vr = _mm512_set1_ps(mode == kUsable ? inverse_scale(scale) : 0.0f);
   const __m512 lo = _mm512_set1_ps(t.c[0]), hi = _mm512_set1_ps(t.c[S]);
-  const __m512 bin_scale = _mm512_set1_ps(t.bin_scale);
-  const __m512i last_bin = _mm512_set1_epi32(t.bins - 1);
-  const __m512i one = _mm512_set1_epi32(1), bit5 = _mm512_set1_epi32(32);
-  const __m512 half = _mm512_set1_ps(0.5f), two16 = _mm512_set1_ps(65536.0f);
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 bin_mul = _mm512_set1_ps(t.bin_mul);
+  const __m512 bin_add = _mm512_set1_ps(8388608.0f + float(t.bin_offset));  // 2^23 + offset, exact
+  const __m512i one = _mm512_set1_epi32(1), bit5 = _mm512_set1_epi32(32), one16 = _mm512_set1_epi16(1);
+  const __m512 half = _mm512_set1_ps(0.5f);
+  // word 2i of the result takes word 16 + i of the hash (the m of element 16 + i), odd words are zeroed
+  const __m512i upper_m = _mm512_set_epi16(0, 31, 0, 30, 0, 29, 0, 28, 0, 27, 0, 26, 0, 25, 0, 24, 0, 23, 0, 22, 0,
+                                           21, 0, 20, 0, 19, 0, 18, 0, 17, 0, 16);
+  // the low word of each cell of kv[0] (elements 0..15), then of kv[1] (16..31)
+  const __m512i low_words = _mm512_set_epi16(62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32, 30, 28,
+                                             26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
   const __m512i key = _mm512_set1_epi32(int(pair_key));
-  // packus interleaves its sources by 128-bit lanes; this restores element order (64-bit units)
-  const __m512i unpack_order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
-  // every table in registers for the whole block. The second probe k + 2 reaches at most s + 1, which the tables
-  // read mod 16 (BITS <= 4) or mod 32 (BITS = 5): index s + 1 or 0, both NaN in the search table (search[0] and
-  // search[j >= s] are NaN), so that probe never succeeds and needs no clamp.
-  using Levels = std::conditional_t<(BITS <= 4), Table16, Table32>;
-  const Table32 bins_a(t.bin_lo), bins_b(t.bin_lo + 32);
-  const Levels search(t.search), levels(t.c);
-  const Levels inv_gap16(_mm512_mul_ps(_mm512_loadu_ps(t.inv_gap), two16),
-                          _mm512_mul_ps(_mm512_loadu_ps(t.inv_gap + 16), two16));
-  for (int64_t g = g0; g < g1; ++g) {
-    const int64_t i0 = g * kGroup;
+  // every table in registers for the whole block. The second probe's table holds NaN past the last interior level,
+  // where the compare never succeeds, so k stays in [0, s - 1] without a clamp.
+  using Levels = RegTable<(BITS <= 4) ? 16 : 32>;
+  const RegTable<WIDTH> bin_lo(t.bin_lo), bin_s1(t.bin_s1), bin_s2(t.bin_s2);
+  const Levels levels(t.c);
+  alignas(64) float inv_gap16[32];
+  for (int k = 0; k < 32; ++k) inv_gap16[k] = t.inv_gap[k] * 65536.0f;  // exact (make_bins)
+  const Levels inv_gap(inv_gap16);
+  // the pair index of each lane: j_lo of the group's pairs, advanced by 16 per group (mod 2^32: a key run never
+  // crosses a change of j_hi)
+  __m512i j = _mm512_add_epi32(_mm512_set1_epi32(int(uint32_t(uint64_t(g0 * kGroup) >> 1))),
+                               _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  const __m512i sixteen = _mm512_set1_epi32(16);
+  for (int64_t g = g0; g < g1; ++g, x += kGroup, words += BITS) {
     // one hash of 16 lanes for the group's 16 pairs: as 16-bit words it holds m of elements 0..31 in order
-    // (pair j's low half is element 2j), elements 0..15 in its low 256 bits
-    const __m512i j0 = _mm512_add_epi32(_mm512_set1_epi32(int(uint32_t(uint64_t(i0) >> 1))), lane);
-    const __m512i h = fmix32_x16(_mm512_xor_si512(j0, key));
-    __m512i code[2];
+    // (pair j's low half is element 2j)
+    const __m512i h = fmix32_x16(_mm512_xor_si512(j, key));
+    j = _mm512_add_epi32(j, sixteen);
+    __m512 g16[2];
+    load32<DT>(x, g16);
+    __m512i kv[2];
+    __mmask16 up[2];
 #pragma GCC unroll 2
     for (int v = 0; v < 2; ++v) {
-      __m512 z = _mm512_mul_ps(load16<DT>(x + (g - g0) * kGroup + 16 * v), vr);
-      z = _mm512_min_ps(_mm512_max_ps(z, lo), hi);
-      __m512i bin = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_sub_ps(z, lo), bin_scale));
-      bin = _mm512_min_epi32(bin, last_bin);
-      __m512i k = bins_a(bin);
-      if constexpr (BINS > 32) k = _mm512_mask_mov_epi32(k, _mm512_test_epi32_mask(bin, bit5), bins_b(bin));
-      const __m512i k1 = _mm512_add_epi32(k, one);
-      const __m512i k2 = _mm512_add_epi32(k1, one);
-      const __mmask16 ge1 = _mm512_cmp_ps_mask(z, search.ps(k1), _CMP_GE_OQ);
-      const __mmask16 ge2 = _mm512_cmp_ps_mask(z, search.ps(k2), _CMP_GE_OQ);
-      k = _mm512_mask_add_epi32(k, ge1, k, one);
-      k = _mm512_mask_add_epi32(k, ge2, k, one);
-      const __m512 p16 = _mm512_mul_ps(_mm512_sub_ps(z, levels.ps(k)), inv_gap16.ps(k));
-      const __m256i m16 = v ? _mm512_extracti64x4_epi64(h, 1) : _mm512_castsi512_si256(h);
+      const __m512 z = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(g16[v], vr), lo), hi);
+      const __m512i bin = _mm512_castps_si512(
+          _mm512_fmadd_round_ps(z, bin_mul, bin_add, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+      const __mmask16 upper = WIDTH == 64 ? _mm512_test_epi32_mask(bin, bit5) : __mmask16(0);
+      __m512i k = bin_lo(bin, upper);
+      if constexpr (PROBES == 2)
+        k = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(z, bin_s2.ps(bin, upper), _CMP_GE_OQ), k, one);
+      k = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(z, bin_s1.ps(bin, upper), _CMP_GE_OQ), k, one);
+      const __m512 p16 = _mm512_mul_ps(_mm512_sub_ps(z, levels.ps(k)), inv_gap.ps(k));
+      const __m512i m = v ? _mm512_maskz_permutexvar_epi16(0x55555555u, upper_m, h)
+                          : _mm512_cvtepu16_epi32(_mm512_castsi512_si256(h));
       const __m512 u16 = NEAREST ? _mm512_set1_ps(kNearestU * 65536.0f)  // U·2^16, exact
-                                 : _mm512_add_ps(_mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(m16)), half);
-      code[v] = _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(u16, p16, _CMP_LT_OQ), k, one);
+                                 : _mm512_add_ps(_mm512_cvtepi32_ps(m), half);
+      up[v] = _mm512_cmp_ps_mask(u16, p16, _CMP_LT_OQ);
+      kv[v] = k;
     }
-    const __m512i c16 = _mm512_permutexvar_epi64(unpack_order, _mm512_packus_epi32(code[0], code[1]));
+    // code = k + [U < p], added once to the group's 32 cells narrowed to 16 bits (one masked add, which GCC does
+    // not need to copy k for, as it does for a merge-masked add to a k that is still read)
+    __m512i c16 = _mm512_permutex2var_epi16(kv[0], low_words, kv[1]);
+    c16 = _mm512_mask_add_epi16(c16, _mm512_kunpackw(up[1], up[0]), c16, one16);
 #pragma GCC unroll 8
     for (int b = 0; b < BITS; ++b)
-      words[(g - g0) * BITS + b] = uint32_t(_mm512_test_epi16_mask(c16, _mm512_set1_epi16(short(1 << b))));
+      _store_mask32(reinterpret_cast<__mmask32*>(words + b),
+                    _mm512_test_epi16_mask(c16, _mm512_set1_epi16(short(1 << b))));
   }
+}
+
+// The AVX-512 encode for the bin layout of t (t.bins > 0).
+template <int DT, int BITS, bool NEAREST>
+TNQ_AVX512 void encode_full_groups_binned(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
+                                          BlockMode mode, const Tables& t, uint32_t pair_key, uint32_t* words) {
+  if (t.bin_width == 16 && t.bin_probes == 1)
+    encode_full_groups_avx512<DT, BITS, 16, 1, NEAREST>(x, g0, g1, scale, mode, t, pair_key, words);
+  else if (t.bin_width == 16)
+    encode_full_groups_avx512<DT, BITS, 16, 2, NEAREST>(x, g0, g1, scale, mode, t, pair_key, words);
+  else if (t.bin_width == 32)
+    encode_full_groups_avx512<DT, BITS, 32, 2, NEAREST>(x, g0, g1, scale, mode, t, pair_key, words);
+  else
+    encode_full_groups_avx512<DT, BITS, 64, 2, NEAREST>(x, g0, g1, scale, mode, t, pair_key, words);
 }
 #endif  // TNQ_HAVE_AVX512_PATH
 
@@ -180,10 +216,8 @@ TNQ_CLONES void encode_key_run(const typename Src<DT>::T* x, int64_t n, int64_t 
     if (full_end > g0) {
 #if TNQ_HAVE_AVX512_PATH
       if constexpr (BITS <= 5) {
-        if (t.bins > 0 && t.bins <= 32 && cpu_has_avx512())
-          encode_full_groups_avx512<DT, BITS, 32, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, words);
-        else if (t.bins > 0 && cpu_has_avx512())
-          encode_full_groups_avx512<DT, BITS, 64, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, words);
+        if (t.bins > 0 && cpu_has_avx512())
+          encode_full_groups_binned<DT, BITS, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, words);
         else
           encode_full_groups_avx2<DT, BITS, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, words);
       } else

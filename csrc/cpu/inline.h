@@ -86,13 +86,13 @@ struct Src<kBFloat16> {
   }
 
 #if TNQ_HAVE_AVX2_PATH
-// True where the CPU has AVX2 + F16C, unless TNQ_NO_AVX2 is set in the environment (tests use it to run the
+// True where the CPU has AVX2 + F16C + FMA, unless TNQ_NO_AVX2 is set in the environment (tests use it to run the
 // portable loops on AVX2 machines). One answer per process.
 inline bool cpu_has_avx2() {
   static const bool ok = [] {
     if (std::getenv("TNQ_NO_AVX2") != nullptr) return false;
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
   }();
   return ok;
 }
@@ -142,9 +142,10 @@ TNQ_AVX2 inline __m256i fmix32_x8(__m256i x) {
 
 // Σ|x| (and Σx² with SQUARES) of kSumLanes = 16 fp64 lanes, lane j taking the elements i ≡ j (mod 16) of the
 // first cnt16 — exactly the portable loop's order. The square of an fp32 value is exact in fp64 (48 significant
-// bits), so mul + add rounds once, like the AVX-512 loop's fused multiply-add.
+// bits), so the fused multiply-add rounds once, like the portable loop's mul + add (cpu_has_avx2 requires FMA).
 template <int DT, bool SQUARES>
-TNQ_AVX2 inline void abs_sum_lanes_avx2(const typename Src<DT>::T* x, int64_t cnt16, double* acc, double* acc2) {
+__attribute__((target("avx2,f16c,fma"))) inline void abs_sum_lanes_avx2(const typename Src<DT>::T* x, int64_t cnt16,
+                                                                         double* acc, double* acc2) {
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   __m256d a[4], q[4];
   for (int j = 0; j < 4; ++j) a[j] = q[j] = _mm256_setzero_pd();
@@ -157,8 +158,8 @@ TNQ_AVX2 inline void abs_sum_lanes_avx2(const typename Src<DT>::T* x, int64_t cn
       a[2 * h] = _mm256_add_pd(a[2 * h], lo);
       a[2 * h + 1] = _mm256_add_pd(a[2 * h + 1], hi);
       if constexpr (SQUARES) {
-        q[2 * h] = _mm256_add_pd(q[2 * h], _mm256_mul_pd(lo, lo));
-        q[2 * h + 1] = _mm256_add_pd(q[2 * h + 1], _mm256_mul_pd(hi, hi));
+        q[2 * h] = _mm256_fmadd_pd(lo, lo, q[2 * h]);
+        q[2 * h + 1] = _mm256_fmadd_pd(hi, hi, q[2 * h + 1]);
       }
     }
   }
@@ -252,22 +253,50 @@ TNQ_AVX512 inline __m512i fmix32_x16(__m512i x) {
   return _mm512_xor_si512(x, _mm512_srli_epi32(x, 16));
 }
 
-// The same 16 lanes as abs_sum_lanes_avx2 in two 8-lane fp64 registers; x² by a fused multiply-add, which rounds
-// once like mul + add because the square is exact in fp64.
+// The 32 values of x[0..31] as fp32, elements 0..15 in v[0] and 16..31 in v[1]. bf16: one 64-byte load and two
+// word permutes that put word i in the top half of dword i (zeroing the bottom), instead of two widening loads
+// and shifts.
+template <int DT>
+TNQ_AVX512 inline void load32(const typename Src<DT>::T* x, __m512* v) {
+  if constexpr (DT == kBFloat16) {
+    const __m512i lo = _mm512_set_epi16(15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0, 9, 0, 8, 0, 7, 0, 6, 0, 5, 0, 4, 0,
+                                        3, 0, 2, 0, 1, 0, 0, 0);
+    const __m512i raw = _mm512_loadu_si512(x);
+    v[0] = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, lo, raw));
+    v[1] = _mm512_castsi512_ps(
+        _mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, _mm512_add_epi16(lo, _mm512_set1_epi16(16)), raw));
+  } else {
+    v[0] = load16<DT>(x);
+    v[1] = load16<DT>(x + 16);
+  }
+}
+
+// One step of abs_sum_lanes_avx512: 16 values into the two 8-lane accumulators of Σ|x| (and Σx²).
+template <bool SQUARES>
+TNQ_AVX512 inline void abs_sum_step_avx512(__m512 v, __m512d& a0, __m512d& a1, __m512d& q0, __m512d& q1) {
+  v = _mm512_abs_ps(v);
+  const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+  const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
+  a0 = _mm512_add_pd(a0, lo);
+  a1 = _mm512_add_pd(a1, hi);
+  if constexpr (SQUARES) {
+    q0 = _mm512_fmadd_pd(lo, lo, q0);
+    q1 = _mm512_fmadd_pd(hi, hi, q1);
+  }
+}
+
+// The same 16 lanes as abs_sum_lanes_avx2 in two 8-lane fp64 registers, 32 values per iteration (each lane still
+// adds its elements in index order; cnt32 is a multiple of 32 and the caller's portable loop continues the lanes);
+// x² by a fused multiply-add, which rounds once like mul + add because the square is exact in fp64.
 template <int DT, bool SQUARES>
-TNQ_AVX512 inline void abs_sum_lanes_avx512(const typename Src<DT>::T* x, int64_t cnt16, double* acc,
+TNQ_AVX512 inline void abs_sum_lanes_avx512(const typename Src<DT>::T* x, int64_t cnt32, double* acc,
                                             double* acc2) {
   __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd(), q0 = _mm512_setzero_pd(), q1 = _mm512_setzero_pd();
-  for (int64_t i = 0; i < cnt16; i += 16) {
-    const __m512 v = _mm512_abs_ps(load16<DT>(x + i));
-    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-    const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
-    a0 = _mm512_add_pd(a0, lo);
-    a1 = _mm512_add_pd(a1, hi);
-    if constexpr (SQUARES) {
-      q0 = _mm512_fmadd_pd(lo, lo, q0);
-      q1 = _mm512_fmadd_pd(hi, hi, q1);
-    }
+  for (int64_t i = 0; i < cnt32; i += 32) {
+    __m512 v[2];
+    load32<DT>(x + i, v);
+    abs_sum_step_avx512<SQUARES>(v[0], a0, a1, q0, q1);
+    abs_sum_step_avx512<SQUARES>(v[1], a0, a1, q0, q1);
   }
   _mm512_storeu_pd(acc, a0);
   _mm512_storeu_pd(acc + 8, a1);
@@ -308,13 +337,16 @@ inline void abs_sums_f64(const typename Src<DT>::T* x, int64_t cnt, double* s1, 
   int64_t i = 0;
 #if TNQ_HAVE_AVX2_PATH
   if (cpu_has_avx2()) {
-    i = cnt / kSumLanes * kSumLanes;
 #if TNQ_HAVE_AVX512_PATH
-    if (cpu_has_avx512())
+    if (cpu_has_avx512()) {
+      i = cnt / (2 * kSumLanes) * (2 * kSumLanes);
       abs_sum_lanes_avx512<DT, SQUARES>(x, i, acc, acc2);
-    else
+    } else
 #endif
+    {
+      i = cnt / kSumLanes * kSumLanes;
       abs_sum_lanes_avx2<DT, SQUARES>(x, i, acc, acc2);
+    }
   }
 #endif
   for (; i + kSumLanes <= cnt; i += kSumLanes)

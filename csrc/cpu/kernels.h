@@ -23,14 +23,23 @@ struct Tables {
   // the same search level by level: level[d][m] = search[(2m + 1) · 2^(bits-1-d)], the probe at depth d when the
   // bits of k found so far are m (so k = m · 2^(bits-d) before the probe)
   float level[kMaxBits][128];
-  // O(1) cell index for the AVX-512 encode: bin j = min(int((z - c_0) · bin_scale), bins - 1) in fp32, and every
-  // z of bin j (as computed in fp32, z in [c_0, c_s]) lies in cell bin_lo[j], bin_lo[j] + 1 or bin_lo[j] + 2, so
-  // k = bin_lo[j] + [z >= search[bin_lo[j] + 1]] + [z >= search[bin_lo[j] + 2]]. bins = 0 where no bin count up
-  // to kMaxBins gives that (nqsgd's levels crowd towards 0), and for bits > 5; those use the search.
+  // O(1) cell index for the AVX-512 encode. The bin of z in [c_0, c_s] is j = floor(z · bin_mul) + bin_offset in
+  // [0, bins): the kernel forms it with one fused multiply-add rounded toward -inf, z · bin_mul + (2^23 +
+  // bin_offset), whose fp32 bits are those of 2^23 plus j (z · bin_mul is exact in fp64; in [2^23, 2^24) fp32 holds
+  // the integers exactly), and its permutes read j from those low bits. Every z of bin j lies in cell bin_lo[j] ...
+  // bin_lo[j] + bin_probes, so k = bin_lo[j] + [z >= bin_s1[j]] (+ [z >= bin_s2[j]] with two probes), where
+  // bin_s1[j] = search[bin_lo[j] + 1] and bin_s2[j] = search[bin_lo[j] + 2] (NaN past the last interior level).
+  // bin_width: the register width of those tables (16, 32 or 64 entries, >= bins). bins = 0 where no layout up to
+  // kMaxBins bins and two probes exists (nqsgd's levels crowd towards 0), and for bits > 5; those use the search.
   static constexpr int kMaxBins = 64;
   int bins = 0;
-  float bin_scale = 0.0f;
+  int bin_width = 0;
+  int bin_probes = 0;
+  float bin_mul = 0.0f;
+  int32_t bin_offset = 0;
   int32_t bin_lo[kMaxBins];
+  float bin_s1[kMaxBins];
+  float bin_s2[kMaxBins];
   // the CUDA kernels' O(1) cell index (csrc/bin_index.h; nb = 0 where it does not exist)
   GpuBins gpu;
 };

@@ -81,10 +81,10 @@ std::vector<double> levels_f64(int codebook, int bits) {
   return out;
 }
 
-// The bin of z exactly as the AVX-512 kernel computes it (fp32 subtract and multiply, no FMA, truncation).
-static int bin_of(float z, float c0, float scale, int bins) {
-  const float v = (z - c0) * scale;
-  return std::min(int(v), bins - 1);
+// The bin of z exactly as the AVX-512 kernel computes it: floor(z · mul) + offset (the product of two fp32 values
+// is exact in fp64, and the kernel's fused multiply-add rounded toward -inf floors the exact value).
+static int64_t bin_of(float z, float mul, int64_t offset) {
+  return int64_t(std::floor(double(z) * double(mul))) + offset;
 }
 
 // Number of interior levels <= z: the cell k of z (reference: searchsorted(c[1:-1], z, right=True)).
@@ -94,8 +94,10 @@ static int cell_of(const Tables& t, float z) {
   return k;
 }
 
-// Fills bins / bin_scale / bin_lo: the fewest bins (a power of two up to kMaxBins) whose every fp32 z spans at
-// most 3 cells. The bin function is monotone in z, so each bin is an interval [first z, last z] of floats.
+// Fills the bin_* fields with the cheapest layout for the kernel that exists: the table width (16 entries: one
+// one-source permute per lookup; 32: a two-source permute; 64: two and a blend), then the probes (each one more
+// permute, compare and add), then the fewest bins. The bin function is monotone in z, so each bin is an interval
+// [first z, last z] of floats and its cells are those of its two ends.
 static void make_bins(Tables& t) {
   t.bins = 0;
   if (t.bits > 5) return;  // the AVX-512 kernel's permutes hold 32 levels
@@ -105,27 +107,41 @@ static void make_bins(Tables& t) {
     if (!std::isfinite(t.inv_gap[k] * 65536.0f)) return;
   const float c0 = t.c[0], cs = t.c[t.s];
   const int64_t k0 = ordered_key(c0), k1 = ordered_key(cs);
-  for (int bins = 4; bins <= Tables::kMaxBins; bins *= 2) {
-    const float scale = static_cast<float>(double(bins) / (double(cs) - double(c0)));
-    bool ok = true;
-    int32_t lo[Tables::kMaxBins];
-    for (int j = 0; j < bins && ok; ++j) {
-      // first float of bin j and first of bin j + 1 (or one past c_s)
-      auto first_at_least = [&](int b) {
-        return first_key_at_least(k0, k1 + 1, b, [&](float z) { return bin_of(z, c0, scale, bins); });
-      };
-      const int64_t first = first_at_least(j), next = j + 1 < bins ? first_at_least(j + 1) : k1 + 1;
-      if (first >= next) {  // an empty bin: any base works, it is never used
-        lo[j] = 0;
-        continue;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const int layouts[][2] = {{16, 1}, {16, 2}, {32, 2}, {64, 2}};  // {width, probes}, cheapest first
+  for (const auto& layout : layouts) {
+    const int width = layout[0], probes = layout[1];
+    for (int bins = 2; bins <= width; ++bins) {
+      // the largest fp32 multiplier whose bins of [c_0, c_s] number at most `bins`
+      float mul = static_cast<float>(double(bins - 1) / (double(cs) - double(c0)));
+      while (bin_of(cs, mul, 0) - bin_of(c0, mul, 0) > bins - 1) mul = std::nextafter(mul, 0.0f);
+      const int64_t offset = -bin_of(c0, mul, 0);
+      bool ok = true;
+      int32_t lo[Tables::kMaxBins];
+      for (int j = 0; j < bins && ok; ++j) {
+        // first float of bin j and first of bin j + 1 (or one past c_s)
+        auto first_at_least = [&](int b) {
+          return first_key_at_least(k0, k1 + 1, b, [&](float z) { return bin_of(z, mul, offset); });
+        };
+        const int64_t first = first_at_least(j), next = j + 1 < bins ? first_at_least(j + 1) : k1 + 1;
+        if (first >= next) {  // an empty bin: any base works, it is never used
+          lo[j] = 0;
+          continue;
+        }
+        lo[j] = cell_of(t, from_key(first));
+        ok = cell_of(t, from_key(next - 1)) - lo[j] <= probes;
       }
-      lo[j] = cell_of(t, from_key(first));
-      ok = cell_of(t, from_key(next - 1)) - lo[j] <= 2;
-    }
-    if (ok) {
+      if (!ok) continue;
       t.bins = bins;
-      t.bin_scale = scale;
-      for (int j = 0; j < Tables::kMaxBins; ++j) t.bin_lo[j] = j < bins ? lo[j] : 0;
+      t.bin_width = width;
+      t.bin_probes = probes;
+      t.bin_mul = mul;
+      t.bin_offset = int32_t(offset);
+      for (int j = 0; j < Tables::kMaxBins; ++j) {
+        t.bin_lo[j] = j < bins ? lo[j] : 0;
+        t.bin_s1[j] = j < bins ? t.search[t.bin_lo[j] + 1] : nan;
+        t.bin_s2[j] = j < bins ? t.search[t.bin_lo[j] + 2] : nan;
+      }
       return;
     }
   }
