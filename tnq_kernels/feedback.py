@@ -15,8 +15,9 @@ of the block's largest entry (docs/codebooks.md §5). Measured in this project's
 0.537 MNIST-MLP accuracy and diverges on the byte-level transformer, ``rtnq`` ends at 4.2 bpb or NaN on the
 transformer (2.68 without), while ``qsgd`` gains 0.21 bpb there and is within noise of fp32 on the MLP, the CNN and
 the transformer with momentum SGD. So error feedback with a clipping codebook warns (:class:`FeedbackWarning`,
-naming ``qsgd``), and :func:`default_codebook` picks ``qsgd`` when feedback is on and no codebook is named. It is not refused: the harm runs from −0.2 points (``rtnq`` on the MLP) to divergence, the
-studies must still run these configurations, and ``warnings.simplefilter("error", FeedbackWarning)`` makes it an error
+naming ``qsgd``), and :func:`default_codebook` picks ``qsgd`` when feedback is on and no codebook is named. It is not
+refused: the harm runs from −0.2 points (``rtnq`` on the MLP) to divergence, the studies must still run these
+configurations, and ``warnings.simplefilter("error", FeedbackWarning)`` makes it an error
 for whoever wants one.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ import warnings
 import torch
 
 from . import codebooks as cb
+from .api import DEFAULT_CODEBOOK
 
 #: scale rules whose top level is a fixed multiple of a mean-type statistic: entries above it are clipped
 CLIPPING_SCALE_RULES = (cb.SCALE_MEAN_ABS, cb.SCALE_M2_M1)
@@ -40,7 +42,6 @@ def default_codebook(codebook: str | int | None, error_feedback: bool) -> str | 
     the library's default (``"rtnq"``)."""
     if codebook is not None:
         return codebook
-    from .api import DEFAULT_CODEBOOK
     return FEEDBACK_CODEBOOK if error_feedback else DEFAULT_CODEBOOK
 
 

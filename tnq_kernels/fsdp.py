@@ -36,7 +36,7 @@ Plain reduce-scatter (FSDP's own ``reduce_scatter_single`` with its op) replaces
 Error feedback (``error_feedback=True``): each rank adds its residual to the rows it compresses and keeps
 e ← (rows + e) − decode(own payloads) in fp32. With a clipping codebook (``tnq``, ``tqsgd``, ``rtnq``) it warns
 (``tnq_kernels.feedback.FeedbackWarning``, as the DDP hook and the Horovod wrapper do): measured to degrade training;
-``qsgd`` or ``nqsgd`` are the codebooks to use with it. Memory: one fp32 residual per FSDP module per rank, of W·chunk
+with no codebook named, feedback uses ``qsgd`` (``tnq_kernels.feedback.default_codebook``). Memory: one fp32 residual per FSDP module per rank, of W·chunk
 elements in the flat mode (the module's whole padded *unsharded* gradient: FSDP's sharding saves none of it) and
 of W·chunk/k in the hierarchical mode. During plain steps the residual is sent exactly and reset to zero.
 
