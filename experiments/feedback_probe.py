@@ -18,7 +18,7 @@ import os
 import sys
 
 from .mnist import read_csv
-from .report import _spread, final_by_seed, label, mean_sd, read_runs, task_metric
+from .report import _spread, final_by_seed, label, mean_sd, paired_stats, read_runs, task_metric
 
 SAME = ("task", "optimizer", "lr", "steps", "block_size", "per_tensor", "partition")
 
@@ -133,13 +133,11 @@ def grid_cells(root: str, base_root: str, bits: int) -> dict:
                 if not seeds:
                     continue
                 d = [sign * (runs[s] - fp32[s]) for s in seeds]
-                diverged = [s for s, x in zip(seeds, d) if math.isnan(x)]
-                mean, sd = mean_sd(d) if not diverged else (math.nan, math.nan)
-                sd = sd if len(d) > 1 else math.nan
-                se = sd / math.sqrt(len(d)) if len(d) > 1 else math.nan
-                noise = not diverged and len(d) >= 3 and mean + 2 * se >= 0
-                cells[(study, comp, setting)] = {"n": len(d), "mean": mean, "sd": sd, "se": se,
-                                                 "diverged": diverged, "noise": noise, "metric": metric}
+                c = paired_stats(d)
+                c["diverged"] = [s for s, x in zip(seeds, d) if math.isnan(x)]
+                c["noise"] = not c["diverged"] and c["n"] >= 3 and not c["below"]
+                c["metric"] = metric
+                cells[(study, comp, setting)] = c
     return cells
 
 

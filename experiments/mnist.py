@@ -347,7 +347,7 @@ def make_task_description(cfg: RunConfig) -> str:
     """The task's one-line description (data and model) without loading its data."""
     if cfg.task in TEXT_TASKS:
         from . import text
-        return text.DESCRIBE_GRU if cfg.task == "text_gru" else text.DESCRIBE
+        return text.describe(cfg.task)
     return ("MNIST, AlexNet-style CNN (0.32M parameters)" if cfg.task == "mnist" else
             "MNIST, MLP 784-256-128-10 (0.24M parameters)")
 

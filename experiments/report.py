@@ -204,6 +204,16 @@ def compared(comp: str) -> bool:
     return comp != "none" and comp not in CLIPPED
 
 
+def paired_stats(d: list[float]) -> dict:
+    """n, mean, sd, se = sd/√n of seed-paired differences ``d`` (positive = better), and ``below``: more than two
+    standard errors below zero with n >= 3 seeds (False whenever a run diverged: a NaN difference)."""
+    n = len(d)
+    mean, sd = mean_sd(d) if d else (math.nan, math.nan)
+    sd = sd if n > 1 else math.nan
+    se = sd / math.sqrt(n) if n > 1 else math.nan
+    return {"n": n, "mean": mean, "sd": sd, "se": se, "below": n >= 3 and mean + 2 * se < 0}
+
+
 def verdict(records: list[dict], codebook: str, bits: int, metric: str = "test_accuracy",
             higher_better: bool = True) -> dict | None:
     """The default codebook's standing at ``bits``, seed-paired: against fp32 and against *every* other codebook
@@ -224,13 +234,7 @@ def verdict(records: list[dict], codebook: str, bits: int, metric: str = "test_a
     sign = 1.0 if higher_better else -1.0
 
     def diff(other: dict[int, float]) -> dict:
-        d = [sign * (mine[s] - other[s]) for s in sorted(mine) if s in other]
-        n = len(d)
-        mean, sd = mean_sd(d) if d else (math.nan, math.nan)
-        sd = sd if n > 1 else math.nan
-        se = sd / math.sqrt(n) if n > 1 else math.nan
-        below = n >= 3 and mean + 2 * se < 0  # False whenever a run diverged (NaN)
-        return {"n": n, "mean": mean, "sd": sd, "se": se, "below": below}
+        return paired_stats([sign * (mine[s] - other[s]) for s in sorted(mine) if s in other])
 
     others = {c: diff(v) for (c, b), v in fin.items() if b == bits and c != codebook and compared(c)}
 

@@ -178,6 +178,11 @@ def evaluate(model: nn.Module, corpus: Corpus, windows: int = EVAL_WINDOWS) -> t
     return acc, loss / math.log(2)
 
 
+def describe(task: str) -> str:
+    """The one-line description of a text task (data and model)."""
+    return DESCRIBE_GRU if task == "text_gru" else DESCRIBE
+
+
 def build_model(seed: int, task: str = "text") -> nn.Module:
     """The transformer (task "text") or the GRU ("text_gru"), initialised from ``seed``."""
     torch.manual_seed(seed)
@@ -189,7 +194,7 @@ def text_task(cfg, corpus: Corpus | None = None):
     0 = 256)."""
     from .mnist import Task
     corpus = corpus if isinstance(corpus, Corpus) else load_corpus()
-    return Task(cfg.task, DESCRIBE_GRU if cfg.task == "text_gru" else DESCRIBE,
+    return Task(cfg.task, describe(cfg.task),
                 lambda: build_model(cfg.seed, cfg.task), TextBatches(corpus, cfg), lm_loss,
                 lambda m: evaluate(m, corpus, cfg.test_subset or EVAL_WINDOWS))
 
