@@ -38,7 +38,8 @@ TNQ_AVX2 inline __m256i search_levels(__m256 z, const Tables& t, __m256i m, __m2
 // so each bit plane is one shift and one byte movemask (pack_group's method).
 template <int DT, int BITS, bool NEAREST>
 TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
-                                      BlockMode mode, const Tables& t, uint32_t pair_key, uint32_t* words) {
+                                      BlockMode mode, const Tables& t, uint32_t pair_key, int64_t ahead,
+                                      uint32_t* words) {
   constexpr int S = (1 << BITS) - 1;
   const __m256 vr = _mm256_set1_ps(mode == kUsable ? inverse_scale(scale) : 0.0f);
   const __m256 lo = _mm256_set1_ps(t.c[0]), hi = _mm256_set1_ps(t.c[S]);
@@ -49,6 +50,7 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
   const __m256i key = _mm256_set1_epi32(int(pair_key));
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t i0 = g * kGroup;
+    prefetch_group<DT>(x + (g - g0) * kGroup + ahead);
     // the 16 pairs of the group in two hashes of 8 lanes: as 16-bit words, h[0] holds m of elements 0..15 in
     // order (pair j's low half is element 2j), h[1] elements 16..31
     const __m256i j0 = _mm256_add_epi32(_mm256_set1_epi32(int(uint32_t(uint64_t(i0) >> 1))), lane);
@@ -124,7 +126,7 @@ struct RegTable {
 template <int DT, int BITS, int WIDTH, int PROBES, bool NEAREST>
 TNQ_AVX512 __attribute__((optimize("no-tree-slp-vectorize"))) void encode_full_groups_avx512(
     const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale, BlockMode mode, const Tables& t,
-    uint32_t pair_key, uint32_t* words) {
+    uint32_t pair_key, int64_t ahead, uint32_t* words) {
   constexpr int S = (1 << BITS) - 1;
   const __m512 vr = _mm512_set1_ps(mode == kUsable ? inverse_scale(scale) : 0.0f);
   const __m512 lo = _mm512_set1_ps(t.c[0]), hi = _mm512_set1_ps(t.c[S]);
@@ -157,6 +159,7 @@ TNQ_AVX512 __attribute__((optimize("no-tree-slp-vectorize"))) void encode_full_g
     // (pair j's low half is element 2j)
     const __m512i h = fmix32_x16(_mm512_xor_si512(j, key));
     j = _mm512_add_epi32(j, sixteen);
+    prefetch_group<DT>(x + ahead);
     __m512 g16[2];
     load32<DT>(x, g16);
     __m512i kv[2];
@@ -193,15 +196,16 @@ TNQ_AVX512 __attribute__((optimize("no-tree-slp-vectorize"))) void encode_full_g
 // The AVX-512 encode for the bin layout of t (t.bins > 0).
 template <int DT, int BITS, bool NEAREST>
 TNQ_AVX512 void encode_full_groups_binned(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
-                                          BlockMode mode, const Tables& t, uint32_t pair_key, uint32_t* words) {
+                                          BlockMode mode, const Tables& t, uint32_t pair_key, int64_t ahead,
+                                          uint32_t* words) {
   if (t.bin_width == 16 && t.bin_probes == 1)
-    encode_full_groups_avx512<DT, BITS, 16, 1, NEAREST>(x, g0, g1, scale, mode, t, pair_key, words);
+    encode_full_groups_avx512<DT, BITS, 16, 1, NEAREST>(x, g0, g1, scale, mode, t, pair_key, ahead, words);
   else if (t.bin_width == 16)
-    encode_full_groups_avx512<DT, BITS, 16, 2, NEAREST>(x, g0, g1, scale, mode, t, pair_key, words);
+    encode_full_groups_avx512<DT, BITS, 16, 2, NEAREST>(x, g0, g1, scale, mode, t, pair_key, ahead, words);
   else if (t.bin_width == 32)
-    encode_full_groups_avx512<DT, BITS, 32, 2, NEAREST>(x, g0, g1, scale, mode, t, pair_key, words);
+    encode_full_groups_avx512<DT, BITS, 32, 2, NEAREST>(x, g0, g1, scale, mode, t, pair_key, ahead, words);
   else
-    encode_full_groups_avx512<DT, BITS, 64, 2, NEAREST>(x, g0, g1, scale, mode, t, pair_key, words);
+    encode_full_groups_avx512<DT, BITS, 64, 2, NEAREST>(x, g0, g1, scale, mode, t, pair_key, ahead, words);
 }
 #endif  // TNQ_HAVE_AVX512_PATH
 
@@ -209,7 +213,7 @@ TNQ_AVX512 void encode_full_groups_binned(const typename Src<DT>::T* x, int64_t 
 // (rounding to the nearest level; the hashes are dead code then).
 template <int DT, int BITS, bool NEAREST>
 TNQ_CLONES void encode_key_run(const typename Src<DT>::T* x, int64_t n, int64_t g0, int64_t g1, float scale,
-                               BlockMode mode, const Tables& t, uint32_t pair_key, uint32_t* words) {
+                               BlockMode mode, const Tables& t, uint32_t pair_key, int64_t ahead, uint32_t* words) {
 #if TNQ_HAVE_AVX2_PATH
   if (cpu_has_avx2()) {
     const int64_t full_end = std::min(g1, n / kGroup);  // groups holding 32 real elements
@@ -217,12 +221,12 @@ TNQ_CLONES void encode_key_run(const typename Src<DT>::T* x, int64_t n, int64_t 
 #if TNQ_HAVE_AVX512_PATH
       if constexpr (BITS <= 5) {
         if (t.bins > 0 && cpu_has_avx512())
-          encode_full_groups_binned<DT, BITS, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, words);
+          encode_full_groups_binned<DT, BITS, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, ahead, words);
         else
-          encode_full_groups_avx2<DT, BITS, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, words);
+          encode_full_groups_avx2<DT, BITS, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, ahead, words);
       } else
 #endif
-      encode_full_groups_avx2<DT, BITS, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, words);
+      encode_full_groups_avx2<DT, BITS, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, ahead, words);
       x += (full_end - g0) * kGroup;
       words += (full_end - g0) * BITS;
       g0 = full_end;
@@ -253,10 +257,11 @@ TNQ_CLONES void encode_key_run(const typename Src<DT>::T* x, int64_t n, int64_t 
 
 // Quantize + pack groups [g0, g1), all in one block of scale `scale`; x and words point at group g0's first
 // element and first word, g0 is the global group index (the hash is keyed by global element indices). Elements
-// at global index >= n get code 0.
+// at global index >= n get code 0. ahead: the vector loops prefetch the input `ahead` elements past each group they
+// encode (0: nothing new).
 template <int DT, int BITS>
 void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g0, int64_t g1, float scale, const Tables& t,
-                   SeedKeys keys, bool nearest, uint32_t* words) {
+                   SeedKeys keys, bool nearest, uint32_t* words, int64_t ahead = 0) {
   const BlockMode mode = block_mode(scale);
   if (mode == kNonFinite) {  // z = c_0 gives k = 0, p = 0: every code is 0
     std::fill(words, words + (g1 - g0) * BITS, 0u);
@@ -267,9 +272,11 @@ void encode_groups(const typename Src<DT>::T* x, int64_t n, int64_t g0, int64_t 
     const int64_t ge = std::min(g1, (gs / kGroupsPerKey + 1) * kGroupsPerKey);
     const uint32_t key = tnq::pair_key(keys, uint32_t(uint64_t(gs) / kGroupsPerKey));
     if (nearest)
-      encode_key_run<DT, BITS, true>(x + (gs - g0) * kGroup, n, gs, ge, scale, mode, t, key, words + (gs - g0) * BITS);
+      encode_key_run<DT, BITS, true>(x + (gs - g0) * kGroup, n, gs, ge, scale, mode, t, key, ahead,
+                                     words + (gs - g0) * BITS);
     else
-      encode_key_run<DT, BITS, false>(x + (gs - g0) * kGroup, n, gs, ge, scale, mode, t, key, words + (gs - g0) * BITS);
+      encode_key_run<DT, BITS, false>(x + (gs - g0) * kGroup, n, gs, ge, scale, mode, t, key, ahead,
+                                      words + (gs - g0) * BITS);
     gs = ge;
   }
 }
@@ -301,8 +308,12 @@ bool compress_impl(const typename Src<DT>::T* x, int64_t n, int64_t block_size, 
       const float scale = block_scale<DT>(x + i0, cnt, rule);
       scales[b] = scale;
       bad |= !std::isfinite(scale);
+      // Block b + 1 is prefetched while block b is encoded: its scale loop then reads from cache instead of
+      // waiting on memory with no arithmetic to overlap (measured: docs/benchmarks-cpu.md). Only a whole next block
+      // of this thread's range.
+      const int64_t ahead = b + 1 < b1 && (b + 2) * block_size <= n ? block_size : 0;
       encode_groups<DT, BITS>(x + i0, n, b * gpb, std::min(ngroups, (b + 1) * gpb), scale, t, keys, nearest,
-                              words + b * gpb * BITS);
+                              words + b * gpb * BITS, ahead);
     }
     if (bad) nonfinite.store(true, std::memory_order_relaxed);
   });

@@ -132,6 +132,14 @@ TNQ_AVX2 inline __m256 lookup(const float* table, __m256i idx) {
   }
 }
 
+// Brings the cache lines of one 32-element group (128 bytes fp32, 64 bytes fp16/bf16) into L1; never faults.
+template <int DT>
+inline void prefetch_group(const typename Src<DT>::T* x) {
+  const char* p = reinterpret_cast<const char*>(x);
+  _mm_prefetch(p, _MM_HINT_T0);
+  if constexpr (sizeof(typename Src<DT>::T) * kGroup > 64) _mm_prefetch(p + 64, _MM_HINT_T0);
+}
+
 TNQ_AVX2 inline __m256i fmix32_x8(__m256i x) {
   x = _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
   x = _mm256_mullo_epi32(x, _mm256_set1_epi32(int(kFmixC1)));
@@ -140,32 +148,34 @@ TNQ_AVX2 inline __m256i fmix32_x8(__m256i x) {
   return _mm256_xor_si256(x, _mm256_srli_epi32(x, 16));
 }
 
-// Σ|x| (and Σx² with SQUARES) of kSumLanes = 16 fp64 lanes, lane j taking the elements i ≡ j (mod 16) of the
-// first cnt16 — exactly the portable loop's order. The square of an fp32 value is exact in fp64 (48 significant
-// bits), so the fused multiply-add rounds once, like the portable loop's mul + add (cpu_has_avx2 requires FMA).
+// Σ|x| (and Σx² with SQUARES) of kSumLanes = 32 fp64 lanes, lane j taking the elements i ≡ j (mod 32) of the
+// first cnt32 — exactly the portable loop's order — in 8 accumulators of 4 lanes. With SQUARES, Σx² is a second
+// pass over the block (read from L1 by then), so that each pass fits the 16 ymm registers. The square of an fp32
+// value is exact in fp64 (48 significant bits), so the fused multiply-add rounds once, like the portable loop's
+// mul + add (cpu_has_avx2 requires FMA).
 template <int DT, bool SQUARES>
-__attribute__((target("avx2,f16c,fma"))) inline void abs_sum_lanes_avx2(const typename Src<DT>::T* x, int64_t cnt16,
+__attribute__((target("avx2,f16c,fma"))) inline void abs_sum_lanes_avx2(const typename Src<DT>::T* x, int64_t cnt32,
                                                                          double* acc, double* acc2) {
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  __m256d a[4], q[4];
-  for (int j = 0; j < 4; ++j) a[j] = q[j] = _mm256_setzero_pd();
-  for (int64_t i = 0; i < cnt16; i += 16) {
-#pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) {
-      const __m256 v = _mm256_and_ps(load8<DT>(x + i + 8 * h), absmask);
-      const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
-      const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-      a[2 * h] = _mm256_add_pd(a[2 * h], lo);
-      a[2 * h + 1] = _mm256_add_pd(a[2 * h + 1], hi);
-      if constexpr (SQUARES) {
-        q[2 * h] = _mm256_fmadd_pd(lo, lo, q[2 * h]);
-        q[2 * h + 1] = _mm256_fmadd_pd(hi, hi, q[2 * h + 1]);
+  for (int pass = 0; pass < (SQUARES ? 2 : 1); ++pass) {
+    __m256d a[8];
+    for (int j = 0; j < 8; ++j) a[j] = _mm256_setzero_pd();
+    for (int64_t i = 0; i < cnt32; i += 32) {
+#pragma GCC unroll 4
+      for (int h = 0; h < 4; ++h) {
+        const __m256 v = _mm256_and_ps(load8<DT>(x + i + 8 * h), absmask);
+        const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        if (pass == 0) {
+          a[2 * h] = _mm256_add_pd(a[2 * h], lo);
+          a[2 * h + 1] = _mm256_add_pd(a[2 * h + 1], hi);
+        } else {
+          a[2 * h] = _mm256_fmadd_pd(lo, lo, a[2 * h]);
+          a[2 * h + 1] = _mm256_fmadd_pd(hi, hi, a[2 * h + 1]);
+        }
       }
     }
-  }
-  for (int j = 0; j < 4; ++j) {
-    _mm256_storeu_pd(acc + 4 * j, a[j]);
-    if constexpr (SQUARES) _mm256_storeu_pd(acc2 + 4 * j, q[j]);
+    for (int j = 0; j < 8; ++j) _mm256_storeu_pd((pass == 0 ? acc : acc2) + 4 * j, a[j]);
   }
 }
 
@@ -271,7 +281,7 @@ TNQ_AVX512 inline void load32(const typename Src<DT>::T* x, __m512* v) {
   }
 }
 
-// One step of abs_sum_lanes_avx512: 16 values into the two 8-lane accumulators of Σ|x| (and Σx²).
+// One step of abs_sum_lanes_avx512: 16 values into two 8-lane accumulators of Σ|x| (and Σx²).
 template <bool SQUARES>
 TNQ_AVX512 inline void abs_sum_step_avx512(__m512 v, __m512d& a0, __m512d& a1, __m512d& q0, __m512d& q1) {
   v = _mm512_abs_ps(v);
@@ -285,24 +295,24 @@ TNQ_AVX512 inline void abs_sum_step_avx512(__m512 v, __m512d& a0, __m512d& a1, _
   }
 }
 
-// The same 16 lanes as abs_sum_lanes_avx2 in two 8-lane fp64 registers, 32 values per iteration (each lane still
-// adds its elements in index order; cnt32 is a multiple of 32 and the caller's portable loop continues the lanes);
-// x² by a fused multiply-add, which rounds once like mul + add because the square is exact in fp64.
+// The same 32 lanes as abs_sum_lanes_avx2 in four 8-lane fp64 registers per sum, 32 values per iteration: each
+// accumulator takes one add per iteration, so the loop is not held up by a chain of dependent adds (it was, with
+// 16 lanes: docs/benchmarks-cpu.md). x² by a fused multiply-add, which rounds once like mul + add because the square
+// is exact in fp64.
 template <int DT, bool SQUARES>
 TNQ_AVX512 inline void abs_sum_lanes_avx512(const typename Src<DT>::T* x, int64_t cnt32, double* acc,
                                             double* acc2) {
-  __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd(), q0 = _mm512_setzero_pd(), q1 = _mm512_setzero_pd();
+  __m512d a[4], q[4];
+  for (int j = 0; j < 4; ++j) a[j] = q[j] = _mm512_setzero_pd();
   for (int64_t i = 0; i < cnt32; i += 32) {
     __m512 v[2];
     load32<DT>(x + i, v);
-    abs_sum_step_avx512<SQUARES>(v[0], a0, a1, q0, q1);
-    abs_sum_step_avx512<SQUARES>(v[1], a0, a1, q0, q1);
+    abs_sum_step_avx512<SQUARES>(v[0], a[0], a[1], q[0], q[1]);
+    abs_sum_step_avx512<SQUARES>(v[1], a[2], a[3], q[2], q[3]);
   }
-  _mm512_storeu_pd(acc, a0);
-  _mm512_storeu_pd(acc + 8, a1);
-  if constexpr (SQUARES) {
-    _mm512_storeu_pd(acc2, q0);
-    _mm512_storeu_pd(acc2 + 8, q1);
+  for (int j = 0; j < 4; ++j) {
+    _mm512_storeu_pd(acc + 8 * j, a[j]);
+    if constexpr (SQUARES) _mm512_storeu_pd(acc2 + 8 * j, q[j]);
   }
 }
 #endif  // TNQ_HAVE_AVX512_PATH
@@ -321,34 +331,39 @@ TNQ_AVX512 inline void abs_sum_lanes_avx512(const typename Src<DT>::T* x, int64_
 
 // ---- job 1: per-block scale ----
 // Σ|g| for mean|g|, and Σ|g| with Σg² (SQUARES) for ‖g‖₂ and Σg²/(2Σ|g|): one read, one loop for every sum rule,
-// in fp64 over 16 independent lanes (lane j: the elements i ≡ j (mod 16) of the first cnt/16·16, the rest into
+// in fp64 over 32 independent lanes (lane j: the elements i ≡ j (mod 32) of the first cnt/32·32, the rest into
 // lane 0), combined by one fixed pairwise tree, so the AVX-512, AVX2 and portable loops give the same bits. The
 // fp64 results are rounded once to fp32 (finish_scale), which hides the summation order. NaN/Inf propagate.
-constexpr int kSumLanes = 16;
+constexpr int kSumLanes = 32;
 
+// ((a0 + a1) + (a2 + a3)) + ... : the balanced pairwise tree over the kSumLanes lanes
 inline double sum_lanes(const double* a) {
-  return (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))) +
-         (((a[8] + a[9]) + (a[10] + a[11])) + ((a[12] + a[13]) + (a[14] + a[15])));
+  double t[kSumLanes];
+  std::copy(a, a + kSumLanes, t);
+  for (int w = kSumLanes / 2; w >= 1; w /= 2)
+    for (int j = 0; j < w; ++j) t[j] = t[2 * j] + t[2 * j + 1];
+  return t[0];
 }
 
 template <int DT, bool SQUARES>
 inline void abs_sums_f64(const typename Src<DT>::T* x, int64_t cnt, double* s1, double* s2) {
-  double acc[kSumLanes] = {}, acc2[kSumLanes] = {};
+  double acc[kSumLanes], acc2[kSumLanes];  // the vector loops write every lane (acc2: with SQUARES)
   int64_t i = 0;
 #if TNQ_HAVE_AVX2_PATH
   if (cpu_has_avx2()) {
+    i = cnt / kSumLanes * kSumLanes;
 #if TNQ_HAVE_AVX512_PATH
-    if (cpu_has_avx512()) {
-      i = cnt / (2 * kSumLanes) * (2 * kSumLanes);
+    if (cpu_has_avx512())
       abs_sum_lanes_avx512<DT, SQUARES>(x, i, acc, acc2);
-    } else
+    else
 #endif
-    {
-      i = cnt / kSumLanes * kSumLanes;
       abs_sum_lanes_avx2<DT, SQUARES>(x, i, acc, acc2);
-    }
-  }
+  } else
 #endif
+  {
+    std::fill(acc, acc + kSumLanes, 0.0);
+    std::fill(acc2, acc2 + kSumLanes, 0.0);
+  }
   for (; i + kSumLanes <= cnt; i += kSumLanes)
     for (int j = 0; j < kSumLanes; ++j) {
       const double a = std::fabs(double(Src<DT>::load(x[i + j])));
