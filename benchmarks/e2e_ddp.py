@@ -215,6 +215,7 @@ def _tnq_kernel_ms(layout: list[tuple[int, int]], scheme: str, bits: int, tnq_ba
         if n < tnq_ddp.DEFAULT_MIN_BUCKET_NUMEL:
             continue  # the hook all-reduces such buckets uncompressed
         x = torch.randn(n)
+        out = torch.empty(n)  # the hook decodes into its bucket (out=): no fresh output, no first-touch faults
         if scheme == "two_phase":
             chunk = tnq_ddp.chunk_size(n, world)
             parts = [x[j * chunk: (j + 1) * chunk] for j in range(world)]
@@ -226,11 +227,11 @@ def _tnq_kernel_ms(layout: list[tuple[int, int]], scheme: str, bits: int, tnq_ba
                                          backend=tnq_backend)
                 tnq.compress(red, bits, 2048, seed=2, backend=tnq_backend)
                 for c, pay in zip(parts, pays):
-                    tnq.decompress(pay, [c.numel()], torch.float32, backend=tnq_backend)
+                    tnq.decompress(pay, backend=tnq_backend, out=out[:c.numel()])
         else:
             def calls(x=x, n=n):
                 pay = tnq.compress(x, bits, 2048, seed=1, backend=tnq_backend)
-                tnq.decompress_sum([pay] * world, [1.0 / world] * world, [n], torch.float32, backend=tnq_backend)
+                tnq.decompress_sum([pay] * world, [1.0 / world] * world, backend=tnq_backend, out=out)
         total += H.time_fn(calls, warmup=1, repeat=3).median
     return total * 1e3
 
