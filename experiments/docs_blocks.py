@@ -20,7 +20,9 @@ fails when a committed block differs from what the committed CSVs give. Blocks (
 - ``ef-grid-2``, ``ef-grid-3``: the error-feedback grid at 2 and 3 bits (experiments/results/ef_grid,
   feedback_probe.grid);
 - ``cpu-kernels``: the CPU kernel table from one run of benchmarks/results/cpu_throughput.csv (benchmarks/plot.py);
+- ``cpu-compress-runs``: compress against its CPU targets, one line per run that timed tnq too (plot.compress_runs_table);
 - ``e2e-ddp``, ``e2e-fsdp``: the latest DDP and FSDP2 runs of benchmarks/results/e2e_ddp.csv (plot.e2e_table);
+- ``e2e-vs-fp16``: the 3-bit allgather step over torch's fp16 hook, every DDP run and link rate (plot.e2e_vs_fp16);
 - ``tta``: the latest time-to-accuracy run of benchmarks/results/tta_ddp.csv (plot.tta_table).
 """
 from __future__ import annotations
@@ -53,6 +55,16 @@ def bench_modules():
 def _cpu_kernels(bench: str) -> str:
     plot, helper = bench_modules()
     return plot.readme_table(helper.read_csv(os.path.join(bench, "cpu_throughput.csv")))
+
+
+def _cpu_compress_runs(bench: str) -> str:
+    plot, helper = bench_modules()
+    return plot.compress_runs_table(helper.read_csv(os.path.join(bench, "cpu_throughput.csv")))
+
+
+def _e2e_vs_fp16(bench: str) -> str:
+    plot, helper = bench_modules()
+    return plot.e2e_vs_fp16(helper.read_csv(os.path.join(bench, "e2e_ddp.csv")))
 
 
 def _e2e(bench: str, kind: str) -> str:
@@ -93,6 +105,8 @@ BLOCKS: dict[str, Callable[[str, str], str]] = {
     "ef-grid-2": lambda root, bench: feedback_probe.grid(os.path.join(root, "ef_grid"), root, 2),
     "ef-grid-3": lambda root, bench: feedback_probe.grid(os.path.join(root, "ef_grid"), root, 3),
     "cpu-kernels": lambda root, bench: _cpu_kernels(bench),
+    "cpu-compress-runs": lambda root, bench: _cpu_compress_runs(bench),
+    "e2e-vs-fp16": lambda root, bench: _e2e_vs_fp16(bench),
     "e2e-ddp": lambda root, bench: _e2e(bench, "e2e_ddp"),
     "e2e-fsdp": lambda root, bench: _e2e(bench, "e2e_fsdp"),
     "tta": lambda root, bench: _tta(bench),

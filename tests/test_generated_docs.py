@@ -117,6 +117,46 @@ def test_the_cpu_table_comes_from_one_run(tmp_path):
     assert plot.readme_table(rows, run="old").startswith("Run `old`")
 
 
+def _with_tnq(rows, ratio):
+    """``rows`` plus "native-tnq" compress rows at 1/ratio of the default's time (the default takes ratio x tnq)."""
+    extra = []
+    for r in rows:
+        if r["op"] == "compress" and r["impl"] == "native":
+            sec = r["median_s"] / ratio
+            extra.append({**r, "impl": "native-tnq", "median_s": sec, "gbps": r["n"] * 8 / sec / 1e9})
+    return rows + extra
+
+
+def test_the_compress_runs_table_judges_every_run_that_timed_tnq():
+    plot, _ = docs_blocks.bench_modules()
+    behind = _with_tnq(_bench_rows("behind", "2026-12-03T00:00:00Z", 0.002), 1.0)
+    for r in behind:
+        if r["op"] == "copy" and r["dtype"] == "float32":
+            r["gbps"] *= 2  # a copy twice as fast: fp32 compress at 0.25 of it, below the 0.30 target
+    rows = (_bench_rows("old", "2026-11-01T00:00:00Z", 0.001)  # no tnq rows: not a line of the table
+            + _with_tnq(_bench_rows("met", "2026-12-01T00:00:00Z", 0.002), 1.05)
+            + _with_tnq(_bench_rows("slow", "2026-12-02T00:00:00Z", 0.002), 1.2) + behind)
+    text = plot.compress_runs_table(rows)
+    assert "| old |" not in text
+    # compress at half the copy's GB/s: 0.50 of copy against targets 0.30 (fp32) and 0.20 (bf16)
+    assert "| met | 1 | 0.5-0.5 | 134 | 0.50–0.50 | 134 | 0.50–0.50 | 1.05–1.05 | yes |" in text
+    assert "| slow | 1 | 0.5-0.5 | 134 | 0.50–0.50 | 134 | 0.50–0.50 | 1.20–1.20 | no |" in text  # 1.2x tnq's time
+    assert "| behind | 1 | 0.5-0.5 | 268 | 0.25–0.25 | 134 | 0.50–0.50 | 1.00–1.00 | no |" in text
+
+
+def test_e2e_vs_fp16_takes_every_run_and_link_that_timed_both():
+    plot, _ = docs_blocks.bench_modules()
+
+    def row(run, bw, comp, ms):
+        return {"run": run, "bandwidth_gbit": bw, "link_gbit_measured": "9.5", "compressor": comp,
+                "step_ms_median": str(ms), "loadavg_1m": "1.5"}
+    rows = [row("a", "10", "fp16", 100), row("a", "10", "tnq-allgather-3", 75), row("a", "25", "fp16", 80),
+            row("b", "10", "tnq-allgather-3", 50)]  # run b has no fp16 step: no line
+    text = plot.e2e_vs_fp16(rows)
+    assert "| a | 10 | 9.5 | 100 | 75 | 0.75 | 1.5–1.5 |" in text
+    assert "| a | 25 |" not in text and "| b |" not in text
+
+
 def test_horizon_reads_the_same_runs_at_each_step_and_ranks_them(tmp_path):
     # tnq ahead of fp32 at step 600, behind it at 2000; rtnq level with fp32 throughout
     curve = {"none": {600: 2.7, 2000: 2.2}, "tnq": {600: 2.6, 2000: 2.3}, "rtnq": {600: 2.7, 2000: 2.2}}
