@@ -22,6 +22,10 @@ TRITON_ON_CUDA = os.environ.get("TNQ_TEST_CUDA") == "1"
 DEVICE_TYPE = {"cpu": "cpu", "triton": "cuda" if TRITON_ON_CUDA else "cpu", "cuda": "cuda"}
 
 
+#: the SIMD paths the C++ CPU backend may take; each needs its own process, as the choice is made once per process
+ISA_ENVS = {"best": {}, "avx2": {"TNQ_NO_AVX512": "1"}, "portable": {"TNQ_NO_AVX2": "1"}}
+
+
 def laplace(n, scale=1.0, seed=0, dtype=torch.float32):
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(n, generator=gen, dtype=torch.float64) - 0.5

@@ -20,13 +20,11 @@ from tnq_kernels import format as fmt
 from tnq_kernels import reference as ref
 from tnq_kernels import rng
 
-from conftest import laplace
+from conftest import ISA_ENVS, laplace
 
 OPS = torch.ops.tnq
 SEED = 0x1157_0000_BEEF
 FLT_MAX = torch.finfo(torch.float32).max
-# the SIMD paths a CPU may take; each gets its own process because the choice is made once per process
-ISA_ENVS = {"best": {}, "avx2": {"TNQ_NO_AVX512": "1"}, "portable": {"TNQ_NO_AVX2": "1"}}
 
 
 @pytest.fixture(autouse=True)

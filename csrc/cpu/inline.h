@@ -149,33 +149,35 @@ TNQ_AVX2 inline __m256i fmix32_x8(__m256i x) {
 }
 
 // Σ|x| (and Σx² with SQUARES) of kSumLanes = 32 fp64 lanes, lane j taking the elements i ≡ j (mod 32) of the
-// first cnt32 — exactly the portable loop's order — in 8 accumulators of 4 lanes. With SQUARES, Σx² is a second
-// pass over the block (read from L1 by then), so that each pass fits the 16 ymm registers. The square of an fp32
-// value is exact in fp64 (48 significant bits), so the fused multiply-add rounds once, like the portable loop's
-// mul + add (cpu_has_avx2 requires FMA).
+// first cnt32 — exactly the portable loop's order. Lanes 0..15 in one pass, 16..31 in a second, each reading 16
+// elements of every 32: Σ|x| and Σx² then fit 8 of the 16 ymm registers. The square of an fp32 value is exact in
+// fp64 (48 significant bits), so the fused multiply-add rounds once, like the portable loop's mul + add
+// (cpu_has_avx2 requires FMA).
 template <int DT, bool SQUARES>
 __attribute__((target("avx2,f16c,fma"))) inline void abs_sum_lanes_avx2(const typename Src<DT>::T* x, int64_t cnt32,
                                                                          double* acc, double* acc2) {
   const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  for (int pass = 0; pass < (SQUARES ? 2 : 1); ++pass) {
-    __m256d a[8];
-    for (int j = 0; j < 8; ++j) a[j] = _mm256_setzero_pd();
-    for (int64_t i = 0; i < cnt32; i += 32) {
-#pragma GCC unroll 4
-      for (int h = 0; h < 4; ++h) {
+  for (int half = 0; half < 2; ++half) {
+    __m256d a[4], q[4];
+    for (int j = 0; j < 4; ++j) a[j] = q[j] = _mm256_setzero_pd();
+    for (int64_t i = 16 * half; i < cnt32; i += 32) {
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
         const __m256 v = _mm256_and_ps(load8<DT>(x + i + 8 * h), absmask);
         const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
         const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
-        if (pass == 0) {
-          a[2 * h] = _mm256_add_pd(a[2 * h], lo);
-          a[2 * h + 1] = _mm256_add_pd(a[2 * h + 1], hi);
-        } else {
-          a[2 * h] = _mm256_fmadd_pd(lo, lo, a[2 * h]);
-          a[2 * h + 1] = _mm256_fmadd_pd(hi, hi, a[2 * h + 1]);
+        a[2 * h] = _mm256_add_pd(a[2 * h], lo);
+        a[2 * h + 1] = _mm256_add_pd(a[2 * h + 1], hi);
+        if constexpr (SQUARES) {
+          q[2 * h] = _mm256_fmadd_pd(lo, lo, q[2 * h]);
+          q[2 * h + 1] = _mm256_fmadd_pd(hi, hi, q[2 * h + 1]);
         }
       }
     }
-    for (int j = 0; j < 8; ++j) _mm256_storeu_pd((pass == 0 ? acc : acc2) + 4 * j, a[j]);
+    for (int j = 0; j < 4; ++j) {
+      _mm256_storeu_pd(acc + 16 * half + 4 * j, a[j]);
+      if constexpr (SQUARES) _mm256_storeu_pd(acc2 + 16 * half + 4 * j, q[j]);
+    }
   }
 }
 
