@@ -20,6 +20,7 @@ fails when a committed block differs from what the committed CSVs give. Blocks (
 - ``ef-grid-2``, ``ef-grid-3``: the error-feedback grid at 2 and 3 bits (experiments/results/ef_grid,
   feedback_probe.grid);
 - ``cpu-kernels``: the CPU kernel table from one run of benchmarks/results/cpu_throughput.csv (benchmarks/plot.py);
+- ``cpu-kernels-avx2``: the same table for the AVX2 path (TNQ_NO_AVX512=1), from cpu_throughput_avx2.csv;
 - ``cpu-compress-runs``: compress against its CPU targets, one line per run that timed tnq too (plot.compress_runs_table);
 - ``e2e-ddp``, ``e2e-fsdp``: the latest DDP and FSDP2 runs of benchmarks/results/e2e_ddp.csv (plot.e2e_table);
 - ``e2e-vs-fp16``: the 3-bit allgather step over torch's fp16 hook, every DDP run and link rate (plot.e2e_vs_fp16);
@@ -52,9 +53,9 @@ def bench_modules():
     return plot, _helper
 
 
-def _cpu_kernels(bench: str) -> str:
+def _cpu_kernels(bench: str, name: str = "cpu_throughput.csv") -> str:
     plot, helper = bench_modules()
-    return plot.readme_table(helper.read_csv(os.path.join(bench, "cpu_throughput.csv")))
+    return plot.readme_table(helper.read_csv(os.path.join(bench, name)))
 
 
 def _cpu_compress_runs(bench: str) -> str:
@@ -105,6 +106,7 @@ BLOCKS: dict[str, Callable[[str, str], str]] = {
     "ef-grid-2": lambda root, bench: feedback_probe.grid(os.path.join(root, "ef_grid"), root, 2),
     "ef-grid-3": lambda root, bench: feedback_probe.grid(os.path.join(root, "ef_grid"), root, 3),
     "cpu-kernels": lambda root, bench: _cpu_kernels(bench),
+    "cpu-kernels-avx2": lambda root, bench: _cpu_kernels(bench, "cpu_throughput_avx2.csv"),
     "cpu-compress-runs": lambda root, bench: _cpu_compress_runs(bench),
     "e2e-vs-fp16": lambda root, bench: _e2e_vs_fp16(bench),
     "e2e-ddp": lambda root, bench: _e2e(bench, "e2e_ddp"),
