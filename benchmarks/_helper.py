@@ -112,6 +112,26 @@ def time_fn(fn: Callable[[], object], *, device="cpu", warmup: int = 1, repeat: 
 
 # ---- bytes accounting ----
 
+def time_alternating(fns: Mapping[str, Callable[[], object]], *, rounds: int = 15,
+                     warmup: int = 1) -> dict[str, Timing]:
+    """Time the CPU functions ``fns`` call by call in turn, the order reversed every round (A B, B A, ...), so each
+    sees the same machine: for a ratio of two kernels' times. Timed one after the other on the shared 2-core dev VM,
+    the same kernel's median moved by 10-20% between cases; alternating, by about 2% (docs/benchmarks-cpu.md)."""
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"rounds must be >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(rounds):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            fns[name]()
+            samples[name].append(time.perf_counter() - t0)
+    return {name: Timing.of(v) for name, v in samples.items()}
+
+
 def itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 

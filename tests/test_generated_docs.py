@@ -117,13 +117,19 @@ def test_the_cpu_table_comes_from_one_run(tmp_path):
     assert plot.readme_table(rows, run="old").startswith("Run `old`")
 
 
-def _with_tnq(rows, ratio):
-    """``rows`` plus "native-tnq" compress rows at 1/ratio of the default's time (the default takes ratio x tnq)."""
+def _with_tnq(rows, ratio, in_turn=False):
+    """``rows`` plus "native-tnq" compress rows at 1/ratio of the default's time (the default takes ratio x tnq);
+    ``in_turn``: as test_compress_default_vs_tnq writes them, with the default's "native-default" rows beside them
+    (those at 2x the default's own "native" time, so a ratio taken from the wrong rows shows)."""
     extra = []
     for r in rows:
         if r["op"] == "compress" and r["impl"] == "native":
             sec = r["median_s"] / ratio
             extra.append({**r, "impl": "native-tnq", "median_s": sec, "gbps": r["n"] * 8 / sec / 1e9})
+            if in_turn:
+                extra.append({**r, "impl": "native-default", "median_s": 2 * r["median_s"],
+                              "gbps": r["gbps"] / 2})
+                extra[-2].update(median_s=2 * sec, gbps=r["n"] * 8 / (2 * sec) / 1e9)
     return rows + extra
 
 
@@ -135,13 +141,19 @@ def test_the_compress_runs_table_judges_every_run_that_timed_tnq():
             r["gbps"] *= 2  # a copy twice as fast: fp32 compress at 0.25 of it, below the 0.30 target
     rows = (_bench_rows("old", "2026-11-01T00:00:00Z", 0.001)  # no tnq rows: not a line of the table
             + _with_tnq(_bench_rows("met", "2026-12-01T00:00:00Z", 0.002), 1.05)
-            + _with_tnq(_bench_rows("slow", "2026-12-02T00:00:00Z", 0.002), 1.2) + behind)
+            + _with_tnq(_bench_rows("slow", "2026-12-02T00:00:00Z", 0.002), 1.2) + behind
+            + _with_tnq(_bench_rows("turn", "2026-12-04T00:00:00Z", 0.002), 1.08, in_turn=True))
     text = plot.compress_runs_table(rows)
     assert "| old |" not in text
     # compress at half the copy's GB/s: 0.50 of copy against targets 0.30 (fp32) and 0.20 (bf16)
-    assert "| met | 1 | 0.5-0.5 | 134 | 0.50–0.50 | 134 | 0.50–0.50 | 1.05–1.05 | yes |" in text
-    assert "| slow | 1 | 0.5-0.5 | 134 | 0.50–0.50 | 134 | 0.50–0.50 | 1.20–1.20 | no |" in text  # 1.2x tnq's time
-    assert "| behind | 1 | 0.5-0.5 | 268 | 0.25–0.25 | 134 | 0.50–0.50 | 1.00–1.00 | no |" in text
+    assert "| met | 1 | 0.5-0.5 | 134 | 0.50–0.50 | 134 | 0.50–0.50 | 1.05–1.05 | after | yes |" in text
+    assert "| slow | 1 | 0.5-0.5 | 134 | 0.50–0.50 | 134 | 0.50–0.50 | 1.20–1.20 | after | no |" in text
+    assert "| behind | 1 | 0.5-0.5 | 268 | 0.25–0.25 | 134 | 0.50–0.50 | 1.00–1.00 | after | no |" in text
+    # timed in turn: the ratio comes from the "native-default" rows (2x the default's "native" time, and so is tnq's)
+    assert "| turn | 1 | 0.5-0.5 | 134 | 0.50–0.50 | 134 | 0.50–0.50 | 1.08–1.08 | in turn | yes |" in text
+    turn = [r for r in rows if r["run"] == "turn"]
+    assert "takes 1.08× the time of tnq's (the paper's codebook), same n, timed call by call in turn" in \
+        plot.readme_table(turn)
 
 
 def test_e2e_vs_fp16_takes_every_run_and_link_that_timed_both():
