@@ -169,8 +169,7 @@ def readme_table(rows: list[dict], run: str | None = None) -> str:
     dtypes = [d for d in ("float32", "bfloat16") if any(r["dtype"] == d for r in rows)]
 
     def sel(op, impl, dt, bits=None, n=top):
-        return [r for r in rows if r["op"] == op and r["impl"] == impl and r["dtype"] == dt and int(r["n"]) == n
-                and (bits is None or int(r["bits"]) == bits)]
+        return _select(rows, op, impl, dt, n, bits)
 
     def span(vals, fmt):
         vals = [v for v in vals if not math.isnan(v)]
@@ -204,13 +203,9 @@ def readme_table(rows: list[dict], run: str | None = None) -> str:
              f"+ written over that of a copy into a preallocated tensor, same n, same run) over b = {b}.")
     tail = (f"Compress is {span(ratio, lambda x: f'{x:.0f}')}× the reference at n = 2^{int(math.log2(ref_n))} (the "
             f"largest n the reference is timed at), same run." if ref_n else "")
-    # the default codebook's compress time over tnq's (the target: within 10%), same n, same run
-    mine = _default_vs_tnq_impl(rows)
-    vs_tnq = [_median(sel("compress", mine, dt, k), "median_s") / _median(sel("compress", "native-tnq", dt, k),
-                                                                            "median_s")
-              for dt in dtypes for k in bits] if sel("compress", "native-tnq", dtypes[0]) else []
+    vs_tnq = _vs_tnq(rows, dtypes, bits, top)
     if vs_tnq:
-        how = "timed call by call in turn" if mine == "native-default" else "same run"
+        how = "timed call by call in turn" if _default_vs_tnq_impl(rows) == "native-default" else "same run"
         tail += (" " if tail else "") + (f"The default codebook's compress takes {span(vs_tnq, lambda x: f'{x:.2f}')}"
                                          f"× the time of tnq's (the paper's codebook), same n, {how}.")
     return "\n".join([intro, ""] + lines + ([""] + [tail] if tail else []))
@@ -219,6 +214,22 @@ def readme_table(rows: list[dict], run: str | None = None) -> str:
 #: the CPU compress targets (SPEC §7): fraction of a copy's GB/s, default codebook, b = 2..5; and its time over tnq's
 COMPRESS_TARGET = {"float32": 0.30, "bfloat16": 0.20}
 VS_TNQ_TARGET = 1.10
+
+
+def _select(rows: list[dict], op: str, impl: str, dtype: str, n: int, bits: int | None = None) -> list[dict]:
+    """The rows of one (op, impl, dtype) at ``n`` elements (and ``bits``, unless None)."""
+    return [r for r in rows if r["op"] == op and r["impl"] == impl and r["dtype"] == dtype and int(r["n"]) == n
+            and (bits is None or int(r["bits"]) == bits)]
+
+
+def _vs_tnq(rows: list[dict], dtypes: list[str], bits: list[int], n: int) -> list[float]:
+    """One run's default-codebook compress time over tnq's (the target: within 10%) per dtype and b, at ``n``;
+    [] where the run did not time tnq."""
+    if not any(r["impl"] == "native-tnq" for r in rows):
+        return []
+    mine = _default_vs_tnq_impl(rows)
+    return [_median(_select(rows, "compress", mine, dt, n, b), "median_s")
+            / _median(_select(rows, "compress", "native-tnq", dt, n, b), "median_s") for dt in dtypes for b in bits]
 
 
 def _default_vs_tnq_impl(rows: list[dict]) -> str:
@@ -238,22 +249,18 @@ def compress_runs_table(rows: list[dict]) -> str:
         rr = [r for r in rows if r.get("run") == run and r.get("gbps")]
         top = max(int(r["n"]) for r in rr)
         line = {"run": run, "threads": rr[0].get("threads", "?"), "load 1m": _stamp(rr).rpartition("load ")[2]}
-        ratios_tnq, met, mine = [], True, _default_vs_tnq_impl(rr)
+        ratios_tnq, met = [], True
         for dt in [d for d in COMPRESS_TARGET if any(r["dtype"] == d for r in rr)]:
-            def sel(op, impl, bits=None):
-                return [r for r in rr if r["op"] == op and r["impl"] == impl and r["dtype"] == dt
-                        and int(r["n"]) == top and (bits is None or int(r["bits"]) == bits)]
-            copy = _median(sel("copy", "torch"))
-            bits = sorted({int(r["bits"]) for r in sel("compress", "native")})
-            frac = [_median(sel("compress", "native", b)) / copy for b in bits]
-            ratios_tnq += [_median(sel("compress", mine, b), "median_s") /
-                           _median(sel("compress", "native-tnq", b), "median_s") for b in bits]
+            copy = _median(_select(rr, "copy", "torch", dt, top))
+            bits = sorted({int(r["bits"]) for r in _select(rr, "compress", "native", dt, top)})
+            frac = [_median(_select(rr, "compress", "native", dt, top, b)) / copy for b in bits]
+            ratios_tnq += _vs_tnq(rr, [dt], bits, top)
             met &= min(frac) >= COMPRESS_TARGET[dt]
             short = "fp32" if dt == "float32" else "bf16"
             line[f"{short} copy GB/s"] = copy
             line[f"{short} compress, of copy (≥ {COMPRESS_TARGET[dt]:.2f})"] = f"{min(frac):.2f}–{max(frac):.2f}"
         line[f"time vs tnq (≤ {VS_TNQ_TARGET:.2f})"] = f"{min(ratios_tnq):.2f}–{max(ratios_tnq):.2f}"
-        line["tnq timed"] = "in turn" if mine == "native-default" else "after"
+        line["tnq timed"] = "in turn" if _default_vs_tnq_impl(rr) == "native-default" else "after"
         line["all met"] = "yes" if met and max(ratios_tnq) <= VS_TNQ_TARGET else "no"
         table.append(line)
     if not table:
@@ -314,8 +321,6 @@ def e2e_table(rows: list[dict]) -> str:
             + H.format_table(table, list(table[0])))
 
 
-# ---- time to accuracy ----
-
 def e2e_vs_fp16(rows: list[dict], compressor: str = "tnq-allgather-3") -> str:
     """One line per DDP run and link rate that timed both torch's fp16 hook and ``compressor``: their median step
     times and the ratio (the target: ≤ 0.80 at 10 and 25 Gbit/s), with the run's load. Every run, oldest first."""
@@ -333,6 +338,8 @@ def e2e_vs_fp16(rows: list[dict], compressor: str = "tnq-allgather-3") -> str:
                           "load 1m": f"{min(loads):.2g}–{max(loads):.2g}"})
     return H.format_table(table, list(table[0])) if table else "(no run yet)"
 
+
+# ---- time to accuracy ----
 
 def _spread(vals: list[float], fmt: str) -> str:
     """median (min–max) of the finite ``vals``, or — when there are none."""
