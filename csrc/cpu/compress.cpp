@@ -27,15 +27,21 @@ TNQ_AVX2 inline __m256i search_levels(__m256 z, const Tables& t, __m256i m, __m2
     const __m256 probe = lookup<(1 << D)>(t.level[D], m);
     const __m256 ge = _mm256_cmp_ps(z, probe, _CMP_GE_OQ);
     ck = _mm256_blendv_ps(ck, probe, ge);
-    m = _mm256_add_epi32(_mm256_add_epi32(m, m), _mm256_srli_epi32(_mm256_castps_si256(ge), 31));
+    m = _mm256_sub_epi32(_mm256_add_epi32(m, m), _mm256_castps_si256(ge));  // 2m + 1 where z >= probe (ge = -1)
     return search_levels<D + 1, BITS>(z, t, m, ck);
   }
 }
 
 // Full groups [g0, g1) of one block with a finite scale and one pair key; same operations as round_code/truncate,
 // lane-wise (a zero scale multiplies by 0, as in encode_full_groups_avx512). x and words point at group g0's first
-// element and first word; g0 is the global group index (for the hash). The group's 32 codes are narrowed to bytes
-// so each bit plane is one shift and one byte movemask (pack_group's method).
+// element and first word; g0 is the global group index (for the hash). U < p is tested as m + 0.5 < p·2^16 with
+// t.inv_gap16 (t.u16; why that is exact: encode_full_groups_avx512). The group's 32 codes are narrowed to bytes so
+// each bit plane is one shift and one byte movemask (pack_group's method).
+//
+// Vector v holds elements [0..3, 8..11] (v = 0), [4..7, 12..15] (v = 1), then the same + 16. Each element's 16 bits of
+// the hash then sit in its own 128-bit lane, so m is an in-lane unpack rather than a lane-crossing widen, bf16 loads
+// are unpacks too, and the two packs return element order but for one 64-bit permute. (AVX2's lane-crossing
+// shuffles issue half as often as in-lane ones on AMD Zen 3: docs/benchmarks-cpu.md.)
 template <int DT, int BITS, bool NEAREST>
 TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
                                       BlockMode mode, const Tables& t, uint32_t pair_key, int64_t ahead,
@@ -43,42 +49,59 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
   constexpr int S = (1 << BITS) - 1;
   const __m256 vr = _mm256_set1_ps(mode == kUsable ? inverse_scale(scale) : 0.0f);
   const __m256 lo = _mm256_set1_ps(t.c[0]), hi = _mm256_set1_ps(t.c[S]);
-  const __m256 half = _mm256_set1_ps(0.5f), u_scale = _mm256_set1_ps(1.0f / 65536.0f);
-  // the two packs interleave their sources by 128-bit lanes; this restores element order (32-bit units)
-  const __m256i unpack_order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i key = _mm256_set1_epi32(int(pair_key));
-  for (int64_t g = g0; g < g1; ++g) {
-    const int64_t i0 = g * kGroup;
-    prefetch_group<DT>(x + (g - g0) * kGroup + ahead);
+  const __m256 half = _mm256_set1_ps(0.5f);
+  const __m256i key = _mm256_set1_epi32(int(pair_key)), eight = _mm256_set1_epi32(8), sixteen = _mm256_set1_epi32(16);
+  // the pair index of each lane, advanced by 16 per group (mod 2^32: a key run never crosses a change of j_hi)
+  __m256i j = _mm256_add_epi32(_mm256_set1_epi32(int(uint32_t(uint64_t(g0 * kGroup) >> 1))),
+                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  for (int64_t g = g0; g < g1; ++g, x += kGroup, words += BITS) {
+    prefetch_group<DT>(x + ahead);
     // the 16 pairs of the group in two hashes of 8 lanes: as 16-bit words, h[0] holds m of elements 0..15 in
-    // order (pair j's low half is element 2j), h[1] elements 16..31
-    const __m256i j0 = _mm256_add_epi32(_mm256_set1_epi32(int(uint32_t(uint64_t(i0) >> 1))), lane);
-    const __m256i h[2] = {fmix32_x8(_mm256_xor_si256(j0, key)),
-                          fmix32_x8(_mm256_xor_si256(_mm256_add_epi32(j0, _mm256_set1_epi32(8)), key))};
+    // order (pair j's low half is element 2j), h[1] elements 16..31: elements 0..7 in the low 128-bit lane
+    const __m256i h[2] = {fmix32_x8(_mm256_xor_si256(j, key)),
+                          fmix32_x8(_mm256_xor_si256(_mm256_add_epi32(j, eight), key))};
+    j = _mm256_add_epi32(j, sixteen);
+    __m256 gv[4];
+    for (int hh = 0; hh < 2; ++hh) {
+      if constexpr (DT == kBFloat16) {  // bf16 is the top half of an fp32
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 16 * hh));
+        gv[2 * hh] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), raw));
+        gv[2 * hh + 1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), raw));
+      } else if constexpr (DT == kFloat32) {
+        const float* f = reinterpret_cast<const float*>(x) + 16 * hh;
+        gv[2 * hh] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(f)), _mm_loadu_ps(f + 8), 1);
+        gv[2 * hh + 1] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(f + 4)), _mm_loadu_ps(f + 12), 1);
+      } else {
+        const __m256 a = load8<DT>(x + 16 * hh), b = load8<DT>(x + 16 * hh + 8);
+        gv[2 * hh] = _mm256_permute2f128_ps(a, b, 0x20);
+        gv[2 * hh + 1] = _mm256_permute2f128_ps(a, b, 0x31);
+      }
+    }
     __m256i code[4];
 #pragma GCC unroll 4
     for (int v = 0; v < 4; ++v) {
-      __m256 z = _mm256_mul_ps(load8<DT>(x + (g - g0) * kGroup + 8 * v), vr);
+      __m256 z = _mm256_mul_ps(gv[v], vr);
       z = _mm256_min_ps(_mm256_max_ps(z, lo), hi);
-      // Binary search level by level: at level d the probe can only be one of 2^d levels (t.level[d]), indexed
-      // by the bits of k found so far, so the first levels are broadcasts and small permutes, not gathers.
       __m256 ck = lo;
       const __m256i k = search_levels<0, BITS>(z, t, _mm256_setzero_si256(), ck);
-      const __m256 p = _mm256_mul_ps(_mm256_sub_ps(z, ck), lookup<S>(t.inv_gap, k));
-      const __m128i m16 = v & 1 ? _mm256_extracti128_si256(h[v >> 1], 1) : _mm256_castsi256_si128(h[v >> 1]);
-      const __m256 u = NEAREST ? _mm256_set1_ps(kNearestU)
-                               : _mm256_mul_ps(_mm256_add_ps(_mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(m16)), half),
-                                               u_scale);
-      const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(u, p, _CMP_LT_OQ));
+      const __m256 p16 = _mm256_mul_ps(_mm256_sub_ps(z, ck), lookup<S>(t.inv_gap16, k));
+      __m256 u16;
+      if constexpr (NEAREST) {
+        u16 = _mm256_set1_ps(kNearestU * 65536.0f);  // U·2^16, exact
+      } else {
+        const __m256i m = v & 1 ? _mm256_unpackhi_epi16(h[v >> 1], _mm256_setzero_si256())
+                                : _mm256_unpacklo_epi16(h[v >> 1], _mm256_setzero_si256());
+        u16 = _mm256_add_ps(_mm256_cvtepi32_ps(m), half);
+      }
+      const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(u16, p16, _CMP_LT_OQ));
       code[v] = _mm256_sub_epi32(k, up);  // up is -1 where the value rounds up
     }
-    const __m256i c8 = _mm256_permutevar8x32_epi32(
-        _mm256_packus_epi16(_mm256_packus_epi32(code[0], code[1]), _mm256_packus_epi32(code[2], code[3])),
-        unpack_order);
+    // packus_epi32 of [0..3, 8..11] and [4..7, 12..15] gives words 0..7 | 8..15; packus_epi16 then bytes
+    // [0..7, 16..23 | 8..15, 24..31], put in order by one 64-bit permute
+    const __m256i c8 = _mm256_permute4x64_epi64(
+        _mm256_packus_epi16(_mm256_packus_epi32(code[0], code[1]), _mm256_packus_epi32(code[2], code[3])), 0xD8);
 #pragma GCC unroll 8
-    for (int b = 0; b < BITS; ++b)
-      words[(g - g0) * BITS + b] = uint32_t(_mm256_movemask_epi8(_mm256_slli_epi16(c8, 7 - b)));
+    for (int b = 0; b < BITS; ++b) words[b] = uint32_t(_mm256_movemask_epi8(_mm256_slli_epi16(c8, 7 - b)));
   }
 }
 
@@ -146,9 +169,7 @@ TNQ_AVX512 __attribute__((optimize("no-tree-slp-vectorize"))) void encode_full_g
   using Levels = RegTable<(BITS <= 4) ? 16 : 32>;
   const RegTable<WIDTH> bin_lo(t.bin_lo), bin_s1(t.bin_s1), bin_s2(t.bin_s2);
   const Levels levels(t.c);
-  alignas(64) float inv_gap16[32];
-  for (int k = 0; k < 32; ++k) inv_gap16[k] = t.inv_gap[k] * 65536.0f;  // exact (make_bins)
-  const Levels inv_gap(inv_gap16);
+  const Levels inv_gap(t.inv_gap16);
   // the pair index of each lane: j_lo of the group's pairs, advanced by 16 per group (mod 2^32: a key run never
   // crosses a change of j_hi)
   __m512i j = _mm512_add_epi32(_mm512_set1_epi32(int(uint32_t(uint64_t(g0 * kGroup) >> 1))),
@@ -215,7 +236,8 @@ template <int DT, int BITS, bool NEAREST>
 TNQ_CLONES void encode_key_run(const typename Src<DT>::T* x, int64_t n, int64_t g0, int64_t g1, float scale,
                                BlockMode mode, const Tables& t, uint32_t pair_key, int64_t ahead, uint32_t* words) {
 #if TNQ_HAVE_AVX2_PATH
-  if (cpu_has_avx2()) {
+  // u16 fails only where a gap is below 2^-112 (nqsgd and nuqsgd_l2 at 8 bits): the portable loop serves those
+  if (cpu_has_avx2() && t.u16) {
     const int64_t full_end = std::min(g1, n / kGroup);  // groups holding 32 real elements
     if (full_end > g0) {
 #if TNQ_HAVE_AVX512_PATH

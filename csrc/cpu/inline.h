@@ -112,7 +112,13 @@ TNQ_AVX2 inline __m256 load8(const typename Src<DT>::T* x) {
 // table[idx] for idx < N: in-register permutes for small tables, a gather otherwise.
 template <int N>
 TNQ_AVX2 inline __m256 lookup(const float* table, __m256i idx) {
-  if constexpr (N <= 8) {
+  if constexpr (N == 1) {
+    return _mm256_set1_ps(table[0]);
+  } else if constexpr (N <= 4) {
+    // an in-lane permute of the 4 entries repeated in both 128-bit lanes: on AMD Zen 3 it issues twice as often as
+    // the lane-crossing one and has a third of its latency (docs/benchmarks-cpu.md)
+    return _mm256_permutevar_ps(_mm256_broadcast_ps(reinterpret_cast<const __m128*>(table)), idx);
+  } else if constexpr (N <= 8) {
     return _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), idx);
   } else if constexpr (N <= 16) {
     const __m256 a = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), idx);

@@ -17,6 +17,10 @@ struct Tables {
   int s = 0;              // number of intervals, 2^bits - 1
   float c[256];           // levels c_0 < ... < c_s
   float inv_gap[256];     // fp32(1 / (c_{k+1} - c_k)), k < s
+  // inv_gap[k] · 2^16, exact where finite (u16: finite for every k < s), so that the vector encodes test U < p as
+  // m + 0.5 < p · 2^16 (why that is exact: encode_full_groups_avx512)
+  float inv_gap16[256];
+  bool u16 = false;
   // search[j] = c_j for 1 <= j <= s-1, NaN from j = s on: `z >= NaN` is false, so the search never leaves
   // [0, s-1] (that is what makes k the count of *interior* levels <= z), even for z = +inf.
   float search[512];

@@ -101,10 +101,9 @@ static int cell_of(const Tables& t, float z) {
 static void make_bins(Tables& t) {
   t.bins = 0;
   if (t.bits > 5) return;  // the AVX-512 kernel's permutes hold 32 levels
-  // that kernel tests U < p as (m + 0.5) < p·2^16 with the table ρ_k·2^16, which must stay finite (it does for every
-  // codebook up to 5 bits: the smallest gap is 2^-14)
-  for (int k = 0; k < t.s; ++k)
-    if (!std::isfinite(t.inv_gap[k] * 65536.0f)) return;
+  // that kernel tests U < p as (m + 0.5) < p·2^16 with inv_gap16, which must stay finite (it does for every codebook
+  // up to 5 bits: the smallest gap is 2^-14)
+  if (!t.u16) return;
   const float c0 = t.c[0], cs = t.c[t.s];
   const int64_t k0 = ordered_key(c0), k1 = ordered_key(cs);
   const float nan = std::numeric_limits<float>::quiet_NaN();
@@ -156,6 +155,11 @@ static Tables make_tables(int codebook, int bits) {
   for (int k = t.s + 1; k < 256; ++k) t.c[k] = 0.0f;
   for (int k = 0; k < t.s; ++k) t.inv_gap[k] = static_cast<float>(1.0 / (double(t.c[k + 1]) - double(t.c[k])));
   for (int k = t.s; k < 256; ++k) t.inv_gap[k] = 0.0f;
+  t.u16 = true;
+  for (int k = 0; k < 256; ++k) {
+    t.inv_gap16[k] = t.inv_gap[k] * 65536.0f;  // exact: a power of two
+    t.u16 = t.u16 && (k >= t.s || std::isfinite(t.inv_gap16[k]));
+  }
   const float nan = std::numeric_limits<float>::quiet_NaN();
   for (int j = 0; j < 512; ++j) t.search[j] = (j >= 1 && j < t.s) ? t.c[j] : nan;
   for (int d = 0; d < kMaxBits; ++d)
