@@ -171,13 +171,22 @@ def gbps(nbytes: float, seconds: float) -> float:
 
 @functools.lru_cache(maxsize=None)
 def _cpu_model() -> str:
+    """The CPU's model name, with its family and model where /proc/cpuinfo has them (a VM may show a bare "AMD EPYC"
+    for several generations), and the vector loops the C++ kernels run: e.g. "AMD EPYC (family 25 model 1, avx2)"."""
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    extra = [f"family {fields['cpu family']} model {fields['model']}"] if "cpu family" in fields and "model" in fields \
+        else []
+    from tnq_kernels import ops
+    if ops.native_error is None:
+        extra.append(ops._C.simd_path())
+    return f"{name} ({', '.join(extra)})" if extra else name
 
 
 @functools.lru_cache(maxsize=None)

@@ -211,6 +211,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return std::vector<double>(t.inv_gap, t.inv_gap + t.s);
   }, py::arg("codebook"), py::arg("bits"), "fp32 inverse level gaps of the C++ table (as Python floats)");
   m.def("lambert_w0", &tnq::cpu::lambert_w0, py::arg("x"));
+  m.def("simd_path", [] { return std::string(tnq::cpu::simd_path()); },
+        "the CPU kernels' vector loops in this process: avx512, avx2 or portable");
   m.def("hash", [](uint64_t seed, uint64_t j) { return tnq::hash_pair(tnq::seed_keys(seed), j); },
         py::arg("seed"), py::arg("j"), "H(seed, j): the 32-bit word of pair j (seed, j as uint64), SPEC v1.2");
   m.def("bits16", [](uint64_t seed, uint64_t i) { return tnq::bits16(tnq::seed_keys(seed), i); },

@@ -73,6 +73,10 @@ bool compress(const void* x, int dtype_id, int64_t n, int bits, int64_t block_si
 void encode_at(const float* x, int64_t ngroups, int64_t first_group, float scale, int bits, int codebook,
                uint64_t seed, uint32_t* words);
 
+// The vector loops this process runs: "avx512", "avx2" or "portable" (cpu_has_avx512/cpu_has_avx2: CPU and
+// environment), for benchmark records.
+const char* simd_path();
+
 // Stage 1 alone: scales[num_blocks] and z[n] (fp32).
 void scale_truncate(const void* x, int dtype_id, int64_t n, int bits, int64_t block_size, int codebook,
                     float* scales, float* z);

@@ -105,5 +105,15 @@ void unpack(const uint32_t* words, int64_t n, int bits, uint8_t* codes) {
   TNQ_DISPATCH_BITS(bits, unpack_impl<BITS>(words, n, codes));
 }
 
+const char* simd_path() {
+#if TNQ_HAVE_AVX512_PATH
+  if (cpu_has_avx512()) return "avx512";
+#endif
+#if TNQ_HAVE_AVX2_PATH
+  if (cpu_has_avx2()) return "avx2";
+#endif
+  return "portable";
+}
+
 }  // namespace cpu
 }  // namespace tnq
