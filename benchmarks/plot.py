@@ -248,7 +248,8 @@ def compress_runs_table(rows: list[dict]) -> str:
     for run in runs:
         rr = [r for r in rows if r.get("run") == run and r.get("gbps")]
         top = max(int(r["n"]) for r in rr)
-        line = {"run": run, "threads": rr[0].get("threads", "?"), "load 1m": _stamp(rr).rpartition("load ")[2]}
+        line = {"run": run, "cpu": rr[0].get("device_name", "?"), "threads": rr[0].get("threads", "?"),
+                "load 1m": _stamp(rr).rpartition("load ")[2]}
         ratios_tnq, met = [], True
         for dt in [d for d in COMPRESS_TARGET if any(r["dtype"] == d for r in rr)]:
             copy = _median(_select(rr, "copy", "torch", dt, top))

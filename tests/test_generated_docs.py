@@ -146,11 +146,11 @@ def test_the_compress_runs_table_judges_every_run_that_timed_tnq():
     text = plot.compress_runs_table(rows)
     assert "| old |" not in text
     # compress at half the copy's GB/s: 0.50 of copy against targets 0.30 (fp32) and 0.20 (bf16)
-    assert "| met | 1 | 0.5-0.5 | 134 | 0.50–0.50 | 134 | 0.50–0.50 | 1.05–1.05 | after | yes |" in text
-    assert "| slow | 1 | 0.5-0.5 | 134 | 0.50–0.50 | 134 | 0.50–0.50 | 1.20–1.20 | after | no |" in text
-    assert "| behind | 1 | 0.5-0.5 | 268 | 0.25–0.25 | 134 | 0.50–0.50 | 1.00–1.00 | after | no |" in text
+    assert "| met | CPU X | 1 | 0.5-0.5 | 134 | 0.50–0.50 | 134 | 0.50–0.50 | 1.05–1.05 | after | yes |" in text
+    assert "| slow | CPU X | 1 | 0.5-0.5 | 134 | 0.50–0.50 | 134 | 0.50–0.50 | 1.20–1.20 | after | no |" in text
+    assert "| behind | CPU X | 1 | 0.5-0.5 | 268 | 0.25–0.25 | 134 | 0.50–0.50 | 1.00–1.00 | after | no |" in text
     # timed in turn: the ratio comes from the "native-default" rows (2x the default's "native" time, and so is tnq's)
-    assert "| turn | 1 | 0.5-0.5 | 134 | 0.50–0.50 | 134 | 0.50–0.50 | 1.08–1.08 | in turn | yes |" in text
+    assert "| turn | CPU X | 1 | 0.5-0.5 | 134 | 0.50–0.50 | 134 | 0.50–0.50 | 1.08–1.08 | in turn | yes |" in text
     turn = [r for r in rows if r["run"] == "turn"]
     assert "takes 1.08× the time of tnq's (the paper's codebook), same n, timed call by call in turn" in \
         plot.readme_table(turn)
