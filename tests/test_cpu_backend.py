@@ -55,6 +55,26 @@ def test_nearest_rounding_every_isa_matches_reference(native):
         assert out.returncode == 0 and out.stdout.strip() == "ok", (isa, out.stderr[-2000:])
 
 
+def test_tiny_gaps_every_isa_match_reference(native):
+    # nqsgd and nuqsgd_l2 at 8 bits have gaps below 2^-112, so rho * 2^16 overflows (Tables::u16 is false) and the AVX2
+    # loop tests U < p itself instead of m + 0.5 < p * 2^16: stochastic codes on every ISA, every dtype
+    code = (
+        "import torch\n"
+        "from tnq_kernels import codebooks as cb, reference as ref\n"
+        "x = torch.randn(4097, generator=torch.Generator().manual_seed(5)) * 1e-3\n"
+        "for dt in (torch.float32, torch.float16, torch.bfloat16):\n"
+        "  for c in (cb.codebook_id('nqsgd'), cb.codebook_id('nuqsgd_l2')):\n"
+        "    for bits in (6, 7, 8):\n"
+        "      for block in (0, 96):\n"
+        "        want = ref.compress(x.to(dt), bits, block, c, 11)\n"
+        "        assert torch.equal(torch.ops.tnq.compress(x.to(dt), bits, block, c, 11), want), (dt, c, bits)\n"
+        "print('ok')\n")
+    for isa in ({}, {"TNQ_NO_AVX512": "1"}, {"TNQ_NO_AVX2": "1"}):
+        env = dict(os.environ, OMP_NUM_THREADS="1", **isa)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0 and out.stdout.strip() == "ok", (isa, out.stderr[-2000:])
+
+
 def test_cells_at_level_edges_every_codebook(native):
     # the O(1) cell index of the AVX-512 encode (a bin from one rounded-down multiply-add, then one or two compares):
     # z on every level, a few ulps either side, and a dense sweep past both ends, with scale 1 (z = x exactly),

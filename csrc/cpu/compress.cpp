@@ -34,19 +34,20 @@ TNQ_AVX2 inline __m256i search_levels(__m256 z, const Tables& t, __m256i m, __m2
 
 // Full groups [g0, g1) of one block with a finite scale and one pair key; same operations as round_code/truncate,
 // lane-wise (a zero scale multiplies by 0, as in encode_full_groups_avx512). x and words point at group g0's first
-// element and first word; g0 is the global group index (for the hash). U < p is tested as m + 0.5 < p·2^16 with
-// t.inv_gap16 (t.u16; why that is exact: encode_full_groups_avx512). The group's 32 codes are narrowed to bytes so
-// each bit plane is one shift and one byte movemask (pack_group's method).
+// element and first word; g0 is the global group index (for the hash). With U16 (t.u16), U < p is tested as
+// m + 0.5 < p·2^16 with t.inv_gap16 (why that is exact: encode_full_groups_avx512); without, as U < p itself. The
+// group's 32 codes are narrowed to bytes so each bit plane is one shift and one byte movemask (pack_group's method).
 //
 // Vector v holds elements [0..3, 8..11] (v = 0), [4..7, 12..15] (v = 1), then the same + 16. Each element's 16 bits of
 // the hash then sit in its own 128-bit lane, so m is an in-lane unpack rather than a lane-crossing widen, bf16 loads
 // are unpacks too, and the two packs return element order but for one 64-bit permute. (AVX2's lane-crossing
 // shuffles issue half as often as in-lane ones on AMD Zen 3: docs/benchmarks-cpu.md.)
-template <int DT, int BITS, bool NEAREST>
+template <int DT, int BITS, bool NEAREST, bool U16>
 TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
                                       BlockMode mode, const Tables& t, uint32_t pair_key, int64_t ahead,
                                       uint32_t* words) {
   constexpr int S = (1 << BITS) - 1;
+  constexpr float kU = U16 ? 1.0f : 1.0f / 65536.0f;  // U·2^16 · kU: U·2^16 or U, exact
   const __m256 vr = _mm256_set1_ps(mode == kUsable ? inverse_scale(scale) : 0.0f);
   const __m256 lo = _mm256_set1_ps(t.c[0]), hi = _mm256_set1_ps(t.c[S]);
   const __m256 half = _mm256_set1_ps(0.5f);
@@ -84,16 +85,17 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
       z = _mm256_min_ps(_mm256_max_ps(z, lo), hi);
       __m256 ck = lo;
       const __m256i k = search_levels<0, BITS>(z, t, _mm256_setzero_si256(), ck);
-      const __m256 p16 = _mm256_mul_ps(_mm256_sub_ps(z, ck), lookup<S>(t.inv_gap16, k));
-      __m256 u16;
+      const __m256 p = _mm256_mul_ps(_mm256_sub_ps(z, ck), lookup<S>(U16 ? t.inv_gap16 : t.inv_gap, k));
+      __m256 u;
       if constexpr (NEAREST) {
-        u16 = _mm256_set1_ps(kNearestU * 65536.0f);  // U·2^16, exact
+        u = _mm256_set1_ps(kNearestU * 65536.0f * kU);
       } else {
         const __m256i m = v & 1 ? _mm256_unpackhi_epi16(h[v >> 1], _mm256_setzero_si256())
                                 : _mm256_unpacklo_epi16(h[v >> 1], _mm256_setzero_si256());
-        u16 = _mm256_add_ps(_mm256_cvtepi32_ps(m), half);
+        u = _mm256_add_ps(_mm256_cvtepi32_ps(m), half);
+        if constexpr (!U16) u = _mm256_mul_ps(u, _mm256_set1_ps(kU));
       }
-      const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(u16, p16, _CMP_LT_OQ));
+      const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(u, p, _CMP_LT_OQ));
       code[v] = _mm256_sub_epi32(k, up);  // up is -1 where the value rounds up
     }
     // packus_epi32 of [0..3, 8..11] and [4..7, 12..15] gives words 0..7 | 8..15; packus_epi16 then bytes
@@ -105,6 +107,16 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
   }
 }
 
+// encode_full_groups_avx2 with or without t.inv_gap16 (t.u16; without only for b > 5, see encode_key_run)
+template <int DT, int BITS, bool NEAREST>
+TNQ_AVX2 void encode_avx2(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale, BlockMode mode,
+                          const Tables& t, uint32_t pair_key, int64_t ahead, uint32_t* words) {
+  if constexpr (BITS > 5) {
+    if (!t.u16)
+      return encode_full_groups_avx2<DT, BITS, NEAREST, false>(x, g0, g1, scale, mode, t, pair_key, ahead, words);
+  }
+  encode_full_groups_avx2<DT, BITS, NEAREST, true>(x, g0, g1, scale, mode, t, pair_key, ahead, words);
+}
 #endif  // TNQ_HAVE_AVX2_PATH
 
 #if TNQ_HAVE_AVX512_PATH
@@ -236,8 +248,9 @@ template <int DT, int BITS, bool NEAREST>
 TNQ_CLONES void encode_key_run(const typename Src<DT>::T* x, int64_t n, int64_t g0, int64_t g1, float scale,
                                BlockMode mode, const Tables& t, uint32_t pair_key, int64_t ahead, uint32_t* words) {
 #if TNQ_HAVE_AVX2_PATH
-  // u16 fails only where a gap is below 2^-112 (nqsgd and nuqsgd_l2 at 8 bits): the portable loop serves those
-  if (cpu_has_avx2() && t.u16) {
+  // u16 fails only where a gap is below 2^-112 (nqsgd and nuqsgd_l2 at 8 bits): the AVX2 loop then tests U < p
+  // itself. That variant is built for b > 5 only; a b <= 5 table without u16 (none exists) takes the portable loop.
+  if (cpu_has_avx2() && (t.u16 || BITS > 5)) {
     const int64_t full_end = std::min(g1, n / kGroup);  // groups holding 32 real elements
     if (full_end > g0) {
 #if TNQ_HAVE_AVX512_PATH
@@ -245,10 +258,10 @@ TNQ_CLONES void encode_key_run(const typename Src<DT>::T* x, int64_t n, int64_t 
         if (t.bins > 0 && cpu_has_avx512())
           encode_full_groups_binned<DT, BITS, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, ahead, words);
         else
-          encode_full_groups_avx2<DT, BITS, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, ahead, words);
+          encode_avx2<DT, BITS, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, ahead, words);
       } else
 #endif
-      encode_full_groups_avx2<DT, BITS, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, ahead, words);
+      encode_avx2<DT, BITS, NEAREST>(x, g0, full_end, scale, mode, t, pair_key, ahead, words);
       x += (full_end - g0) * kGroup;
       words += (full_end - g0) * BITS;
       g0 = full_end;
