@@ -4,6 +4,17 @@ import os
 import subprocess
 import sys
 
+from conftest import ISA_ENVS
+
+
+def ok_on_every_isa(code, timeout=600, **kw):
+    """Runs `code`, which prints "ok", once per SIMD path of the C++ backend (each in its own process)."""
+    for isa in ISA_ENVS.values():
+        env = dict(os.environ, OMP_NUM_THREADS="1", **isa)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout,
+                             **kw)
+        assert out.returncode == 0 and out.stdout.strip() == "ok", (isa, out.stderr[-2000:])
+
 
 def test_portable_path_matches_reference(native):
     # TNQ_NO_AVX2=1 forces the baseline-ISA loops that non-AVX2 machines run
@@ -27,11 +38,7 @@ def test_encode_at_past_2_33_every_isa(native):
             "from test_compress import ENCODE_AT_GROUPS, check_encode_at\n"
             "for g in ENCODE_AT_GROUPS: check_encode_at(g)\n"
             "print('ok')\n")
-    for isa in ({}, {"TNQ_NO_AVX512": "1"}, {"TNQ_NO_AVX2": "1"}):
-        env = dict(os.environ, OMP_NUM_THREADS="1", **isa)
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        assert out.returncode == 0 and out.stdout.strip() == "ok", (isa, out.stderr[-2000:])
+    ok_on_every_isa(code, timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_nearest_rounding_every_isa_matches_reference(native):
@@ -49,10 +56,7 @@ def test_nearest_rounding_every_isa_matches_reference(native):
         "        assert torch.equal(torch.ops.tnq.compress(x.to(dt), bits, block, c, 9, 1), want), (dt, bits, c)\n"
         "        assert not torch.equal(want, ref.compress(x.to(dt), bits, block, c, 9, 0)), (dt, bits, c)\n"
         "print('ok')\n")
-    for isa in ({}, {"TNQ_NO_AVX512": "1"}, {"TNQ_NO_AVX2": "1"}):
-        env = dict(os.environ, OMP_NUM_THREADS="1", **isa)
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0 and out.stdout.strip() == "ok", (isa, out.stderr[-2000:])
+    ok_on_every_isa(code)
 
 
 def test_tiny_gaps_every_isa_match_reference(native):
@@ -69,10 +73,7 @@ def test_tiny_gaps_every_isa_match_reference(native):
         "        want = ref.compress(x.to(dt), bits, block, c, 11)\n"
         "        assert torch.equal(torch.ops.tnq.compress(x.to(dt), bits, block, c, 11), want), (dt, c, bits)\n"
         "print('ok')\n")
-    for isa in ({}, {"TNQ_NO_AVX512": "1"}, {"TNQ_NO_AVX2": "1"}):
-        env = dict(os.environ, OMP_NUM_THREADS="1", **isa)
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0 and out.stdout.strip() == "ok", (isa, out.stderr[-2000:])
+    ok_on_every_isa(code)
 
 
 def test_cells_at_level_edges_every_codebook(native):
