@@ -107,15 +107,15 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
   }
 }
 
-// encode_full_groups_avx2 with or without t.inv_gap16 (t.u16; without only for b > 5, see encode_key_run)
+// encode_full_groups_avx2 with t.inv_gap16 where it is finite (t.u16). It is not only where a gap is below 2^-112
+// (nqsgd and nuqsgd_l2 at 8 bits); there the loop tests U < p itself.
 template <int DT, int BITS, bool NEAREST>
 TNQ_AVX2 void encode_avx2(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale, BlockMode mode,
                           const Tables& t, uint32_t pair_key, int64_t ahead, uint32_t* words) {
-  if constexpr (BITS > 5) {
-    if (!t.u16)
-      return encode_full_groups_avx2<DT, BITS, NEAREST, false>(x, g0, g1, scale, mode, t, pair_key, ahead, words);
-  }
-  encode_full_groups_avx2<DT, BITS, NEAREST, true>(x, g0, g1, scale, mode, t, pair_key, ahead, words);
+  if (t.u16)
+    encode_full_groups_avx2<DT, BITS, NEAREST, true>(x, g0, g1, scale, mode, t, pair_key, ahead, words);
+  else
+    encode_full_groups_avx2<DT, BITS, NEAREST, false>(x, g0, g1, scale, mode, t, pair_key, ahead, words);
 }
 #endif  // TNQ_HAVE_AVX2_PATH
 
@@ -248,9 +248,7 @@ template <int DT, int BITS, bool NEAREST>
 TNQ_CLONES void encode_key_run(const typename Src<DT>::T* x, int64_t n, int64_t g0, int64_t g1, float scale,
                                BlockMode mode, const Tables& t, uint32_t pair_key, int64_t ahead, uint32_t* words) {
 #if TNQ_HAVE_AVX2_PATH
-  // u16 fails only where a gap is below 2^-112 (nqsgd and nuqsgd_l2 at 8 bits): the AVX2 loop then tests U < p
-  // itself. That variant is built for b > 5 only; a b <= 5 table without u16 (none exists) takes the portable loop.
-  if (cpu_has_avx2() && (t.u16 || BITS > 5)) {
+  if (cpu_has_avx2()) {
     const int64_t full_end = std::min(g1, n / kGroup);  // groups holding 32 real elements
     if (full_end > g0) {
 #if TNQ_HAVE_AVX512_PATH
