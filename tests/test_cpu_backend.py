@@ -76,15 +76,15 @@ def test_tiny_gaps_every_isa_match_reference(native):
     ok_on_every_isa(code)
 
 
-def test_cells_at_level_edges_every_codebook(native):
-    # the O(1) cell index of the AVX-512 encode (a bin from one rounded-down multiply-add, then one or two compares):
-    # z on every level, a few ulps either side, and a dense sweep past both ends, with scale 1 (z = x exactly),
-    # against the searchsorted cell and the rounding rule of the reference
+def check_cells_at_level_edges():
+    """z on every level, a few ulps either side, signed zeros, subnormals and a dense sweep past both ends, with scale 1
+    (z = x exactly), against the searchsorted cell and the rounding rule of the reference: every codebook and width."""
     import torch
     from tnq_kernels import codebooks as cb, ops, reference as ref, rng
     seed = 0x5EED
+    tiny = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-38, -1e-38])
     for name in cb.CODEBOOK_NAMES.values():
-        for bits in (2, 3, 4, 5):
+        for bits in range(1, 9):
             c = torch.tensor(cb.levels(name, bits))
             near = [c]
             for _ in range(3):
@@ -92,7 +92,7 @@ def test_cells_at_level_edges_every_codebook(native):
                        [torch.nextafter(near[-1], torch.tensor(float("inf")))]
             span = float(c[-1] - c[0])
             sweep = torch.linspace(float(c[0]) - 0.1 * span, float(c[-1]) + 0.1 * span, 8192)
-            x = torch.cat(near + [sweep])
+            x = torch.cat(near + [tiny, sweep])
             x = torch.cat([x, torch.zeros((-x.numel()) % 32)])
             got = ops._C.encode_at(x, 0, 1.0, bits, cb.codebook_id(name), seed)
             z = torch.clamp(x, c[0], c[-1])
@@ -101,6 +101,18 @@ def test_cells_at_level_edges_every_codebook(native):
             gap = torch.tensor(cb.inv_gaps(name, bits))
             codes = (k + (u < (z - c[k]) * gap[k]).long()).to(torch.uint8)
             assert torch.equal(got, ref.pack(codes, bits)), (name, bits)
+
+
+def test_cells_at_level_edges_every_isa(native):
+    # the cell of z in each loop: the O(1) bin index of the AVX-512 encode (a bin from one rounded-down multiply-add,
+    # then one or two compares), the AVX2 binary search over all levels, its search over the upper half of a
+    # symmetric codebook (from 5 bits: ties at a level and signed zeros must land as the full search's), and the
+    # portable loop
+    code = ("import sys; sys.path.insert(0, 'tests')\n"
+            "from test_cpu_backend import check_cells_at_level_edges\n"
+            "check_cells_at_level_edges()\n"
+            "print('ok')\n")
+    ok_on_every_isa(code, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_simd_path_names_the_loops_that_run(native):

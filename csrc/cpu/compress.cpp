@@ -15,41 +15,104 @@ namespace cpu {
 namespace {
 
 #if TNQ_HAVE_AVX2_PATH
-// Binary search level by level: at depth d the probe can only be one of 2^d levels (t.level[d]), indexed by
-// the bits m of k found so far, so the first depths are broadcasts and small permutes rather than gathers.
-// The last probe that succeeded sits at index k, so c_k comes out of the search by a blend, not a lookup
-// (`ck` starts at c_0, for z below every interior level).
+// The cell k of z and p = (z - c_k)·ρ_k for two vectors of z at once, step by step: the search is one chain of
+// dependent permutes and compares per vector, and two side by side give the out-of-order core independent work
+// within its window (1.0-1.15x faster than one vector after another at b = 2..5 on AMD Zen 3:
+// docs/benchmarks-cpu.md).
+//
+// Binary search level by level: at depth d the probe can only be one of 2^d levels (t.level[d]), indexed by the bits
+// m of k found so far, so the first depths are broadcasts and small permutes rather than gathers. The last probe that
+// succeeded sits at index k, so c_k comes out of the search by a blend, not a lookup (`ck` starts at c_0, for z below
+// every interior level).
 template <int D, int BITS>
-TNQ_AVX2 inline __m256i search_levels(__m256 z, const Tables& t, __m256i m, __m256& ck) {
-  if constexpr (D == BITS) {
-    return m;
-  } else {
-    const __m256 probe = lookup<(1 << D)>(t.level[D], m);
-    const __m256 ge = _mm256_cmp_ps(z, probe, _CMP_GE_OQ);
-    ck = _mm256_blendv_ps(ck, probe, ge);
-    m = _mm256_sub_epi32(_mm256_add_epi32(m, m), _mm256_castps_si256(ge));  // 2m + 1 where z >= probe (ge = -1)
-    return search_levels<D + 1, BITS>(z, t, m, ck);
+TNQ_AVX2 inline void search_full(const __m256* z, const Tables& t, __m256i* m, __m256* ck) {
+  if constexpr (D < BITS) {
+    for (int v = 0; v < 2; ++v) {
+      const __m256 probe = lookup<(1 << D)>(t.level[D], m[v]);
+      const __m256 ge = _mm256_cmp_ps(z[v], probe, _CMP_GE_OQ);
+      ck[v] = _mm256_blendv_ps(ck[v], probe, ge);
+      m[v] = _mm256_sub_epi32(_mm256_add_epi32(m[v], m[v]), _mm256_castps_si256(ge));  // 2m + 1 where z >= probe
+    }
+    search_full<D + 1, BITS>(z, t, m, ck);
+  }
+}
+
+template <int BITS, bool U16>
+TNQ_AVX2 inline void cells_full(const __m256* z, const Tables& t, __m256i* k, __m256* p) {
+  __m256i m[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+  __m256 ck[2] = {_mm256_set1_ps(t.c[0]), _mm256_set1_ps(t.c[0])};
+  search_full<0, BITS>(z, t, m, ck);
+  for (int v = 0; v < 2; ++v) {
+    k[v] = m[v];
+    p[v] = _mm256_mul_ps(_mm256_sub_ps(z[v], ck[v]), lookup<(1 << BITS) - 1>(U16 ? t.inv_gap16 : t.inv_gap, m[v]));
+  }
+}
+
+// The same for a symmetric codebook (t.symmetric: c_{s-k} = -c_k), searched on |z| over the upper half of the levels:
+// BITS - 1 depths with tables of up to 2^(BITS-2) entries (t.half_level), and a gap table of 2^(BITS-1), instead of
+// BITS depths with up to 2^(BITS-1) and a gap table of 2^BITS - 1. Gives k - (h - 1), h = 2^(BITS-1), for the caller
+// to add after narrowing, and the reference's code:
+// - a1 holds the bits of |z| plus 1, so one integer compare with a probe's bits (both >= 0) is |z| >= probe, and m
+//   ends as j, the half-cell of |z|: k = h - 1 + j for z >= 0 and h - 1 - j for z < 0 (s = -1);
+// - the bound taken is the lower end of |z|'s half-cell for z >= 0 and the upper end for z < 0 (ge xor s), which is
+//   |c_k| either way: c_k is the bound with z's sign, z - c_k the reference's subtraction itself, and
+//   ρ_{h-1+j} = ρ_{h-1-j} (the gaps are symmetric too), so p is the reference's p bit for bit;
+// - but for z < 0 on a level, z = c_i: the reference takes k = i and p = 0, this search k = i - 1 and p =
+//   (c_i - c_{i-1})·ρ_{i-1} >= (1 - 2^-24)^3 (two roundings of the gap and one of the product), above every U
+//   (<= 1 - 2^-17). Both give code i. (tests/test_cpu_backend.py puts z on every level of every codebook.)
+template <int D, int HB>
+TNQ_AVX2 inline void search_half(const __m256i* a1, const __m256i* s, const Tables& t, __m256i* m, __m256* bound) {
+  if constexpr (D < HB) {
+    for (int v = 0; v < 2; ++v) {
+      const __m256 probe = lookup<(1 << D)>(t.half_level[D], m[v]);
+      const __m256i ge = _mm256_cmpgt_epi32(a1[v], _mm256_castps_si256(probe));
+      bound[v] = _mm256_blendv_ps(bound[v], probe, _mm256_castsi256_ps(_mm256_xor_si256(ge, s[v])));
+      m[v] = _mm256_sub_epi32(_mm256_add_epi32(m[v], m[v]), ge);
+    }
+    search_half<D + 1, HB>(a1, s, t, m, bound);
+  }
+}
+
+template <int BITS, bool U16>
+TNQ_AVX2 inline void cells_half(const __m256* z, const Tables& t, __m256i* k, __m256* p) {
+  constexpr int H = 1 << (BITS - 1);
+  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(int(0x80000000u)));
+  __m256i zi[2], s[2], a1[2], m[2];
+  __m256 zsign[2], bound[2];
+  for (int v = 0; v < 2; ++v) {
+    zi[v] = _mm256_castps_si256(z[v]);
+    s[v] = _mm256_srai_epi32(zi[v], 31);
+    zsign[v] = _mm256_and_ps(z[v], sign);
+    a1[v] = _mm256_add_epi32(_mm256_castps_si256(_mm256_xor_ps(z[v], zsign[v])), _mm256_set1_epi32(1));
+    bound[v] = _mm256_blendv_ps(_mm256_set1_ps(t.c[H - 1]), _mm256_set1_ps(t.c[t.s]), z[v]);  // by z's sign
+    m[v] = _mm256_setzero_si256();
+  }
+  search_half<0, BITS - 1>(a1, s, t, m, bound);
+  for (int v = 0; v < 2; ++v) {
+    const __m256 ck = _mm256_or_ps(bound[v], zsign[v]);
+    p[v] = _mm256_mul_ps(_mm256_sub_ps(z[v], ck), lookup<H>((U16 ? t.inv_gap16 : t.inv_gap) + H - 1, m[v]));
+    k[v] = _mm256_sign_epi32(m[v], zi[v]);  // j where z > 0, -j where z < 0 (and 0 = j where z = ±0)
   }
 }
 
 // Full groups [g0, g1) of one block with a finite scale and one pair key; same operations as round_code/truncate,
 // lane-wise (a zero scale multiplies by 0, as in encode_full_groups_avx512). x and words point at group g0's first
 // element and first word; g0 is the global group index (for the hash). With U16 (t.u16), U < p is tested as
-// m + 0.5 < p·2^16 with t.inv_gap16 (why that is exact: encode_full_groups_avx512); without, as U < p itself. The
+// m + 0.5 < p·2^16 with t.inv_gap16 (why that is exact: encode_full_groups_avx512); without, as U < p itself. HALF:
+// the cells come from cells_half (symmetric codebooks at BITS >= 5, where it is faster; docs/benchmarks-cpu.md). The
 // group's 32 codes are narrowed to bytes so each bit plane is one shift and one byte movemask (pack_group's method).
 //
 // Vector v holds elements [0..3, 8..11] (v = 0), [4..7, 12..15] (v = 1), then the same + 16. Each element's 16 bits of
 // the hash then sit in its own 128-bit lane, so m is an in-lane unpack rather than a lane-crossing widen, bf16 loads
 // are unpacks too, and the two packs return element order but for one 64-bit permute. (AVX2's lane-crossing
 // shuffles issue half as often as in-lane ones on AMD Zen 3: docs/benchmarks-cpu.md.)
-template <int DT, int BITS, bool NEAREST, bool U16>
+template <int DT, int BITS, bool NEAREST, bool U16, bool HALF>
 TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
                                       BlockMode mode, const Tables& t, uint32_t pair_key, int64_t ahead,
                                       uint32_t* words) {
-  constexpr int S = (1 << BITS) - 1;
   constexpr float kU = U16 ? 1.0f : 1.0f / 65536.0f;  // U·2^16 · kU: U·2^16 or U, exact
   const __m256 vr = _mm256_set1_ps(mode == kUsable ? inverse_scale(scale) : 0.0f);
-  const __m256 lo = _mm256_set1_ps(t.c[0]), hi = _mm256_set1_ps(t.c[S]);
+  const __m256 lo = _mm256_set1_ps(t.c[0]), hi = _mm256_set1_ps(t.c[t.s]);
   const __m256 half = _mm256_set1_ps(0.5f);
   const __m256i key = _mm256_set1_epi32(int(pair_key)), eight = _mm256_set1_epi32(8), sixteen = _mm256_set1_epi32(16);
   // the pair index of each lane, advanced by 16 per group (mod 2^32: a key run never crosses a change of j_hi)
@@ -62,30 +125,32 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
     const __m256i h[2] = {fmix32_x8(_mm256_xor_si256(j, key)),
                           fmix32_x8(_mm256_xor_si256(_mm256_add_epi32(j, eight), key))};
     j = _mm256_add_epi32(j, sixteen);
-    __m256 gv[4];
+    __m256 z[4];
     for (int hh = 0; hh < 2; ++hh) {
       if constexpr (DT == kBFloat16) {  // bf16 is the top half of an fp32
         const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 16 * hh));
-        gv[2 * hh] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), raw));
-        gv[2 * hh + 1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), raw));
+        z[2 * hh] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), raw));
+        z[2 * hh + 1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), raw));
       } else if constexpr (DT == kFloat32) {
         const float* f = reinterpret_cast<const float*>(x) + 16 * hh;
-        gv[2 * hh] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(f)), _mm_loadu_ps(f + 8), 1);
-        gv[2 * hh + 1] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(f + 4)), _mm_loadu_ps(f + 12), 1);
+        z[2 * hh] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(f)), _mm_loadu_ps(f + 8), 1);
+        z[2 * hh + 1] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(f + 4)), _mm_loadu_ps(f + 12), 1);
       } else {
         const __m256 a = load8<DT>(x + 16 * hh), b = load8<DT>(x + 16 * hh + 8);
-        gv[2 * hh] = _mm256_permute2f128_ps(a, b, 0x20);
-        gv[2 * hh + 1] = _mm256_permute2f128_ps(a, b, 0x31);
+        z[2 * hh] = _mm256_permute2f128_ps(a, b, 0x20);
+        z[2 * hh + 1] = _mm256_permute2f128_ps(a, b, 0x31);
       }
     }
+    for (int v = 0; v < 4; ++v) z[v] = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(z[v], vr), lo), hi);
     __m256i code[4];
-#pragma GCC unroll 4
+    __m256 p[4];
+    for (int v = 0; v < 4; v += 2) {
+      if constexpr (HALF)
+        cells_half<BITS, U16>(z + v, t, code + v, p + v);
+      else
+        cells_full<BITS, U16>(z + v, t, code + v, p + v);
+    }
     for (int v = 0; v < 4; ++v) {
-      __m256 z = _mm256_mul_ps(gv[v], vr);
-      z = _mm256_min_ps(_mm256_max_ps(z, lo), hi);
-      __m256 ck = lo;
-      const __m256i k = search_levels<0, BITS>(z, t, _mm256_setzero_si256(), ck);
-      const __m256 p = _mm256_mul_ps(_mm256_sub_ps(z, ck), lookup<S>(U16 ? t.inv_gap16 : t.inv_gap, k));
       __m256 u;
       if constexpr (NEAREST) {
         u = _mm256_set1_ps(kNearestU * 65536.0f * kU);
@@ -95,27 +160,40 @@ TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, 
         u = _mm256_add_ps(_mm256_cvtepi32_ps(m), half);
         if constexpr (!U16) u = _mm256_mul_ps(u, _mm256_set1_ps(kU));
       }
-      const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(u, p, _CMP_LT_OQ));
-      code[v] = _mm256_sub_epi32(k, up);  // up is -1 where the value rounds up
+      const __m256i up = _mm256_castps_si256(_mm256_cmp_ps(u, p[v], _CMP_LT_OQ));
+      code[v] = _mm256_sub_epi32(code[v], up);  // up is -1 where the value rounds up
     }
-    // packus_epi32 of [0..3, 8..11] and [4..7, 12..15] gives words 0..7 | 8..15; packus_epi16 then bytes
-    // [0..7, 16..23 | 8..15, 24..31], put in order by one 64-bit permute
-    const __m256i c8 = _mm256_permute4x64_epi64(
-        _mm256_packus_epi16(_mm256_packus_epi32(code[0], code[1]), _mm256_packus_epi32(code[2], code[3])), 0xD8);
+    // packs_epi32 of [0..3, 8..11] and [4..7, 12..15] gives words 0..7 | 8..15 (signed: cells_half's codes are
+    // offset by -(h - 1), added here), packus_epi16 then bytes [0..7, 16..23 | 8..15, 24..31], put in order by one
+    // 64-bit permute
+    __m256i c16[2] = {_mm256_packs_epi32(code[0], code[1]), _mm256_packs_epi32(code[2], code[3])};
+    if constexpr (HALF) {
+      const __m256i offset = _mm256_set1_epi16(short((1 << (BITS - 1)) - 1));
+      c16[0] = _mm256_add_epi16(c16[0], offset);
+      c16[1] = _mm256_add_epi16(c16[1], offset);
+    }
+    const __m256i c8 = _mm256_permute4x64_epi64(_mm256_packus_epi16(c16[0], c16[1]), 0xD8);
 #pragma GCC unroll 8
     for (int b = 0; b < BITS; ++b) words[b] = uint32_t(_mm256_movemask_epi8(_mm256_slli_epi16(c8, 7 - b)));
   }
 }
 
-// encode_full_groups_avx2 with t.inv_gap16 where it is finite (t.u16). It is not only where a gap is below 2^-112
-// (nqsgd and nuqsgd_l2 at 8 bits); there the loop tests U < p itself.
+// encode_full_groups_avx2 for the tables of t: t.inv_gap16 where it is finite (t.u16; it is not only where a gap is
+// below 2^-112, nqsgd and nuqsgd_l2 at 8 bits, and there the loop tests U < p itself), the half search for symmetric
+// codebooks from 5 bits on.
 template <int DT, int BITS, bool NEAREST>
 TNQ_AVX2 void encode_avx2(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale, BlockMode mode,
                           const Tables& t, uint32_t pair_key, int64_t ahead, uint32_t* words) {
-  if (t.u16)
-    encode_full_groups_avx2<DT, BITS, NEAREST, true>(x, g0, g1, scale, mode, t, pair_key, ahead, words);
+  constexpr bool kHalfPays = BITS >= 5;
+  const bool half = kHalfPays && t.symmetric;
+  if (t.u16 && half)
+    encode_full_groups_avx2<DT, BITS, NEAREST, true, kHalfPays>(x, g0, g1, scale, mode, t, pair_key, ahead, words);
+  else if (t.u16)
+    encode_full_groups_avx2<DT, BITS, NEAREST, true, false>(x, g0, g1, scale, mode, t, pair_key, ahead, words);
+  else if (half)
+    encode_full_groups_avx2<DT, BITS, NEAREST, false, kHalfPays>(x, g0, g1, scale, mode, t, pair_key, ahead, words);
   else
-    encode_full_groups_avx2<DT, BITS, NEAREST, false>(x, g0, g1, scale, mode, t, pair_key, ahead, words);
+    encode_full_groups_avx2<DT, BITS, NEAREST, false, false>(x, g0, g1, scale, mode, t, pair_key, ahead, words);
 }
 #endif  // TNQ_HAVE_AVX2_PATH
 

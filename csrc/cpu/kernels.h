@@ -27,6 +27,10 @@ struct Tables {
   // the same search level by level: level[d][m] = search[(2m + 1) · 2^(bits-1-d)], the probe at depth d when the
   // bits of k found so far are m (so k = m · 2^(bits-d) before the probe)
   float level[kMaxBits][128];
+  // A symmetric codebook (c_k = -c_{s-k} bit for bit, c_h > 0 for h = 2^(bits-1)) is searched on |z| over its upper
+  // half: half_level[d][m] = c[h - 1 + (2m + 1) · 2^(bits-2-d)], the probe at depth d < bits - 1 (the AVX2 encode)
+  bool symmetric = false;
+  float half_level[kMaxBits][64];
   // O(1) cell index for the AVX-512 encode. The bin of z in [c_0, c_s] is j = floor(z · bin_mul) + bin_offset in
   // [0, bins): the kernel forms it with one fused multiply-add rounded toward -inf, z · bin_mul + (2^23 +
   // bin_offset), whose fp32 bits are those of 2^23 plus j (z · bin_mul is exact in fp64; in [2^23, 2^24) fp32 holds

@@ -167,6 +167,14 @@ static Tables make_tables(int codebook, int bits) {
       const int step = d < bits ? 1 << (bits - 1 - d) : 0;
       t.level[d][m] = (d < bits && m < (1 << d)) ? t.search[(2 * m + 1) * step] : nan;
     }
+  const int h = 1 << (bits - 1);
+  t.symmetric = t.c[h] > 0.0f;
+  for (int k = 0; k <= t.s; ++k) t.symmetric = t.symmetric && t.c[k] == -t.c[t.s - k];
+  for (int d = 0; d < kMaxBits; ++d)
+    for (int m = 0; m < 64; ++m) {
+      const int step = d < bits - 1 ? 1 << (bits - 2 - d) : 0;
+      t.half_level[d][m] = (d < bits - 1 && m < (1 << d)) ? t.c[h - 1 + (2 * m + 1) * step] : nan;
+    }
   make_bins(t);
   t.gpu = make_gpu_bins(t.c, t.inv_gap, t.s);
   return t;
