@@ -78,18 +78,17 @@ TNQ_AVX2 inline void cells_half(const __m256* z, const Tables& t, __m256i* k, __
   constexpr int H = 1 << (BITS - 1);
   const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(int(0x80000000u)));
   __m256i zi[2], s[2], a1[2], m[2];
-  __m256 zsign[2], bound[2];
+  __m256 bound[2];
   for (int v = 0; v < 2; ++v) {
     zi[v] = _mm256_castps_si256(z[v]);
     s[v] = _mm256_srai_epi32(zi[v], 31);
-    zsign[v] = _mm256_and_ps(z[v], sign);
-    a1[v] = _mm256_add_epi32(_mm256_castps_si256(_mm256_xor_ps(z[v], zsign[v])), _mm256_set1_epi32(1));
+    a1[v] = _mm256_add_epi32(_mm256_castps_si256(_mm256_andnot_ps(sign, z[v])), _mm256_set1_epi32(1));
     bound[v] = _mm256_blendv_ps(_mm256_set1_ps(t.c[H - 1]), _mm256_set1_ps(t.c[t.s]), z[v]);  // by z's sign
     m[v] = _mm256_setzero_si256();
   }
   search_half<0, BITS - 1>(a1, s, t, m, bound);
   for (int v = 0; v < 2; ++v) {
-    const __m256 ck = _mm256_or_ps(bound[v], zsign[v]);
+    const __m256 ck = _mm256_or_ps(bound[v], _mm256_and_ps(z[v], sign));
     p[v] = _mm256_mul_ps(_mm256_sub_ps(z[v], ck), lookup<H>((U16 ? t.inv_gap16 : t.inv_gap) + H - 1, m[v]));
     k[v] = _mm256_sign_epi32(m[v], zi[v]);  // j where z > 0, -j where z < 0 (and 0 = j where z = ±0)
   }
