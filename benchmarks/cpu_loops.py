@@ -4,12 +4,12 @@
 
 For every instantiation of the AVX-512 and AVX2 encode loops (encode_full_groups_avx512<dtype, bits, bin width,
 probes, nearest>, encode_full_groups_avx2<dtype, bits, nearest, u16, half>) and of the block-scale loops
-(abs_sum_lanes_avx512/avx2<dtype, squares>), prints the instructions of its hot loop: the longest innermost loop
-of the function in `objdump -d`, counted from the branch target to the branch. The encode loops handle one
-32-element group per iteration, the AVX-512 scale loop 32 elements and the AVX2 one 16 (of one pass of two). "vector" counts the
-instructions that name an xmm/ymm/zmm or mask register, "stack" those that address the stack (register spills and
-reloads). Instruction counts do not depend on the machine's load,
-so they can be compared across builds on a busy machine (docs/benchmarks-cpu.md); they are not a time.
+(abs_sum_lanes_avx512/avx2<dtype, squares>), prints the instructions of its hot loop: the longest innermost loop of
+the function in `objdump -d`, counted from the branch target to the branch. The encode loops handle one 32-element
+group per iteration, the AVX-512 scale loop 32 elements and the AVX2 one 16 (in each of its two passes). "vector"
+counts the instructions that name an xmm/ymm/zmm or mask register, "stack" those that address the stack (register
+spills and reloads). Instruction counts do not depend on the machine's load, so they can be compared across builds
+on a busy machine (docs/benchmarks-cpu.md); they are not a time.
 """
 from __future__ import annotations
 
