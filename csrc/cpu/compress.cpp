@@ -83,7 +83,7 @@ TNQ_AVX2 inline void cells_half(const __m256* z, const Tables& t, __m256i* k, __
     zi[v] = _mm256_castps_si256(z[v]);
     s[v] = _mm256_srai_epi32(zi[v], 31);
     a1[v] = _mm256_add_epi32(_mm256_castps_si256(_mm256_andnot_ps(sign, z[v])), _mm256_set1_epi32(1));
-    bound[v] = _mm256_blendv_ps(_mm256_set1_ps(t.c[H - 1]), _mm256_set1_ps(t.c[t.s]), z[v]);  // by z's sign
+    bound[v] = _mm256_blendv_ps(_mm256_set1_ps(t.c[H - 1]), _mm256_set1_ps(t.c[2 * H - 1]), z[v]);  // by z's sign
     m[v] = _mm256_setzero_si256();
   }
   search_half<0, BITS - 1>(a1, s, t, m, bound);
@@ -104,11 +104,12 @@ TNQ_AVX2 inline void cells_half(const __m256* z, const Tables& t, __m256i* k, __
 // Vector v holds elements [0..3, 8..11] (v = 0), [4..7, 12..15] (v = 1), then the same + 16. Each element's 16 bits of
 // the hash then sit in its own 128-bit lane, so m is an in-lane unpack rather than a lane-crossing widen, bf16 loads
 // are unpacks too, and the two packs return element order but for one 64-bit permute. (AVX2's lane-crossing
-// shuffles issue half as often as in-lane ones on AMD Zen 3: docs/benchmarks-cpu.md.)
+// shuffles issue half as often as in-lane ones on AMD Zen 3: docs/benchmarks-cpu.md.) no-tree-slp-vectorize: GCC
+// would otherwise gather the bit-plane words into one vector store through vmovd/vpinsrd (as in the AVX-512 loop).
 template <int DT, int BITS, bool NEAREST, bool U16, bool HALF>
-TNQ_AVX2 void encode_full_groups_avx2(const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale,
-                                      BlockMode mode, const Tables& t, uint32_t pair_key, int64_t ahead,
-                                      uint32_t* words) {
+TNQ_AVX2 __attribute__((optimize("no-tree-slp-vectorize"))) void encode_full_groups_avx2(
+    const typename Src<DT>::T* x, int64_t g0, int64_t g1, float scale, BlockMode mode, const Tables& t,
+    uint32_t pair_key, int64_t ahead, uint32_t* words) {
   constexpr float kU = U16 ? 1.0f : 1.0f / 65536.0f;  // U·2^16 · kU: U·2^16 or U, exact
   const __m256 vr = _mm256_set1_ps(mode == kUsable ? inverse_scale(scale) : 0.0f);
   const __m256 lo = _mm256_set1_ps(t.c[0]), hi = _mm256_set1_ps(t.c[t.s]);
