@@ -106,7 +106,7 @@ def check_cells_at_level_edges():
 def test_cells_at_level_edges_every_isa(native):
     # the cell of z in each loop: the O(1) bin index of the AVX-512 encode (a bin from one rounded-down multiply-add,
     # then one or two compares), the AVX2 binary search over all levels, its search over the upper half of a
-    # symmetric codebook (from 5 bits: ties at a level and signed zeros must land as the full search's), and the
+    # symmetric codebook (from 5 bits: z on a level and signed zeros must get the full search's codes), and the
     # portable loop
     code = ("import sys; sys.path.insert(0, 'tests')\n"
             "from test_cpu_backend import check_cells_at_level_edges\n"

@@ -57,9 +57,10 @@ TNQ_AVX2 inline void cells_full(const __m256* z, const Tables& t, __m256i* k, __
 // - the bound taken is the lower end of |z|'s half-cell for z >= 0 and the upper end for z < 0 (ge xor s), which is
 //   |c_k| either way: c_k is the bound with z's sign, z - c_k the reference's subtraction itself, and
 //   ρ_{h-1+j} = ρ_{h-1-j} (the gaps are symmetric too), so p is the reference's p bit for bit;
-// - but for z < 0 on a level, z = c_i: the reference takes k = i and p = 0, this search k = i - 1 and p =
-//   (c_i - c_{i-1})·ρ_{i-1} >= (1 - 2^-24)^3 (two roundings of the gap and one of the product), above every U
-//   (<= 1 - 2^-17). Both give code i. (tests/test_cpu_backend.py puts z on every level of every codebook.)
+// - but for z < 0 on an interior level, z = c_i with 0 < i < h: the reference takes k = i and p = 0, this search
+//   k = i - 1 and p = (c_i - c_{i-1})·ρ_{i-1} >= (1 - 2^-24)^3 (two roundings of the gap and one of the product),
+//   above every U (<= 1 - 2^-17). Both give code i. (tests/test_cpu_backend.py puts z on every level of every
+//   codebook.)
 template <int D, int HB>
 TNQ_AVX2 inline void search_half(const __m256i* a1, const __m256i* s, const Tables& t, __m256i* m, __m256* bound) {
   if constexpr (D < HB) {
