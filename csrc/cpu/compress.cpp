@@ -53,24 +53,25 @@ TNQ_AVX2 inline void cells_full(const __m256* z, const Tables& t, __m256i* k, __
 // BITS depths with up to 2^(BITS-1) and a gap table of 2^BITS - 1. Gives k - (h - 1), h = 2^(BITS-1), for the caller
 // to add after narrowing, and the reference's code:
 // - a1 holds the bits of |z| plus 1, so one integer compare with a probe's bits (both >= 0) is |z| >= probe, and m
-//   ends as j, the half-cell of |z|: k = h - 1 + j for z >= 0 and h - 1 - j for z < 0 (s = -1);
-// - the bound taken is the lower end of |z|'s half-cell for z >= 0 and the upper end for z < 0 (ge xor s), which is
-//   |c_k| either way: c_k is the bound with z's sign, z - c_k the reference's subtraction itself, and
-//   ρ_{h-1+j} = ρ_{h-1-j} (the gaps are symmetric too), so p is the reference's p bit for bit;
+//   ends as j, the half-cell of |z|: k = h - 1 + j for z >= 0 and h - 1 - j for z < 0;
+// - the bound taken is the lower end of |z|'s half-cell for z >= 0 and the upper end for z < 0 (the blend's mask is
+//   ge with its sign bit flipped by z's: blendv reads only that bit), which is |c_k| either way: c_k is the bound
+//   with z's sign, z - c_k the reference's subtraction itself, and ρ_{h-1+j} = ρ_{h-1-j} (the gaps are symmetric
+//   too), so p is the reference's p bit for bit;
 // - but for z < 0 on an interior level, z = c_i with 0 < i < h: the reference takes k = i and p = 0, this search
 //   k = i - 1 and p = (c_i - c_{i-1})·ρ_{i-1} >= (1 - 2^-24)^3 (two roundings of the gap and one of the product),
 //   above every U (<= 1 - 2^-17). Both give code i. (tests/test_cpu_backend.py puts z on every level of every
 //   codebook.)
 template <int D, int HB>
-TNQ_AVX2 inline void search_half(const __m256i* a1, const __m256i* s, const Tables& t, __m256i* m, __m256* bound) {
+TNQ_AVX2 inline void search_half(const __m256* z, const __m256i* a1, const Tables& t, __m256i* m, __m256* bound) {
   if constexpr (D < HB) {
     for (int v = 0; v < 2; ++v) {
       const __m256 probe = lookup<(1 << D)>(t.half_level[D], m[v]);
       const __m256i ge = _mm256_cmpgt_epi32(a1[v], _mm256_castps_si256(probe));
-      bound[v] = _mm256_blendv_ps(bound[v], probe, _mm256_castsi256_ps(_mm256_xor_si256(ge, s[v])));
+      bound[v] = _mm256_blendv_ps(bound[v], probe, _mm256_xor_ps(_mm256_castsi256_ps(ge), z[v]));  // ge xor sign
       m[v] = _mm256_sub_epi32(_mm256_add_epi32(m[v], m[v]), ge);
     }
-    search_half<D + 1, HB>(a1, s, t, m, bound);
+    search_half<D + 1, HB>(z, a1, t, m, bound);
   }
 }
 
@@ -78,20 +79,18 @@ template <int BITS, bool U16>
 TNQ_AVX2 inline void cells_half(const __m256* z, const Tables& t, __m256i* k, __m256* p) {
   constexpr int H = 1 << (BITS - 1);
   const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(int(0x80000000u)));
-  __m256i zi[2], s[2], a1[2], m[2];
+  __m256i a1[2], m[2];
   __m256 bound[2];
   for (int v = 0; v < 2; ++v) {
-    zi[v] = _mm256_castps_si256(z[v]);
-    s[v] = _mm256_srai_epi32(zi[v], 31);
     a1[v] = _mm256_add_epi32(_mm256_castps_si256(_mm256_andnot_ps(sign, z[v])), _mm256_set1_epi32(1));
     bound[v] = _mm256_blendv_ps(_mm256_set1_ps(t.c[H - 1]), _mm256_set1_ps(t.c[2 * H - 1]), z[v]);  // by z's sign
     m[v] = _mm256_setzero_si256();
   }
-  search_half<0, BITS - 1>(a1, s, t, m, bound);
+  search_half<0, BITS - 1>(z, a1, t, m, bound);
   for (int v = 0; v < 2; ++v) {
     const __m256 ck = _mm256_or_ps(bound[v], _mm256_and_ps(z[v], sign));
     p[v] = _mm256_mul_ps(_mm256_sub_ps(z[v], ck), lookup<H>((U16 ? t.inv_gap16 : t.inv_gap) + H - 1, m[v]));
-    k[v] = _mm256_sign_epi32(m[v], zi[v]);  // j where z > 0, -j where z < 0 (and 0 = j where z = ±0)
+    k[v] = _mm256_sign_epi32(m[v], _mm256_castps_si256(z[v]));  // j where z > 0, -j where z < 0 (0 = j at z = ±0)
   }
 }
 
