@@ -146,6 +146,16 @@ static void make_bins(Tables& t) {
   }
 }
 
+// A binary search over thresholds thr[1 .. 2^depths - 1], laid out depth by depth: out[d][m] = thr[(2m + 1) ·
+// 2^(depths-1-d)], the probe at depth d when the bits found so far are m; NaN where d >= depths or m >= 2^d.
+template <int N>
+static void by_depth(const float* thr, int depths, float (&out)[kMaxBits][N]) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int d = 0; d < kMaxBits; ++d)
+    for (int m = 0; m < N; ++m)
+      out[d][m] = (d < depths && m < (1 << d)) ? thr[(2 * m + 1) << (depths - 1 - d)] : nan;
+}
+
 static Tables make_tables(int codebook, int bits) {
   Tables t;
   t.bits = bits;
@@ -162,19 +172,11 @@ static Tables make_tables(int codebook, int bits) {
   }
   const float nan = std::numeric_limits<float>::quiet_NaN();
   for (int j = 0; j < 512; ++j) t.search[j] = (j >= 1 && j < t.s) ? t.c[j] : nan;
-  for (int d = 0; d < kMaxBits; ++d)
-    for (int m = 0; m < 128; ++m) {
-      const int step = d < bits ? 1 << (bits - 1 - d) : 0;
-      t.level[d][m] = (d < bits && m < (1 << d)) ? t.search[(2 * m + 1) * step] : nan;
-    }
+  by_depth(t.search, bits, t.level);
   const int h = 1 << (bits - 1);
   t.symmetric = t.c[h] > 0.0f;
   for (int k = 0; k <= t.s; ++k) t.symmetric = t.symmetric && t.c[k] == -t.c[t.s - k];
-  for (int d = 0; d < kMaxBits; ++d)
-    for (int m = 0; m < 64; ++m) {
-      const int step = d < bits - 1 ? 1 << (bits - 2 - d) : 0;
-      t.half_level[d][m] = (d < bits - 1 && m < (1 << d)) ? t.c[h - 1 + (2 * m + 1) * step] : nan;
-    }
+  by_depth(t.c + h - 1, bits - 1, t.half_level);  // thresholds c_h .. c_{s-1}
   make_bins(t);
   t.gpu = make_gpu_bins(t.c, t.inv_gap, t.s);
   return t;
